@@ -1,0 +1,278 @@
+"""The influence store: the one owner of the on-disk format.
+
+Layout of a store root::
+
+    root/
+      CURRENT                  name of the current version (atomically replaced)
+      versions/
+        v000007/               immutable once renamed into place
+          manifest.json        Manifest (below), with sha256 of every file
+          params.safetensors   "m{e}/{param}"                   float32
+          responses.safetensors "m{e}/examples/{param}" (n, *shape),
+                               "m{e}/sources/{param}"  (S, *shape), store dtype
+          training.safetensors "X" (n, d) float32, "y" (n,) int64 (optional)
+
+Publishing writes a hidden temporary directory, fsyncs it, renames it into
+``versions/`` and then flips ``CURRENT`` with ``os.replace``: a reader sees
+the old or the new version, never a partial one. Old versions are pruned to
+``keep`` (never the current one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import StoreError
+from .model import MLPSpec, ParamLayout
+
+FORMAT_VERSION = 1
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+_FILES = ("params.safetensors", "responses.safetensors", "training.safetensors")
+
+
+class Manifest(BaseModel):
+    format_version: int
+    version: str = ""
+    created_at: str = ""
+    model: MLPSpec
+    recipe: dict
+    method: dict
+    data: dict  # name, fingerprint, n, dim
+    classes: list[str]
+    source_ids: list[str]
+    example_source: list[int]
+    members: int
+    dtype: str
+    has_examples: bool
+    has_sources: bool
+    files: dict[str, str] = {}
+    extra: dict = {}
+
+
+@dataclass
+class Store:
+    """A loaded, verified store version (tensors on CPU)."""
+
+    path: Path
+    manifest: Manifest
+    params: list[dict[str, torch.Tensor]]  # per member
+    examples: list[dict[str, torch.Tensor]] | None  # per member, (n, *shape)
+    sources: list[dict[str, torch.Tensor]] | None  # per member, (S, *shape)
+    X: torch.Tensor | None = None
+    y: torch.Tensor | None = None
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _next_version(versions: Path) -> str:
+    nums = [int(p.name[1:]) for p in versions.glob("v[0-9]*") if p.name[1:].isdigit()]
+    return f"v{max(nums, default=0) + 1:06d}"
+
+
+def publish(
+    root: str | Path,
+    manifest: Manifest,
+    params: list[dict[str, torch.Tensor]],
+    examples: list[dict[str, torch.Tensor]] | None,
+    sources: list[dict[str, torch.Tensor]] | None,
+    training: tuple[torch.Tensor, torch.Tensor] | None = None,
+    keep: int = 3,
+) -> Path:
+    """Write a new version beside the old ones and make it current."""
+    root = Path(root)
+    versions = root / "versions"
+    versions.mkdir(parents=True, exist_ok=True)
+    tmp = versions / f".tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        dtype = DTYPES[manifest.dtype]
+        tensors = {f"m{e}/{k}": v.float() for e, p in enumerate(params) for k, v in p.items()}
+        _write_tensors(tmp / "params.safetensors", tensors)
+        resp = {}
+        for kind, blocks in (("examples", examples), ("sources", sources)):
+            for e, block in enumerate(blocks or []):
+                resp.update({f"m{e}/{kind}/{k}": v.to(dtype) for k, v in block.items()})
+        _write_tensors(tmp / "responses.safetensors", resp)
+        if training is not None:
+            _write_tensors(tmp / "training.safetensors", {"X": training[0].float(), "y": training[1].long()})
+        files = {f: _sha256(tmp / f) for f in _FILES if (tmp / f).exists()}
+        man = manifest.model_copy(
+            update={
+                "format_version": FORMAT_VERSION,
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "files": files,
+                "has_examples": examples is not None,
+                "has_sources": sources is not None,
+                "members": len(params),
+            }
+        )
+        while True:  # a concurrent publisher may take the name first
+            name = _next_version(versions)
+            (tmp / "manifest.json").write_text(man.model_copy(update={"version": name}).model_dump_json(indent=1))
+            _fsync_dir(tmp)
+            try:
+                os.rename(tmp, versions / name)
+                break
+            except OSError:
+                if not (versions / name).exists():
+                    raise
+        _fsync_dir(versions)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    set_current(root, name)
+    prune(root, keep)
+    return versions / name
+
+
+def set_current(root: str | Path, version: str) -> None:
+    """Atomically point ``CURRENT`` at an existing version (also a rollback)."""
+    root = Path(root)
+    if not (root / "versions" / version / "manifest.json").exists():
+        raise StoreError(f"{root}: no version {version!r}")
+    tmp = root / f".CURRENT.{uuid.uuid4().hex}"
+    tmp.write_text(version + "\n")
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, root / "CURRENT")
+    _fsync_dir(root)
+
+
+def current_version(root: str | Path) -> str:
+    path = Path(root) / "CURRENT"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        raise StoreError(f"{root}: no store published yet (no CURRENT file)") from None
+
+
+def list_versions(root: str | Path) -> list[str]:
+    versions = Path(root) / "versions"
+    return sorted(p.name for p in versions.glob("v[0-9]*")) if versions.exists() else []
+
+
+def prune(root: str | Path, keep: int) -> list[str]:
+    """Delete the oldest versions beyond ``keep``; never the current one."""
+    if keep < 1:
+        raise ValueError("keep must be >= 1")
+    try:
+        cur = current_version(root)
+    except StoreError:
+        cur = None
+    old = [v for v in list_versions(root) if v != cur]
+    doomed = old[: max(0, len(old) - (keep - 1))]
+    for v in doomed:
+        shutil.rmtree(Path(root) / "versions" / v, ignore_errors=True)
+    return doomed
+
+
+def read_manifest(path: Path) -> Manifest:
+    try:
+        man = Manifest.model_validate_json((path / "manifest.json").read_text())
+    except FileNotFoundError:
+        raise StoreError(f"{path}: not a store version (no manifest.json)") from None
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise StoreError(f"{path}/manifest.json: invalid manifest: {err['loc']}: {err['msg']}") from None
+    except ValueError as e:
+        raise StoreError(f"{path}/manifest.json: not valid JSON: {e}") from None
+    if man.format_version != FORMAT_VERSION:
+        raise StoreError(f"{path}: store format {man.format_version}, this reader understands {FORMAT_VERSION}")
+    return man
+
+
+def _load(path: Path, name: str, man: Manifest) -> dict[str, torch.Tensor]:
+    file = path / name
+    if name not in man.files:
+        return {}
+    if not file.exists():
+        raise StoreError(f"{file}: missing")
+    if _sha256(file) != man.files[name]:
+        raise StoreError(f"{file}: checksum mismatch (corrupt or modified)")
+    try:
+        return load_file(str(file))
+    except SafetensorError as e:
+        raise StoreError(f"{file}: unreadable: {e}") from None
+
+
+def _member_blocks(tensors, prefix: str, members: int, layout: ParamLayout, rows: int, path: Path):
+    out = []
+    for e in range(members):
+        block = {}
+        for name, shape in zip(layout.names, layout.shapes):
+            key = f"m{e}/{prefix}{name}"
+            t = tensors.get(key)
+            want = (rows, *shape) if rows >= 0 else shape
+            if t is None or tuple(t.shape) != tuple(want):
+                got = None if t is None else tuple(t.shape)
+                raise StoreError(f"{path}: tensor {key!r} has shape {got}, manifest implies {want}")
+            block[name] = t
+        out.append(block)
+    return out
+
+
+def load_version(path: str | Path) -> Store:
+    """Load and verify one version directory (manifest, checksums, shapes)."""
+    path = Path(path)
+    man = read_manifest(path)
+    layout = ParamLayout.for_spec(man.model)
+    n, n_src = len(man.example_source), len(man.source_ids)
+    if man.example_source and not 0 <= min(man.example_source) <= max(man.example_source) < n_src:
+        raise StoreError(f"{path}: example_source refers to a source outside source_ids")
+    params = _member_blocks(_load(path, "params.safetensors", man), "", man.members, layout, -1, path)
+    resp = _load(path, "responses.safetensors", man)
+    ex = _member_blocks(resp, "examples/", man.members, layout, n, path) if man.has_examples else None
+    src = _member_blocks(resp, "sources/", man.members, layout, n_src, path) if man.has_sources else None
+    train = _load(path, "training.safetensors", man)
+    return Store(path, man, params, ex, src, train.get("X"), train.get("y"))
+
+
+def open_store(root: str | Path, version: str | None = None) -> Store:
+    """Load ``version`` (default: the current one) from a store root."""
+    root = Path(root)
+    for attempt in range(3):  # CURRENT may move on, and the old version be pruned, while we read
+        name = version or current_version(root)
+        path = root / "versions" / name
+        try:
+            return load_version(path)
+        except StoreError:
+            if version or path.exists() or attempt == 2:
+                if not path.exists():
+                    break
+                raise
+    raise StoreError(f"{root}: version {version or name!r} not found (have {list_versions(root)})")

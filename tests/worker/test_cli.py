@@ -1,0 +1,63 @@
+"""The worker CLI: build, score, info, and one-line errors (exit 2)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from influence.data import load_digits_test
+from influence.store import open_store
+from worker.cli import main
+from worker.config import ConfigError, load_config
+
+
+def test_score_writes_matrices_and_summary(tmp_path, tiny_store):
+    X, y = load_digits_test()
+    np.savez(tmp_path / "q.npz", X=X[:6], y=y[:6])
+    assert main(["score", "--store", str(tiny_store), "--queries", str(tmp_path / "q.npz"),
+                 "--out", str(tmp_path / "out"), "--top-k", "3"]) == 0
+    ex, src = np.load(tmp_path / "out/examples.npy"), np.load(tmp_path / "out/sources.npy")
+    assert ex.shape == (6, 120) and src.shape == (6, 5)
+    np.testing.assert_allclose(src.sum(1), ex.sum(1), rtol=1e-3, atol=1e-4)
+    summary = (tmp_path / "out/summary.txt").read_text()
+    assert summary.count("query ") == 6 and "publisher-" in summary
+
+
+def test_build_from_user_csv_via_module(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.random((40, 3))
+    lines = ["f1,f2,f3,label,source"] + [f"{a},{b},{c},{int(a > b)},pub{int(c * 3)}" for a, b, c in X]
+    (tmp_path / "d.csv").write_text("\n".join(lines))
+    r = subprocess.run([sys.executable, "-m", "worker", "build", "--preset", "tiny", "--quiet", "--data",
+                        str(tmp_path / "d.csv"), "--store", str(tmp_path / "s"), "--set", "method.steps=5"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    st = open_store(tmp_path / "s")
+    assert st.manifest.model.widths == [3, 12, 2] and st.manifest.source_ids == ["pub0", "pub1", "pub2"]
+
+
+def test_errors_are_one_line(tmp_path, capsys):
+    (tmp_path / "bad.csv").write_text("a,label\nx,1\ny,0\n")
+    assert main(["build", "--preset", "tiny", "--quiet", "--data", str(tmp_path / "bad.csv"),
+                 "--store", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "bad.csv" in err and "'a'" in err and "Traceback" not in err
+    assert main(["info", "--store", str(tmp_path / "nothing")]) == 2
+    assert "no store published yet" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists() or not (tmp_path / "s" / "CURRENT").exists()
+
+
+def test_config_file_and_overrides(tmp_path):
+    (tmp_path / "c.toml").write_text('[method]\nsteps = 7\n[train]\nepochs = 2\n')
+    cfg = load_config("tiny", tmp_path / "c.toml", ["method.eta=0.1"])
+    assert (cfg.method.steps, cfg.train.epochs, cfg.method.eta) == (7, 2, 0.1)
+    (tmp_path / "c.yaml").write_text("method:\n  mode: two\n")
+    assert load_config("tiny", tmp_path / "c.yaml").method.mode == "two"
+    (tmp_path / "bad.toml").write_text('[method]\nstepz = 7\n')
+    with pytest.raises(ConfigError, match=r"bad.toml: method.stepz: Extra inputs"):
+        load_config("tiny", tmp_path / "bad.toml")
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_config("huge")

@@ -1,0 +1,2 @@
+"""Offline worker: trains models, simulates parameter responses, publishes
+influence stores (see ``python -m worker --help``)."""

@@ -1,0 +1,96 @@
+"""``python -m worker`` / ``fa-worker``: build a store, score queries offline,
+inspect a store. Errors print one line naming the file and problem, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from influence.attributor import Attributor, top_k
+from influence.data import load_query_file
+from influence.errors import InfluenceError
+from influence.store import current_version, list_versions, open_store
+
+from .config import PRESETS, ConfigError, load_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fa-worker", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="train, simulate responses, publish a store version")
+    b.add_argument("--preset", default="digits", choices=sorted(PRESETS))
+    b.add_argument("--config", type=Path, help="TOML or YAML file overlaid on the preset")
+    b.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    b.add_argument("--store", type=Path, help="store root (store.root)")
+    b.add_argument("--data", type=Path, help="training file .npz/.csv/.parquet (data.path)")
+    b.add_argument("--seed", type=int, help="train.seed")
+    b.add_argument("--ensemble", type=int, help="method.ensemble")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    s = sub.add_parser("score", help="score a query file against a store (forward-only)")
+    s.add_argument("--store", type=Path, required=True)
+    s.add_argument("--version", help="store version (default: current)")
+    s.add_argument("--queries", type=Path, required=True, help=".npz (X, optional y), .csv or .parquet")
+    s.add_argument("--out", type=Path, required=True, help="output directory")
+    s.add_argument("--output", default="margin", choices=["margin", "loss", "logprob"])
+    s.add_argument("--top-k", type=int, default=5)
+    s.add_argument("--device", default=None, help="cpu or cuda (default: best available)")
+    i = sub.add_parser("info", help="show a store's versions and current manifest")
+    i.add_argument("--store", type=Path, required=True)
+    return p
+
+
+def _build(a) -> None:
+    over = list(a.overrides)
+    flags = ((a.store, "store.root"), (a.data, "data.path"), (a.seed, "train.seed"), (a.ensemble, "method.ensemble"))
+    for flag, key in flags:
+        if flag is not None:
+            over.append(f"{key}={json.dumps(str(flag)) if isinstance(flag, Path) else flag}")
+    cfg = load_config(a.preset, a.config, over)
+    from .pipeline import build
+
+    path = build(cfg, progress=not a.quiet)
+    print(f"published {path.name} at {path}")
+
+
+def _score(a) -> None:
+    store = open_store(a.store, a.version)
+    att = Attributor(store, a.device)
+    man = store.manifest
+    X, y = load_query_file(a.queries, man.model.in_dim, man.classes)
+    sc = att.score(torch.from_numpy(X), None if y is None else torch.from_numpy(y), a.output)
+    a.out.mkdir(parents=True, exist_ok=True)
+    np.save(a.out / "examples.npy", sc.examples.cpu().numpy())
+    np.save(a.out / "sources.npy", sc.sources.cpu().numpy())
+    sv, si = top_k(sc.sources, a.top_k)
+    ev, ei = top_k(sc.examples, a.top_k)
+    lines = [f"store {a.store} version {store.version}; output {a.output}; {len(X)} queries"]
+    for q in range(len(X)):
+        srcs = ", ".join(f"{man.source_ids[j]} {v:+.4g}" for v, j in zip(sv[q].tolist(), si[q].tolist()))
+        exs = ", ".join(f"#{j} {v:+.4g}" for v, j in zip(ev[q].tolist(), ei[q].tolist()))
+        lines += [f"query {q}: predicted {man.classes[sc.pred[q]]}, target {man.classes[sc.target[q]]}",
+                  f"  sources:  {srcs}", f"  examples: {exs}"]
+    (a.out / "summary.txt").write_text("\n".join(lines) + "\n")
+    print(f"wrote {a.out}/examples.npy {tuple(sc.examples.shape)}, sources.npy {tuple(sc.sources.shape)}, summary.txt")
+
+
+def _info(a) -> None:
+    cur = current_version(a.store)
+    man = open_store(a.store).manifest
+    print(json.dumps({"current": cur, "versions": list_versions(a.store), "model": man.model.model_dump(),
+                      "members": man.members, "n_examples": len(man.example_source),
+                      "n_sources": len(man.source_ids), "dtype": man.dtype, "method": man.method}, indent=1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    try:
+        {"build": _build, "score": _score, "info": _info}[a.cmd](a)
+    except (InfluenceError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,163 @@
+"""Validated worker configuration with named presets.
+
+A config is a preset (``digits``, ``tiny``), optionally overlaid by a TOML
+or YAML file and ``section.key=value`` overrides; every field is checked by
+pydantic, so a typo or an out-of-range value fails before any work starts.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from influence.model import MLPSpec
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Section):
+    """``name="digits"`` is the built-in set; ``path`` a user file instead."""
+
+    name: Literal["digits"] | None = "digits"
+    path: Path | None = None
+    label_column: str = "label"
+    n_sources: int = Field(20, ge=1, description="publishers assigned to built-in data")
+    skew: float = Field(1.0, ge=0, description="Zipf exponent of publisher sizes")
+    affinity: float = Field(4.0, ge=0, description="extra weight of a publisher's preferred class")
+    source_seed: int = 0
+    limit: int | None = Field(None, ge=2, description="keep only the first N training examples")
+
+
+class TrainConfig(_Section):
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    batch_size: int = Field(128, ge=1)
+    epochs: int = Field(40, ge=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    seed: int = 0
+
+
+class MethodConfig(_Section):
+    """Simulation settings (method page): ``u ← u − η[(H_t + λI)u + g]``."""
+
+    mode: Literal["single", "two"] = "single"
+    curvature: Literal["ggn", "hessian"] = "ggn"
+    schedule: Literal["posthoc", "alongside"] = "posthoc"
+    steps: int = Field(300, ge=1, description="K, the horizon")
+    eta: float = Field(0.4, gt=0, description="step size of the propagation")
+    damping: float = Field(0.003, ge=0, description="λ, added to H + weight_decay·I")
+    curvature_batch: int = Field(0, ge=0, description="examples per curvature product; 0 = all")
+    directions: Literal["examples", "sources", "both"] = "both"
+    ensemble: int = Field(1, ge=1, le=64)
+    chunk: int = Field(128, ge=1, description="directions propagated together (memory bound)")
+    epsilon: float = Field(1e-4, gt=0, description="upweight of the two-trajectory mode")
+    fast_path: bool = Field(True, description="closed-form linear-stack products instead of torch.func")
+
+
+class StoreConfig(_Section):
+    root: Path = Path("stores/digits")
+    keep: int = Field(3, ge=1)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    include_training_data: bool = True
+
+
+class WorkerConfig(_Section):
+    preset: str = "digits"
+    data: DataConfig = DataConfig()
+    model: MLPSpec = MLPSpec(widths=[64, 128, 10])
+    train: TrainConfig = TrainConfig()
+    method: MethodConfig = MethodConfig()
+    store: StoreConfig = StoreConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.data.path is not None:
+            self.data.name = None
+        if self.data.name is None and self.data.path is None:
+            raise ValueError("data: set either name='digits' or a path")
+        return self
+
+
+PRESETS: dict[str, dict] = {
+    "digits": {},
+    "tiny": {
+        "data": {"limit": 120, "n_sources": 5},
+        "model": {"widths": [64, 12, 10]},
+        "train": {"epochs": 8, "batch_size": 32},
+        "method": {"steps": 60, "damping": 0.01, "chunk": 64},
+        "store": {"root": "stores/tiny"},
+    },
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        try:
+            return tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            return text
+
+
+def read_config_file(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = tomllib.loads(text)
+    except Exception as e:
+        raise ConfigError(f"{path}: not valid {path.suffix[1:] or 'toml'}: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a table of sections")
+    return data
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the file or field."""
+
+
+def load_config(preset: str = "digits", file: Path | None = None, overrides: list[str] = ()) -> WorkerConfig:
+    """Preset <- file <- ``section.key=value`` overrides, validated."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    data = _merge({"preset": preset}, PRESETS[preset])
+    if file is not None:
+        data = _merge(data, read_config_file(Path(file)))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected section.key=value")
+        node = parsed = {}
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = _parse_value(value)
+        data = _merge(data, parsed)
+    try:
+        return WorkerConfig.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"])
+        src = f"{file}: " if file else ""
+        raise ConfigError(f"{src}{where}: {err['msg']}") from None

@@ -1,0 +1,117 @@
+"""Single-trajectory simulation of parameter responses (method page):
+
+    u_d ← u_d − η [ (H_t + (wd + λ) I) u_d + g_d ]      K steps from u_d = 0
+
+whose fixed point is ``u_d = −H_λ⁻¹ g_d`` (``H_λ`` the curvature of the
+training objective ``mean ℓ + (wd/2)|θ|²`` plus damping ``λ``). Directions
+``d`` are training examples (``g_d = ∇ℓ(z_d)``) and sources
+(``g_s = Σ_{b∈s} g_b``); all are propagated together, in chunks.
+
+``posthoc`` runs around the trained optimum; ``alongside`` is a training
+hook that runs over the last K steps of training, reusing their minibatches
+and iterates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from influence.model import MLPSpec, build_mlp
+
+from .config import MethodConfig
+from .curvature import LinearStackGGN, ggn_generic, hvp_generic, per_example_grads
+
+
+@dataclass
+class Responses:
+    examples: torch.Tensor | None  # (n, p)
+    sources: torch.Tensor | None  # (S, p)
+
+
+class Simulator:
+    """X ``(n, d)``, y ``(n,)``, source ``(n,)`` in ``[0, n_sources)``."""
+
+    def __init__(self, cfg: MethodConfig, spec: MLPSpec, weight_decay: float,
+                 X: torch.Tensor, y: torch.Tensor, source: torch.Tensor, n_sources: int):
+        self.cfg, self.spec = cfg, spec
+        self.shift = weight_decay + cfg.damping
+        self.X, self.y, self.source, self.n_sources = X, y, source, n_sources
+        self.model = build_mlp(spec).to(X.dtype)
+        self.U: torch.Tensor | None = None
+
+    # -- pieces -------------------------------------------------------------
+    def directions(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``(R, p)``: example gradients, then source sums, as configured."""
+        g = per_example_grads(self.model, params, self.X, self.y)
+        rows = []
+        if self.cfg.directions in ("examples", "both"):
+            rows.append(g)
+        if self.cfg.directions in ("sources", "both"):
+            rows.append(g.new_zeros((self.n_sources, g.shape[1])).index_add_(0, self.source, g))
+        return torch.cat(rows)
+
+    def curvature(self, params: dict[str, torch.Tensor], idx: torch.Tensor | None):
+        """``U -> H_t U`` on the examples ``idx`` (None: all)."""
+        X = self.X if idx is None else self.X[idx]
+        if self.cfg.curvature == "hessian":
+            y = self.y if idx is None else self.y[idx]
+            return hvp_generic(self.model, params, X, y)
+        if self.cfg.fast_path:
+            return LinearStackGGN(params, self.spec, X)
+        return ggn_generic(self.model, params, X)
+
+    def step(self, U: torch.Tensor, G: torch.Tensor, product) -> torch.Tensor:
+        """One propagation step for all directions, chunked for memory."""
+        eta, c = self.cfg.eta, self.cfg.chunk
+        for s in range(0, U.shape[0], c):
+            u = U[s : s + c]
+            u -= eta * (product(u) + self.shift * u + G[s : s + c])
+        return U
+
+    def split(self, U: torch.Tensor) -> Responses:
+        n = len(self.X) if self.cfg.directions in ("examples", "both") else 0
+        ex = U[:n] if n else None
+        src = U[n:] if self.cfg.directions in ("sources", "both") else None
+        return Responses(ex, src)
+
+    # -- schedules ----------------------------------------------------------
+    def posthoc(self, params: dict[str, torch.Tensor], seed: int, progress=None) -> Responses:
+        """K steps around ``params``; curvature on the full set, or on a fresh
+        random batch of ``curvature_batch`` examples each step."""
+        G = self.directions(params)
+        U = torch.zeros_like(G)
+        full = self.cfg.curvature_batch == 0 or self.cfg.curvature_batch >= len(self.X)
+        product = self.curvature(params, None) if full else None
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(self.cfg.steps):
+            if not full:
+                idx = torch.randperm(len(self.X), generator=gen)[: self.cfg.curvature_batch]
+                product = self.curvature(params, idx)
+            self.step(U, G, product)
+            if progress is not None:
+                progress.update(1)
+        return self.split(U)
+
+    def alongside(self, total_steps: int, progress=None):
+        """A ``worker.train`` hook: propagate during the last K of
+        ``total_steps`` training steps with that step's iterate and batch."""
+        first = max(0, total_steps - self.cfg.steps)
+
+        def hook(t: int, params: dict[str, torch.Tensor], idx: torch.Tensor) -> None:
+            if t < first:
+                return
+            G = self.directions(params)
+            if self.U is None:
+                self.U = torch.zeros_like(G)
+            self.step(self.U, G, self.curvature(params, idx))
+            if progress is not None:
+                progress.update(1)
+
+        return hook
+
+    def result(self) -> Responses:
+        if self.U is None:
+            raise RuntimeError("the alongside hook never ran")
+        return self.split(self.U)
