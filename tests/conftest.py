@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import influence  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
 from influence.model import MLPSpec, init_params
 
 

@@ -54,7 +54,8 @@ def _build(a) -> None:
     from .pipeline import build
 
     path = build(cfg, progress=not a.quiet)
-    print(f"published {path.name} at {path}")
+    if path is not None:  # rank 0 of a distributed run, or a plain run
+        print(f"published {path.name} at {path}")
 
 
 def _score(a) -> None:

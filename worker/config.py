@@ -66,6 +66,7 @@ class StoreConfig(_Section):
     keep: int = Field(3, ge=1)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     include_training_data: bool = True
+    checkpoint_every: int = Field(25, ge=0, description="propagation steps between checkpoints; 0 = none")
 
 
 class WorkerConfig(_Section):

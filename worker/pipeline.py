@@ -1,7 +1,17 @@
-"""The worker's job: data -> E trained members -> responses -> published store."""
+"""The worker's job: data -> E trained members -> responses -> published store.
+
+Work in progress lives in ``ROOT/.work/<run id>/`` (the run id hashes the
+config and the data): each trained member, the propagation state every
+``store.checkpoint_every`` steps, and each finished member. A run killed
+midway and started again with the same config resumes from there and
+publishes the same store an uninterrupted run would; the previous store
+stays current until the new one is published.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 import time
 from pathlib import Path
 
@@ -13,9 +23,10 @@ from influence.model import ParamLayout
 from influence.readout import mlp_forward
 from influence.store import Manifest, publish
 
-from .config import WorkerConfig
-from .simulate import Responses, Simulator
-from .train import steps_per_run, train
+from .config import ConfigError, WorkerConfig
+from .distributed import barrier, broadcast_params, gather_rows, init_from_env, rank_world, shard, shutdown
+from .simulate import Responses, Simulator, StepCheckpoint
+from .train import Trained, steps_per_run, train
 from .twotraj import two_trajectories
 
 
@@ -34,62 +45,114 @@ def member_seed(cfg: WorkerConfig, member: int) -> int:
     return cfg.train.seed + 1000 * member
 
 
-def simulate_member(cfg: WorkerConfig, X, y, source, n_sources: int, seed: int, bar=None):
-    """Train one member and simulate its responses. Returns (Trained, Responses)."""
+def run_id(cfg: WorkerConfig, ds: Dataset) -> str:
+    """Identifies the work: every setting that changes the result, and the data."""
+    key = cfg.model_dump_json(include={"data", "model", "train", "method"}) + ds.fingerprint()
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _trained(cfg, X, y, seed: int, work: Path) -> Trained:
+    path = work / f"trained-{seed}.pt"
+    if path.exists():
+        return Trained(**torch.load(path))
+    t = train(cfg.model, X, y, cfg.train, seed)
+    broadcast_params(t.params)
+    if rank_world()[0] == 0:
+        torch.save(t.__dict__, path)
+    return t
+
+
+def simulate_member(cfg: WorkerConfig, X, y, source, n_sources: int, seed: int, bar=None,
+                    work: Path | None = None) -> tuple[Trained, Responses | None]:
+    """Train one member and simulate its responses (rank 0 gets them all)."""
     m, spec = cfg.method, cfg.model
     sim = Simulator(m, spec, cfg.train.weight_decay, X, y, source, n_sources)
+    rank, world = rank_world()
+    if world > 1 and (m.mode, m.schedule) != ("single", "posthoc"):
+        raise ConfigError("distributed runs shard method.mode=single with method.schedule=posthoc only")
     if m.mode == "single" and m.schedule == "alongside":
-        total = steps_per_run(len(X), cfg.train)
-        trained = train(spec, X, y, cfg.train, seed, on_step=sim.alongside(total, bar))
+        trained = train(spec, X, y, cfg.train, seed, on_step=sim.alongside(steps_per_run(len(X), cfg.train), bar))
         return trained, sim.result()
-    trained = train(spec, X, y, cfg.train, seed)
+    trained = _trained(cfg, X, y, seed, work) if work else train(spec, X, y, cfg.train, seed)
     if m.mode == "two":
         return trained, two_trajectories(m, cfg.train, spec, trained, X, y, source, n_sources, seed, bar)
-    return trained, sim.posthoc(trained.params, seed, bar)
+    n_rows = len(X) * (m.directions != "sources") + n_sources * (m.directions != "examples")
+    every = cfg.store.checkpoint_every
+    ck = StepCheckpoint(work / f"sim-{seed}.rank{rank}of{world}.pt", every) if work and every else None
+    part = sim.propagate(trained.params, seed, shard(n_rows, rank, world), ck, bar)
+    U = gather_rows(part, work, f"sim-{seed}") if world > 1 else part
+    return trained, None if U is None else sim.split(U)
 
 
-def _blocks(flat: torch.Tensor | None, layout: ParamLayout):
-    return None if flat is None else layout.unflatten(flat.float().contiguous())
-
-
-def build(cfg: WorkerConfig, progress: bool = True) -> Path:
-    """Run the whole job and publish; returns the new version's directory."""
-    ds = load_dataset(cfg)
-    if ds.X.shape[1] != cfg.model.in_dim or len(ds.classes) > cfg.model.n_classes:
-        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(
-            update={"widths": [ds.X.shape[1], *cfg.model.widths[1:-1], max(len(ds.classes), 2)]})})
-    X, y, source = torch.from_numpy(ds.X), torch.from_numpy(ds.y), torch.from_numpy(ds.source)
+def _member(cfg, X, y, source, n_sources, e, work, bar) -> dict | None:
+    """One member's params, responses and stats, from the work dir if done."""
+    seed = member_seed(cfg, e)
+    done = work / f"member-{seed}.pt"
+    if done.exists():
+        bar.update(bar.total // cfg.method.ensemble)
+        return torch.load(done)
+    t0 = time.perf_counter()
+    trained, resp = simulate_member(cfg, X, y, source, n_sources, seed, bar, work)
+    if resp is None:  # a non-zero rank: its shard went to rank 0
+        return None
+    with torch.no_grad():
+        acc = (mlp_forward(trained.params, cfg.model, X)[0].argmax(1) == y).float().mean().item()
     layout = ParamLayout.for_spec(cfg.model)
-    params, examples, sources, stats = [], [], [], []
+    out = {"params": trained.params,
+           "examples": None if resp.examples is None else layout.unflatten(resp.examples.float().contiguous()),
+           "sources": None if resp.sources is None else layout.unflatten(resp.sources.float().contiguous()),
+           "stats": {"seed": seed, "final_loss": trained.final_loss, "train_accuracy": acc,
+                     "seconds": round(time.perf_counter() - t0, 3)}}
+    torch.save(out, done)
+    return out
+
+
+def _fit_model_to_data(cfg: WorkerConfig, ds: Dataset) -> WorkerConfig:
+    widths = [ds.X.shape[1], *cfg.model.widths[1:-1], max(len(ds.classes), 2)]
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"widths": widths})})
+
+
+def build(cfg: WorkerConfig, progress: bool = True) -> Path | None:
+    """Run the whole job and publish; returns the new version's directory
+    (``None`` on ranks other than 0 of a distributed run)."""
+    init_from_env()
+    rank, _ = rank_world()
+    ds = load_dataset(cfg)
+    cfg = _fit_model_to_data(cfg, ds)
+    X, y, source = torch.from_numpy(ds.X), torch.from_numpy(ds.y), torch.from_numpy(ds.source)
+    work = Path(cfg.store.root) / ".work" / run_id(cfg, ds)
+    work.mkdir(parents=True, exist_ok=True)
     m = cfg.method
-    if m.mode == "single":
-        unit, per = "step", m.steps
-    else:
-        unit, per = "dir", len(X) * (m.directions != "sources") + len(ds.source_ids) * (m.directions != "examples")
+    per = m.steps if m.mode == "single" else len(X) * (m.directions != "sources") + len(ds.source_ids) * (
+        m.directions != "examples")
     bar = tqdm(total=per * m.ensemble, desc=f"simulate {m.mode}/{m.schedule} x{m.ensemble}",
-               disable=not progress, unit=unit)
-    for e in range(m.ensemble):
-        t0 = time.perf_counter()
-        trained, resp = simulate_member(cfg, X, y, source, len(ds.source_ids), member_seed(cfg, e), bar)
-        params.append(trained.params)
-        examples.append(_blocks(resp.examples, layout))
-        sources.append(_blocks(resp.sources, layout))
-        with torch.no_grad():
-            acc = (mlp_forward(trained.params, cfg.model, X)[0].argmax(1) == y).float().mean().item()
-        stats.append({"seed": member_seed(cfg, e), "final_loss": trained.final_loss, "train_accuracy": acc,
-                      "seconds": round(time.perf_counter() - t0, 3)})
+               disable=not progress or rank != 0, unit="step" if m.mode == "single" else "dir")
+    members = [_member(cfg, X, y, source, len(ds.source_ids), e, work, bar) for e in range(m.ensemble)]
     bar.close()
+    if rank != 0:
+        barrier()
+        shutdown()
+        return None
+    path = _publish(cfg, ds, members, X, y)
+    shutil.rmtree(work, ignore_errors=True)
+    barrier()
+    shutdown()
+    return path
+
+
+def _publish(cfg: WorkerConfig, ds: Dataset, members: list[dict], X, y) -> Path:
+    m = cfg.method
     manifest = Manifest(
         format_version=1, model=cfg.model, recipe=cfg.train.model_dump(mode="json"),
         method=m.model_dump(mode="json"),
         data={"name": ds.name, "fingerprint": ds.fingerprint(), "n": ds.n, "dim": int(ds.X.shape[1])},
         classes=ds.classes, source_ids=ds.source_ids, example_source=ds.source.tolist(),
-        members=m.ensemble, dtype=cfg.store.dtype, has_examples=examples[0] is not None,
-        has_sources=sources[0] is not None, extra={"members": stats, "preset": cfg.preset},
+        members=m.ensemble, dtype=cfg.store.dtype, has_examples=members[0]["examples"] is not None,
+        has_sources=members[0]["sources"] is not None,
+        extra={"members": [mb["stats"] for mb in members], "preset": cfg.preset},
     )
+    ex = [mb["examples"] for mb in members] if manifest.has_examples else None
+    src = [mb["sources"] for mb in members] if manifest.has_sources else None
     training = (X, y) if cfg.store.include_training_data else None
-    return publish(cfg.store.root, manifest, params, examples if examples[0] is not None else None,
-                   sources if sources[0] is not None else None, training, keep=cfg.store.keep)
-
-
-__all__ = ["build", "load_dataset", "simulate_member", "Responses"]
+    return publish(cfg.store.root, manifest, [mb["params"] for mb in members], ex, src, training,
+                   keep=cfg.store.keep)

@@ -14,7 +14,9 @@ and iterates.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -78,21 +80,37 @@ class Simulator:
 
     # -- schedules ----------------------------------------------------------
     def posthoc(self, params: dict[str, torch.Tensor], seed: int, progress=None) -> Responses:
-        """K steps around ``params``; curvature on the full set, or on a fresh
-        random batch of ``curvature_batch`` examples each step."""
-        G = self.directions(params)
-        U = torch.zeros_like(G)
+        """K steps around ``params`` for every direction."""
+        return self.split(self.propagate(params, seed, progress=progress))
+
+    def propagate(self, params: dict[str, torch.Tensor], seed: int, rows: slice = slice(None),
+                  checkpoint: StepCheckpoint | None = None, progress=None) -> torch.Tensor:
+        """Post-hoc propagation of the directions ``rows`` (a shard), ``(r, p)``.
+
+        Curvature on all examples, or on a fresh random batch of
+        ``curvature_batch`` each step drawn from ``seed`` (identical on every
+        shard). With ``checkpoint``, state is saved every few steps and a
+        rerun resumes where the last one stopped, bit for bit."""
+        G = self.directions(params)[rows]
+        U, start = torch.zeros_like(G), 0
         full = self.cfg.curvature_batch == 0 or self.cfg.curvature_batch >= len(self.X)
         product = self.curvature(params, None) if full else None
         gen = torch.Generator().manual_seed(seed)
-        for _ in range(self.cfg.steps):
+        if checkpoint is not None and (state := checkpoint.load()) is not None:
+            start, U = state["step"], state["U"]
+            gen.set_state(state["gen"])
+            if progress is not None:
+                progress.update(start)
+        for t in range(start, self.cfg.steps):
             if not full:
                 idx = torch.randperm(len(self.X), generator=gen)[: self.cfg.curvature_batch]
                 product = self.curvature(params, idx)
             self.step(U, G, product)
+            if checkpoint is not None:
+                checkpoint.maybe_save(t + 1, U, gen)
             if progress is not None:
                 progress.update(1)
-        return self.split(U)
+        return U
 
     def alongside(self, total_steps: int, progress=None):
         """A ``worker.train`` hook: propagate during the last K of
@@ -115,3 +133,20 @@ class Simulator:
         if self.U is None:
             raise RuntimeError("the alongside hook never ran")
         return self.split(self.U)
+
+
+class StepCheckpoint:
+    """Propagation state on disk, written atomically every ``every`` steps."""
+
+    def __init__(self, path: Path, every: int):
+        self.path, self.every = Path(path), every
+
+    def load(self) -> dict | None:
+        return torch.load(self.path) if self.path.exists() else None
+
+    def maybe_save(self, step: int, U: torch.Tensor, gen: torch.Generator) -> None:
+        if step % self.every:
+            return
+        tmp = self.path.with_suffix(".tmp")
+        torch.save({"step": step, "U": U, "gen": gen.get_state()}, tmp)
+        os.replace(tmp, self.path)
