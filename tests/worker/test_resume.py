@@ -56,9 +56,10 @@ def test_torchrun_two_ranks_equal_single_process(tmp_path, tiny_store):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                        "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "worker", "build", "--preset", "tiny", "--quiet",
-                        "--store", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                "--master-addr", "127.0.0.1", "--master-port", str(port)]
+    r = subprocess.run([*launcher, "-m", "worker", "build", "--preset", "tiny", "--quiet", "--store", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     a, b = open_store(tmp_path), open_store(tiny_store)
     for xs, ys in ((a.examples, b.examples), (a.sources, b.sources)):
