@@ -1,0 +1,74 @@
+"""``python -m service`` / ``fa-service``: settings + flags, then uvicorn.
+
+Flags override the environment (``FA_*``, ``.env``). With no Redis URL an
+embedded Redis-compatible server is started in ``--data-dir``; when the
+store has no published version yet, the default digits store is built into
+it first (a few minutes on a laptop CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from .settings import Settings
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="fa-service", description="Serve forward-only data attribution over HTTP.")
+    ap.add_argument("--host", help="interface to bind (FA_HOST)")
+    ap.add_argument("--port", type=int, help="TCP port (FA_PORT)")
+    ap.add_argument("--store", type=Path, help="influence store root (FA_STORE)")
+    ap.add_argument("--data-dir", type=Path, help="service data dir: embedded Redis, journal (FA_DATA_DIR)")
+    ap.add_argument("--redis-url", help="Redis URL (FA_REDIS_URL / REDIS_URL); unset = embedded server")
+    ap.add_argument("--device", help="torch device for the store, e.g. cuda or cpu (FA_DEVICE)")
+    ap.add_argument("--no-build", action="store_true", help="do not build the default store when none exists")
+    ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return ap.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    over = {k: v for k, v in {"host": args.host, "port": args.port, "store": args.store, "data_dir": args.data_dir,
+                              "redis_url": args.redis_url, "device": args.device}.items() if v is not None}
+    if args.no_build:
+        over["build_default_store"] = False
+    base = Settings()
+    return Settings(**{**base.model_dump(), **over})
+
+
+def ensure_store(settings: Settings) -> None:
+    """Build the default store (preset ``default_preset``, digits) into
+    ``settings.store`` if it has no CURRENT yet."""
+    if (settings.store / "CURRENT").exists() or not settings.build_default_store:
+        return
+    from worker.config import load_config
+    from worker.pipeline import build
+
+    logging.getLogger("service").info("no store at %s: building the %s store first (digits: a few minutes)",
+                                      settings.store, settings.default_preset)
+    build(load_config(settings.default_preset, overrides=[f'store.root="{settings.store.as_posix()}"']),
+          progress=sys.stderr.isatty())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = settings_from(args)
+    except ValueError as e:
+        print(f"fa-service: invalid settings: {e}", file=sys.stderr)
+        return 2
+    ensure_store(settings)
+    from .app import create_app
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
+                access_log=args.log_level == "debug")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Micro-batcher: concurrent requests -> one readout.
+
+Requests wait in a bounded queue (counted in queries). A single worker takes
+the oldest request, then keeps adding requests until the batch holds
+``max_batch`` queries or ``max_wait_s`` has passed since it started, and runs
+the readout in a dedicated thread, off the event loop. With batching off,
+every request is its own batch.
+
+Identical answers with batching on or off: a GEMM's row results can depend
+on how many rows it has (BLAS picks other kernels for 1-2 rows; cuBLAS picks
+by shape). So the readout always runs on blocks of exactly ``block`` rows,
+the last padded with zeros: each query's numbers are the same whatever it
+was batched with (checked bit for bit by the tests).
+
+Hot swap: a request carries the ``Attributor`` that was current when it
+arrived; a batch is split by attributor, so a request is answered by one
+store version whole, and an old store stays alive until its last request is
+answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from influence.attributor import Attributor
+
+from .errors import ApiError, unavailable
+from .tasks import cancel_and_wait
+
+
+@dataclass
+class Readout:
+    """One request's rows of a batched readout (CPU tensors).
+
+    probs ``(b, C)``, pred and target ``(b,)``, sources ``(b, S)``,
+    examples ``(b, n)`` or None; seconds and the batch size in queries."""
+
+    version: str
+    probs: torch.Tensor
+    pred: torch.Tensor
+    target: torch.Tensor
+    sources: torch.Tensor
+    examples: torch.Tensor | None
+    queue_s: float = 0.0
+    readout_s: float = 0.0
+    batch_queries: int = 0
+
+
+@dataclass
+class _Item:
+    att: Attributor
+    x: torch.Tensor  # (b, d) float32
+    y: torch.Tensor  # (b,) int64, -1 = the predicted class
+    kind: str
+    examples: bool
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+
+def readout_rows(att: Attributor, x: torch.Tensor, y: torch.Tensor, kind: str, examples: bool,
+                 block: int) -> tuple[torch.Tensor, ...]:
+    """Score rows ``x (B, d)`` in padded blocks of ``block`` rows; ``y = -1``
+    scores the predicted class. Returns CPU (probs, pred, target, sources,
+    examples or None)."""
+    n, pad = x.shape[0], (-x.shape[0]) % block
+    xs = torch.cat([x, x.new_zeros((pad, x.shape[1]))]) if pad else x
+    ys = torch.cat([y, y.new_full((pad,), -1)]) if pad else y
+    parts = []
+    for s in range(0, xs.shape[0], block):
+        xb, yb = xs[s:s + block], ys[s:s + block].to(att.device)
+        probs = att.probs(xb)
+        target = torch.where(yb >= 0, yb, probs.argmax(1))
+        sc = att.score(xb, target, kind, examples=examples, sources=True)
+        parts.append((sc.probs, sc.pred, sc.target, sc.sources, sc.examples))
+    out = [torch.cat([p[i] for p in parts])[:n].cpu() if parts[0][i] is not None else None for i in range(5)]
+    return tuple(out)
+
+
+class Batcher:
+    """See the module doc. ``on_batch(queries, seconds)`` is told of each readout."""
+
+    def __init__(self, max_batch: int, max_wait_s: float, block: int, queue_size: int, enabled: bool = True,
+                 timeout_s: float = 30.0, retry_after_s: int = 1, on_batch: Callable[[int, float], None] | None = None):
+        self.max_batch, self.max_wait_s, self.block = max_batch, max_wait_s, block
+        self.queue_size, self.enabled, self.timeout_s = queue_size, enabled, timeout_s
+        self.retry_after_s, self.on_batch = retry_after_s, on_batch
+        self._pending: deque[_Item] = deque()
+        self._queued = 0  # queries waiting
+        self._wake = asyncio.Event()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="readout")
+        self._task: asyncio.Task | None = None
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
+
+    async def stop(self) -> None:
+        if self._task:
+            await cancel_and_wait([self._task])
+        while self._pending:
+            item = self._pending.popleft()
+            if not item.future.done():
+                item.future.set_exception(unavailable("shutting down", self.retry_after_s))
+        self._pool.shutdown(wait=True)
+
+    async def submit(self, att: Attributor, x: torch.Tensor, y: torch.Tensor, kind: str, examples: bool) -> Readout:
+        """Queue one request's rows and wait for its readout (503 when the
+        queue is full, 504 past ``timeout_s``)."""
+        if self._queued + x.shape[0] > self.queue_size:
+            raise unavailable("too many queries waiting; retry later", self.retry_after_s, "overloaded")
+        item = _Item(att, x, y, kind, examples, asyncio.get_running_loop().create_future())
+        self._pending.append(item)
+        self._queued += len(item)
+        self._wake.set()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await asyncio.shield(item.future)
+        except TimeoutError:
+            item.future.cancel()  # skipped if still queued, dropped if running
+            raise ApiError(504, "timeout", f"no answer within {self.timeout_s:g} s") from None
+
+    async def _take(self) -> list[_Item]:
+        while not self._pending:
+            self._wake.clear()
+            await self._wake.wait()
+        batch = [self._pending.popleft()]
+        rows = len(batch[0])
+        deadline = time.perf_counter() + self.max_wait_s
+        while self.enabled and rows < self.max_batch:
+            if not self._pending:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    break
+                self._wake.clear()
+                try:
+                    async with asyncio.timeout(left):
+                        await self._wake.wait()
+                except TimeoutError:
+                    break
+                continue
+            if rows + len(self._pending[0]) > self.max_batch:
+                break
+            batch.append(self._pending.popleft())
+            rows += len(batch[-1])
+        for item in batch:
+            self._queued -= len(item)
+        return [i for i in batch if not i.future.done()]
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._take()
+            groups: dict[tuple, list[_Item]] = {}
+            for item in batch:
+                groups.setdefault((id(item.att), item.kind), []).append(item)
+            size = sum(len(i) for i in batch)
+            for items in groups.values():
+                t0 = time.perf_counter()
+                try:
+                    res = await loop.run_in_executor(self._pool, self._readout, items)
+                except Exception as e:  # noqa: BLE001 - handed to the waiting requests
+                    for item in items:
+                        if not item.future.done():
+                            item.future.set_exception(e)
+                    continue
+                dt = time.perf_counter() - t0
+                if self.on_batch:
+                    self.on_batch(sum(len(i) for i in items), dt)
+                for item, r in zip(items, res, strict=True):
+                    if not item.future.done():
+                        r.queue_s, r.readout_s, r.batch_queries = t0 - item.enqueued, dt, size
+                        item.future.set_result(r)
+
+    def _readout(self, items: list[_Item]) -> list[Readout]:
+        att = items[0].att
+        x = torch.cat([i.x for i in items])
+        y = torch.cat([i.y for i in items])
+        probs, pred, target, src, ex = readout_rows(att, x, y, items[0].kind, any(i.examples for i in items),
+                                                    self.block)
+        out, s = [], 0
+        for i in items:
+            e = s + len(i)
+            out.append(Readout(att.version, probs[s:e], pred[s:e], target[s:e], src[s:e],
+                               ex[s:e] if ex is not None and i.examples else None))
+            s = e
+        return out

@@ -1,0 +1,76 @@
+"""Fixtures: the session's tiny store (a private copy per test), a real
+Redis (``FA_TEST_REDIS_URL``, default DB 15 on 127.0.0.1:6379) with a unique
+key prefix per test, and a running service (``util.serve``)."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+from influence.store import open_store
+from service.settings import Settings
+
+from .util import REDIS_URL, serve
+
+
+@pytest.fixture(scope="session")
+def built_store(tiny_store) -> Path:
+    """The session's tiny store (tests/conftest.py), read only."""
+    return Path(tiny_store)
+
+
+@pytest.fixture(scope="session")
+def train_x(built_store):
+    return open_store(built_store).X
+
+
+@pytest.fixture
+def store_root(built_store, tmp_path) -> Path:
+    """A private copy, so a test may publish into it."""
+    dst = tmp_path / "store"
+    shutil.copytree(built_store, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def redis_client():
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as e:
+        pytest.fail(f"tests need a Redis at {REDIS_URL} (.ci/run starts one): {e}")
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def prefix(redis_client):
+    p = f"test:{uuid.uuid4().hex[:12]}:"
+    yield p
+    keys = list(redis_client.scan_iter(match=p + "*", count=1000))
+    if keys:
+        redis_client.delete(*keys)
+
+
+@pytest.fixture
+def settings_for(store_root, prefix, tmp_path):
+    """``settings_for(**overrides)`` -> Settings on the private store and prefix."""
+
+    def make(**over) -> Settings:
+        base = dict(store=store_root, redis_url=REDIS_URL, redis_prefix=prefix, data_dir=tmp_path / "var",
+                    max_wait_ms=1.0, replay_interval_s=0.2)
+        return Settings(_env_file=None, **{**base, **over})
+
+    return make
+
+
+@pytest.fixture
+def server(settings_for):
+    """A running service with default test settings: ``(base_url, settings)``."""
+    s = settings_for()
+    with serve(s) as base:
+        yield base, s

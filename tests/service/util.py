@@ -1,0 +1,77 @@
+"""Helpers of the service tests: a real uvicorn in a thread, request
+builders, and publishing a second store version."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from influence.store import open_store, publish
+from service.app import create_app
+from service.settings import Settings
+
+REDIS_URL = os.environ.get("FA_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def publish_scaled(root: Path, factor: float = 2.0) -> str:
+    """Publish a new version whose responses are ``factor`` times the current
+    ones: its scores are exactly ``factor`` times (a power of two is exact)."""
+    st = open_store(root)
+    scale = lambda blocks: [{k: v * factor for k, v in b.items()} for b in blocks] if blocks else None  # noqa: E731
+    path = publish(root, st.manifest, st.params, scale(st.examples), scale(st.sources), (st.X, st.y), keep=5)
+    return path.name
+
+
+@contextmanager
+def serve(settings: Settings, ready: bool = True):
+    """Run the app under a real uvicorn on a free loopback port; yields the base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # proto: asyncio sets TCP_NODELAY
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 30
+        while not server.started and time.time() < deadline:
+            time.sleep(0.02)
+        while ready and time.time() < deadline:
+            try:
+                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        else:
+            if ready:
+                raise RuntimeError("service did not become ready")
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
+
+
+def query(x, target=None, client_id=None) -> dict:
+    q = {"input": [float(v) for v in x]}
+    if target is not None:
+        q["target"] = target
+    if client_id is not None:
+        q["client_id"] = client_id
+    return q
+
+
+def strip_volatile(body: dict) -> dict:
+    """Drop request id, timings and the cache flag: what may differ between two computations."""
+    out = {k: v for k, v in body.items() if k not in ("request_id", "timings")}
+    out["attributions"] = [{k: v for k, v in a.items() if k != "cached"} for a in body["attributions"]]
+    return out
