@@ -29,3 +29,13 @@ def tiny_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("store")
     build(load_config("tiny", overrides=[f'store.root="{root}"']), progress=False)
     return root
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need CUDA; skip them (visibly) where there is none."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
