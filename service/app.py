@@ -7,6 +7,7 @@ the background; ``/readyz`` answers 200 once it is resident.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import time
 from contextlib import asynccontextmanager
@@ -18,7 +19,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from influence import __version__
 from influence.errors import StoreError
 
-from . import errors
+from . import dashboard, errors
 from .attribute import attribute
 from .auth import Principal, require
 from .errors import ApiError, error_response, invalid, unavailable
@@ -93,6 +94,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await rt.start()
+        # Startup's ~200k objects (torch, fastapi, pydantic) leave the GC's
+        # generations: under load a full collection otherwise rescans them about
+        # once a second and stalls every request ~100 ms (p99 160 -> 57 ms, bench/load).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
@@ -103,6 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rt, app.state.keys = rt, rt.keys
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    dashboard.install(app)  # GET /dashboard, its static files, /v1/playground/*
 
     @app.get("/healthz")
     async def healthz():
