@@ -74,7 +74,11 @@ class Attributor:
     @torch.no_grad()
     def probs(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, self.dtype)
-        return torch.stack([torch.softmax(mlp_forward(p, self.spec, x)[0], 1) for p in self.params]).mean(0)
+        return self._probs([mlp_forward(p, self.spec, x) for p in self.params])
+
+    @staticmethod
+    def _probs(forwards) -> torch.Tensor:
+        return torch.stack([torch.softmax(f[0], 1) for f in forwards]).mean(0)
 
     @torch.no_grad()
     def score(self, x: torch.Tensor, y: torch.Tensor | None = None, kind: Output = "margin",
@@ -83,24 +87,36 @@ class Attributor:
         if kind not in OUTPUTS:
             raise QueryError("output", f"must be one of {OUTPUTS}")
         self.check(x, y)
+        return self.readout(x, y, kind, examples, sources)
+
+    @torch.no_grad()
+    def readout(self, x: torch.Tensor, y: torch.Tensor | None = None, kind: Output = "margin",
+                examples: bool = True, sources: bool = True) -> Scores:
+        """``score`` without the checks, for callers that validated already
+        (the service). ``y`` may also hold ``-1`` for "the predicted class".
+        One forward pass per member serves the probabilities, the targets
+        and both response sets."""
         x = x.to(self.device, self.dtype)
-        probs = self.probs(x)
+        forwards = [mlp_forward(p, self.spec, x) for p in self.params]
+        probs = self._probs(forwards)
         pred = probs.argmax(1)
-        target = pred if y is None else y.to(self.device)
-        ex = self._mean(self.examples, x, target, kind) if examples or (sources and not self.sources) else None
+        target = pred if y is None else torch.where(y.to(self.device) >= 0, y.to(self.device), pred)
+        ex = None
+        if examples or (sources and not self.sources):
+            ex = self._mean(self.examples, forwards, x, target, kind)
         src = None
         if sources:
-            src = self._mean(self.sources, x, target, kind) if self.sources else self.sum_by_source(ex)
+            src = self._mean(self.sources, forwards, x, target, kind) if self.sources else self.sum_by_source(ex)
         if ex is not None and not examples:
             ex = None
         return Scores(probs, pred, target, ex, src)
 
-    def _mean(self, blocks, x, target, kind) -> torch.Tensor:
+    def _mean(self, blocks, forwards, x, target, kind) -> torch.Tensor:
         if blocks is None:
             raise QueryError("granularity", "this store holds no per-example responses")
         total = None
-        for p, layers in zip(self.params, blocks):
-            s = linear_stack_scores(p, self.spec, layers, x, target, kind)
+        for p, layers, fw in zip(self.params, blocks, forwards, strict=True):
+            s = linear_stack_scores(p, self.spec, layers, x, target, kind, forward=fw)
             total = s if total is None else total.add_(s)
         return total / len(blocks)
 

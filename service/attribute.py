@@ -14,6 +14,7 @@ import json
 import time
 import uuid
 
+import numpy as np
 import torch
 
 from influence.attributor import Attributor, top_k
@@ -39,12 +40,13 @@ def check(att: Attributor, req: AttributionRequest, rt: Runtime) -> tuple[torch.
             raise invalid(f"queries[{i}].input", f"expected {d} values, got {len(q.input)}")
         if q.target is not None and not 0 <= q.target < c:
             raise invalid(f"queries[{i}].target", f"must be a class index in [0, {c})")
-    x = torch.tensor([q.input for q in req.queries], dtype=torch.float32)
-    bad = (~torch.isfinite(x)).any(1).nonzero()
-    if len(bad):
-        raise invalid(f"queries[{int(bad[0])}].input", "values must be finite float32 numbers")
+    with np.errstate(over="ignore"):  # a finite float64 beyond float32's range becomes inf: rejected below
+        xn = np.array([q.input for q in req.queries], dtype=np.float32)
+    finite = np.isfinite(xn).all(1)
+    if not finite.all():
+        raise invalid(f"queries[{int(np.argmin(finite))}].input", "values must be finite float32 numbers")
     y = torch.tensor([-1 if q.target is None else q.target for q in req.queries], dtype=torch.long)
-    return x, y
+    return torch.from_numpy(xn), y
 
 
 def _cache_key(rt: Runtime, att: Attributor, req: AttributionRequest, x: torch.Tensor, y: int) -> str:
@@ -54,23 +56,34 @@ def _cache_key(rt: Runtime, att: Attributor, req: AttributionRequest, x: torch.T
     return rt.ledger.key("cache", att.version, h.hexdigest())
 
 
-def _answer(att: Attributor, req: AttributionRequest, rt: Runtime, r, j: int) -> tuple[dict, dict[str, int]]:
-    """Query ``j`` of readout ``r`` -> (attribution dict, credit by source id)."""
+def _answers(att: Attributor, req: AttributionRequest, rt: Runtime, r) -> list[tuple[dict, dict[str, int]]]:
+    """Every query of readout ``r`` -> (attribution dict, credit by source id).
+    Top-k runs once over the batch's rows, tensors become lists once."""
     man = att.manifest
-    probs, pred, tgt = r.probs[j], int(r.pred[j]), int(r.target[j])
-    out = {"prediction": {"index": pred, "label": man.classes[pred], "probability": float(probs[pred])},
-           "target": {"index": tgt, "label": man.classes[tgt], "probability": float(probs[tgt])},
-           "sources": None, "examples": None, "cached": False}
+    probs, preds, tgts = r.probs.tolist(), r.pred.tolist(), r.target.tolist()
+    src_rows = r.sources.tolist()
+    src_top = ex_top = None
     if req.granularity in ("sources", "both"):
-        vals, idx = top_k(r.sources[j][None], req.top_k, req.order)
-        pairs = zip(vals[0].tolist(), idx[0].tolist(), strict=True)
-        out["sources"] = [{"id": man.source_ids[i], "score": v} for v, i in pairs]
+        vals, idx = top_k(r.sources, req.top_k, req.order)
+        src_top = zip(vals.tolist(), idx.tolist(), strict=True)
     if req.granularity in ("examples", "both"):
-        vals, idx = top_k(r.examples[j][None], req.top_k, req.order)
-        out["examples"] = [{"index": i, "source": man.source_ids[man.example_source[i]], "score": v}
-                           for v, i in zip(vals[0].tolist(), idx[0].tolist(), strict=True)]
-    units = credit(r.sources[j].tolist(), rt.s.credit_units, rt.s.credit_rule, output_sign(req.output))
-    return out, {man.source_ids[i]: u for i, u in units.items()}
+        vals, idx = top_k(r.examples, req.top_k, req.order)
+        ex_top = zip(vals.tolist(), idx.tolist(), strict=True)
+    sign, ids, ex_src = output_sign(req.output), man.source_ids, man.example_source
+    out = []
+    for j, (p, pred, tgt) in enumerate(zip(probs, preds, tgts, strict=True)):
+        a = {"prediction": {"index": pred, "label": man.classes[pred], "probability": p[pred]},
+             "target": {"index": tgt, "label": man.classes[tgt], "probability": p[tgt]},
+             "sources": None, "examples": None, "cached": False}
+        if src_top is not None:
+            vs, ix = next(src_top)
+            a["sources"] = [{"id": ids[i], "score": v} for v, i in zip(vs, ix, strict=True)]
+        if ex_top is not None:
+            vs, ix = next(ex_top)
+            a["examples"] = [{"index": i, "source": ids[ex_src[i]], "score": v} for v, i in zip(vs, ix, strict=True)]
+        units = credit(src_rows[j], rt.s.credit_units, rt.s.credit_rule, sign)
+        out.append((a, {ids[i]: u for i, u in units.items()}))
+    return out
 
 
 async def _cache_get(rt: Runtime, keys: list[str]) -> list[dict | None]:
@@ -139,8 +152,9 @@ async def attribute(rt: Runtime, req: AttributionRequest, principal_id: str, ide
     if req.record and not rt.ledger.healthy and rt.ledger.journal.entries >= rt.ledger.journal.max_entries:
         raise unavailable("credit cannot be recorded now (Redis unreachable, journal full)", rt.s.retry_after_s)
 
-    keys = [_cache_key(rt, att, req, x[i], int(y[i])) for i in range(len(x))]
-    found = await _cache_get(rt, keys)
+    caching = bool(rt.s.cache_ttl_s) and rt.ledger.healthy
+    keys = [_cache_key(rt, att, req, x[i], int(y[i])) for i in range(len(x))] if caching else [""] * len(x)
+    found = await _cache_get(rt, keys) if caching else [None] * len(x)
     miss = [i for i, f in enumerate(found) if f is None]
     for f in found:
         if f is not None:
@@ -148,11 +162,13 @@ async def attribute(rt: Runtime, req: AttributionRequest, principal_id: str, ide
     rt.stats.cache(len(x) - len(miss), len(miss))
     timings = {"queue_ms": 0.0, "readout_ms": 0.0, "batch_queries": 0}
     if miss:
-        r = await rt.batcher.submit(att, x[miss], y[miss], req.output, req.granularity != "sources")
+        xs, ys = (x, y) if len(miss) == len(x) else (x[miss], y[miss])
+        r = await rt.batcher.submit(att, xs, ys, req.output, req.granularity != "sources")
         fresh = {}
-        for j, i in enumerate(miss):
-            a, c = _answer(att, req, rt, r, j)
-            found[i] = fresh[keys[i]] = {"a": a, "c": c}
+        for i, (a, c) in zip(miss, _answers(att, req, rt, r), strict=True):
+            found[i] = {"a": a, "c": c}
+            if caching:
+                fresh[keys[i]] = found[i]
         await _cache_put(rt, att, fresh)
         timings = {"queue_ms": r.queue_s * 1000, "readout_ms": r.readout_s * 1000, "batch_queries": r.batch_queries}
 

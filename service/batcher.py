@@ -77,10 +77,7 @@ def readout_rows(att: Attributor, x: torch.Tensor, y: torch.Tensor, kind: str, e
     ys = torch.cat([y, y.new_full((pad,), -1)]) if pad else y
     parts = []
     for s in range(0, xs.shape[0], block):
-        xb, yb = xs[s:s + block], ys[s:s + block].to(att.device)
-        probs = att.probs(xb)
-        target = torch.where(yb >= 0, yb, probs.argmax(1))
-        sc = att.score(xb, target, kind, examples=examples, sources=True)
+        sc = att.readout(xs[s:s + block], ys[s:s + block], kind, examples=examples, sources=True)
         parts.append((sc.probs, sc.pred, sc.target, sc.sources, sc.examples))
     out = [torch.cat([p[i] for p in parts])[:n].cpu() if parts[0][i] is not None else None for i in range(5)]
     return tuple(out)

@@ -18,7 +18,8 @@ Order = Literal["positive", "negative", "abs"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # strict: JSON true is not a number and "3" is not a class index (lax mode would coerce both)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class Query(_Strict):
