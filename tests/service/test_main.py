@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,17 +17,13 @@ import httpx
 from service.__main__ import parse_args, settings_from
 from service.settings import Settings
 
+from .util import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_python_m_service_first_run_embedded_redis(tmp_path, train_x):
-    port, store, data = _free_port(), tmp_path / "store", tmp_path / "data"
+    port, store, data = free_port(), tmp_path / "store", tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FA_") and k != "REDIS_URL"}
     env.update(FA_DEFAULT_PRESET="tiny", FA_QUERY_KEYS="k1", PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), "--store", str(store),

