@@ -23,7 +23,7 @@ import httpx
 from influence.data import load_digits_test
 from service.credit import credit
 
-from ..service.util import REDIS_URL
+from ..service.util import REDIS_URL, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 QUERY, REPORT = "scale-query-key", "scale-report-key"
@@ -50,14 +50,7 @@ def replica(store: Path, data_dir: Path, prefix: str, log: Path):
             m = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", log.read_text())
             base = m.group(1) if m else None
             time.sleep(0.1)
-        while base and time.time() < deadline:
-            try:
-                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        else:
+        if not (base and wait_ready(base, deadline, interval=0.1)):
             raise RuntimeError(f"replica not ready:\n{log.read_text()[-3000:]}")
         yield base
     finally:

@@ -46,21 +46,25 @@ def serve(settings: Settings, ready: bool = True):
         deadline = time.time() + 30
         while not server.started and time.time() < deadline:
             time.sleep(0.02)
-        while ready and time.time() < deadline:
-            try:
-                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        else:
-            if ready:
-                raise RuntimeError("service did not become ready")
+        if ready and not wait_ready(base, deadline):
+            raise RuntimeError("service did not become ready")
         yield base
     finally:
         server.should_exit = True
         thread.join(15)
         sock.close()
+
+
+def wait_ready(base: str, deadline: float, interval: float = 0.05) -> bool:
+    """Poll ``base/readyz`` until it answers 200 (True) or ``deadline`` (``time.time()``) passes."""
+    while time.time() < deadline:
+        try:
+            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(interval)
+    return False
 
 
 def free_port() -> int:
