@@ -71,13 +71,9 @@ class Attributor:
             if ((y < 0) | (y >= self.spec.n_classes)).any():
                 raise QueryError("targets", f"must be in [0, {self.spec.n_classes})")
 
-    @torch.no_grad()
-    def probs(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, self.dtype)
-        return self._probs([mlp_forward(p, self.spec, x) for p in self.params])
-
     @staticmethod
     def _probs(forwards) -> torch.Tensor:
+        """Ensemble-mean class probabilities ``(B, C)`` from each member's forward pass."""
         return torch.stack([torch.softmax(f[0], 1) for f in forwards]).mean(0)
 
     @torch.no_grad()
