@@ -265,14 +265,14 @@ def load_version(path: str | Path) -> Store:
 def open_store(root: str | Path, version: str | None = None) -> Store:
     """Load ``version`` (default: the current one) from a store root."""
     root = Path(root)
-    for attempt in range(3):  # CURRENT may move on, and the old version be pruned, while we read
+    for _ in range(3):  # CURRENT may move on, and the old version be pruned, while we read
         name = version or current_version(root)
         path = root / "versions" / name
         try:
             return load_version(path)
         except StoreError:
-            if version or path.exists() or attempt == 2:
-                if not path.exists():
-                    break
+            if path.exists():  # the version is there and is bad: a real error
                 raise
+            if version:  # asked for by name: no point reading CURRENT again
+                break
     raise StoreError(f"{root}: version {version or name!r} not found (have {list_versions(root)})")
