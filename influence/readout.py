@@ -154,9 +154,11 @@ def _chunk_scores(params, acts, dacts, g, w, layers) -> torch.Tensor:
     dw, dc = layers[last]
     r, c, h = dw.shape
     dw, dc = dw.to(dtype), dc.to(dtype)
-    direct = (acts[last] @ dw.reshape(r * c, h).T).view(bsz, r, c)  # ΔW_L a_{L−1}
+    direct = (acts[last] @ dw.reshape(r * c, h).T).view(bsz, r, c).add_(dc)  # ΔW_L a_{L−1} + Δc_L
+    # (not a separate g @ Δc_Lᵀ: MKL's kernel for that skinny shape (K = C = 5
+    # or 10, few responses) gives a row a result that depends on its position
+    # in the batch, which would break the service's batch invariance)
     s = torch.bmm(direct, g[:, :, None]).view(bsz, r)
-    s.addmm_(g, dc.T)  # g·Δc_L
     if z_dot is not None:
         s.view(bsz, 1, r).baddbmm_(w[:, None, :], z_dot.transpose(1, 2))  # w·ż_{L−1} ...
         s.addmm_(w, layers[last - 1][1].to(dtype).T)  # ... whose bias Δc_{L−1} was left out above

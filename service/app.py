@@ -123,7 +123,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if rt.att is None:
             raise unavailable(f"store not loaded: {'loading' if rt.load_error else 'unknown'}", 2, "not_ready")
         return {"status": "ready", "store_version": rt.att.version, "device": str(rt.att.device),
-                "redis": rt.ledger.healthy, "journal_entries": rt.ledger.journal.entries}
+                "redis": rt.ledger.healthy, "journal_entries": rt.ledger.journal.entries,
+                "batch_invariant": rt.batch_invariant}
 
     @app.post("/v1/attributions", response_model=AttributionResponse)
     async def attributions(req: AttributionRequest, request: Request,

@@ -10,7 +10,9 @@ Identical answers with batching on or off: a GEMM's row results can depend
 on how many rows it has (BLAS picks other kernels for 1-2 rows; cuBLAS picks
 by shape). So the readout always runs on blocks of exactly ``block`` rows,
 the last padded with zeros: each query's numbers are the same whatever it
-was batched with (checked bit for bit by the tests).
+was batched with (checked bit for bit by the tests, and on every store load
+by ``batch_invariant``, which also needs a row's numbers not to depend on
+its position in the block; /readyz reports it).
 
 Hot swap: a request carries the ``Attributor`` that was current when it
 arrived; a batch is split by attributor, so a request is answered by one
@@ -81,6 +83,23 @@ def readout_rows(att: Attributor, x: torch.Tensor, y: torch.Tensor, kind: str, e
         parts.append((sc.probs, sc.pred, sc.target, sc.sources, sc.examples))
     out = [torch.cat([p[i] for p in parts])[:n].cpu() if parts[0][i] is not None else None for i in range(5)]
     return tuple(out)
+
+
+def batch_invariant(att: Attributor, block: int, kind: str = "margin") -> bool:
+    """Whether a row's answer is the same at every position of a block (the
+    premise of the padded blocks above; BLAS kernels for some skinny shapes
+    break it). A probe of ``block`` random rows, read out rolled to every
+    offset: ``block`` readouts, once per store load."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(block, att.spec.in_dim, generator=gen)
+    y = torch.randint(-1, att.spec.n_classes, (block,), generator=gen)
+    examples = att.examples is not None
+    base = readout_rows(att, x, y, kind, examples, block)
+    for shift in range(1, block):
+        rolled = readout_rows(att, x.roll(shift, 0), y.roll(shift, 0), kind, examples, block)
+        if not all(a is None or torch.equal(a.roll(shift, 0), b) for a, b in zip(base, rolled, strict=True)):
+            return False
+    return True
 
 
 class Batcher:

@@ -18,7 +18,7 @@ from influence.errors import InfluenceError
 from influence.store import current_version, open_store
 
 from .auth import KeyRing
-from .batcher import Batcher
+from .batcher import Batcher, batch_invariant
 from .embedded_redis import EmbeddedRedis
 from .ledger import OUTAGE, Journal, Ledger
 from .settings import Settings
@@ -35,6 +35,7 @@ class Runtime:
     def __init__(self, settings: Settings):
         self.s = settings
         self.att: Attributor | None = None
+        self.batch_invariant: bool | None = None  # of the current att (see batcher.batch_invariant)
         self.load_error: str | None = "loading"
         self.stats = Stats()
         self.keys = KeyRing(settings)
@@ -104,7 +105,12 @@ class Runtime:
             t0 = time.perf_counter()
             store = await asyncio.to_thread(open_store, self.s.store, target)
             att = await asyncio.to_thread(Attributor, store, self.s.device)
-            self.att, self.load_error = att, None
+            invariant = await asyncio.to_thread(batch_invariant, att, self.s.readout_block)
+            if not invariant:
+                log.warning("store %s: a query's scores depend on its position in a readout block on this host "
+                            "(BLAS kernel choice): answers may differ in the last bits with concurrent traffic",
+                            att.version)
+            self.att, self.load_error, self.batch_invariant = att, None, invariant
             self.stats.m_reloads.inc()
             self._tasks = [t for t in self._tasks if not t.done()]
             if prev and self.s.cache_ttl_s:

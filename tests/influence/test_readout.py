@@ -53,6 +53,27 @@ def test_batch_and_chunk_invariance():
         torch.testing.assert_close(linear_stack_scores(params, spec, layers, x, y, chunk=chunk), full)
 
 
+@pytest.mark.parametrize("widths", [[64, 12, 10], [64, 128, 10], [20, 16, 12, 5]])
+@pytest.mark.parametrize("r", [1, 5, 20])
+def test_row_scores_do_not_depend_on_their_position(widths, r):
+    """float32, as served: a row's scores are bit-identical wherever it sits
+    in a fixed-size block (the service's batching relies on it; an MKL
+    kernel for the skinny ``g @ Δc_Lᵀ`` broke it at C = 5 or 10). Not
+    universal: with 5 inputs MKL's kernel for the first layer's own GEMM
+    breaks it, which the service's ``batch_invariant`` probe reports."""
+    spec = MLPSpec(widths=widths)
+    params = init_params(spec, seed=3, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(4)
+    layers = split_layers(torch.randn(r, ParamLayout.for_spec(spec).numel, generator=gen), spec)
+    x = torch.randn(16, widths[0], generator=gen)
+    y = torch.randint(0, widths[-1], (16,), generator=gen)
+    for kind in ("margin", "loss"):
+        base = linear_stack_scores(params, spec, layers, x, y, kind)
+        for shift in range(1, 16):
+            rolled = linear_stack_scores(params, spec, layers, x.roll(shift, 0), y.roll(shift, 0), kind)
+            assert torch.equal(base.roll(shift, 0), rolled), (kind, shift)
+
+
 def test_scores_are_linear_in_responses():
     """Source responses that are sums of example responses score as sums."""
     spec, params, _, x, y, U = _setup("relu", r=10)

@@ -12,7 +12,7 @@ import torch
 
 from influence.attributor import Attributor
 from influence.store import open_store
-from service.batcher import readout_rows
+from service.batcher import batch_invariant, readout_rows
 
 from .util import query, serve, strip_volatile
 
@@ -49,14 +49,30 @@ def test_batching_on_equals_off(settings_for, train_x):
 
 
 def test_readout_rows_do_not_depend_on_their_batch(built_store, train_x):
-    """Bit-identical scores of a row whatever else shares its blocks."""
+    """Bit-identical scores of a row whatever else shares its blocks and
+    wherever in a block it sits, for both response sets."""
     att = Attributor(open_store(built_store), "cpu")
-    y = torch.full((len(train_x),), -1)
-    alone = [readout_rows(att, train_x[i:i + 1], y[i:i + 1], "margin", True, 8) for i in range(0, 40, 3)]
-    together = readout_rows(att, train_x[:40], y[:40], "margin", True, 8)
-    for k, i in enumerate(range(0, 40, 3)):
-        for a, b in zip(alone[k], together, strict=True):
-            assert torch.equal(a[0], b[i])
+    y = torch.randint(-1, att.spec.n_classes, (len(train_x),), generator=torch.Generator().manual_seed(0))
+    for block in (4, 8, 16):
+        together = readout_rows(att, train_x[:40], y[:40], "margin", True, block)
+        for i in range(40):
+            alone = readout_rows(att, train_x[i:i + 1], y[i:i + 1], "margin", True, block)
+            for a, b in zip(alone, together, strict=True):
+                assert torch.equal(a[0], b[i]), (block, i)
+        assert batch_invariant(att, block)
+
+
+class _PositionDependent(Attributor):
+    """A readout whose rows depend on their position, as a bad BLAS kernel's would."""
+
+    def readout(self, x, y=None, kind="margin", examples=True, sources=True):
+        sc = super().readout(x, y, kind, examples, sources)
+        sc.sources[1:] += 1e-6
+        return sc
+
+
+def test_batch_invariant_detects_a_position_dependent_readout(built_store):
+    assert not batch_invariant(_PositionDependent(open_store(built_store), "cpu"), 4)
 
 
 def test_full_queue_answers_503_with_retry_after(settings_for, train_x):

@@ -19,6 +19,7 @@ def test_health_ready_store_stats_metrics(server):
     assert httpx.get(base + "/healthz").json() == {"status": "ok"}
     ready = httpx.get(base + "/readyz").json()
     assert ready["status"] == "ready" and ready["store_version"] == "v000001" and ready["redis"] is True
+    assert ready["batch_invariant"] is True
     info = httpx.get(base + "/v1/store").json()
     assert info["version"] == "v000001" and info["n_sources"] == len(info["source_ids"]) == 5
     assert info["model"]["widths"][0] == 64 and info["device"] == "cpu" and info["n_examples"] == 120

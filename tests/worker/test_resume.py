@@ -3,6 +3,7 @@ the same store as an uninterrupted run; the previous store stays current."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -58,8 +59,12 @@ def test_torchrun_two_ranks_equal_single_process(tmp_path, tiny_store):
         port = s.getsockname()[1]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                 "--master-addr", "127.0.0.1", "--master-port", str(port)]
+    # torchrun gives each rank 1 thread unless told; MKL's float32 results can
+    # depend on the thread count (seen on an AVX-512 host), so match the
+    # reference store's (built in this process)
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     r = subprocess.run([*launcher, "-m", "worker", "build", "--preset", "tiny", "--quiet", "--store", str(tmp_path)],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     a, b = open_store(tmp_path), open_store(tiny_store)
     for xs, ys in ((a.examples, b.examples), (a.sources, b.sources)):
