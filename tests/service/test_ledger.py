@@ -36,6 +36,33 @@ def test_largest_remainder_is_exact_and_proportional():
     assert largest_remainder([1, 1, 1], 100) == [34, 33, 33]  # ties: lower index first
 
 
+def _reference_credit(scores: list[float], units: int) -> dict[int, int]:
+    """The proportional rule on exact rationals, the obvious way."""
+    pos = [(i, Fraction(s)) for i, s in enumerate(scores) if s > 0]
+    wsum = sum((w for _, w in pos), Fraction(0))
+    if not pos:
+        return {}
+    quotas = [w * units / wsum for _, w in pos]
+    parts = [int(q) for q in quotas]
+    order = sorted(range(len(pos)), key=lambda j: (-(quotas[j] - parts[j]), j))
+    for j in order[:units - sum(parts)]:
+        parts[j] += 1
+    return {i: p for (i, _), p in zip(pos, parts, strict=True) if p}
+
+
+def test_integer_credit_equals_the_fraction_reference():
+    rng = random.Random(1)
+    for _ in range(3000):
+        n = rng.randint(1, 25)
+        scale = 10.0 ** rng.randint(-40, 40)
+        scores = [rng.choice([0.0, -1.0, 1.0, 1.0]) * rng.random() * scale * 10.0 ** rng.randint(-8, 8)
+                  for _ in range(n)]
+        units = rng.choice([1, 7, 100, 1_000_000, rng.randint(0, 10**9)])
+        assert credit(scores, units) == _reference_credit(scores, units), (scores, units)
+    tiny = [5e-324, 1e-320, 2.2250738585072014e-308, 1.0, 1.7976931348623157e308]  # subnormal .. max
+    assert credit(tiny, 10**6) == _reference_credit(tiny, 10**6)
+
+
 def test_credit_rule():
     assert sum(credit([0.5, -2.0, 1.5, 0.0], 1_000_000).values()) == 1_000_000
     assert credit([0.5, -2.0, 1.5, 0.0], 1_000_000) == {0: 250_000, 2: 750_000}
