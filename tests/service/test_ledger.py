@@ -89,6 +89,42 @@ def test_apply_twice_counts_once(redis_client, prefix, tmp_path):
     assert per == [({"a": 600_000, "b": 400_000}, {"a": 1, "b": 1}, 3)]
 
 
+def _evalsha_calls(client: redis.Redis) -> int:
+    return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_concurrent_records_share_script_calls_and_count_once(redis_client, prefix, tmp_path):
+    """Group commit: 300 concurrent records (10 of them twice, as a retry
+    would) cost far fewer than 300 script calls and add up exactly; two
+    records with one id in one call count once."""
+    rng = random.Random(2)
+    recs = [new_record(rng.randint(1, 8), {s: rng.randint(1, 10**6) for s in rng.sample("abcdef", 3)},
+                       {"a": 1}, 3600, f"g{i}", now=3600.0 * rng.randint(1, 3)) for i in range(300)]
+
+    async def go():
+        client = aioredis.from_url(REDIS_URL)
+        ledger = Ledger(client, prefix, Journal(tmp_path / "j", 10), 3600)
+        await ledger.apply(new_record(1, {}, {}, 3600, "warm-up"))  # loads the script
+        before = _evalsha_calls(redis_client)
+        where = await asyncio.gather(*(ledger.record(r) for r in recs + recs[:10]))
+        calls = _evalsha_calls(redis_client) - before
+        twin = new_record(0, {}, {}, 3600, "twin")
+        dup = await ledger.apply_many([recs[0], twin, twin])
+        totals = await ledger.totals()
+        await ledger.stop()
+        await client.aclose()
+        return where, calls, dup, totals
+
+    where, calls, dup, (credit_by, _, queries) = asyncio.run(go())
+    assert where == ["redis"] * 310 and dup == [False, True, False]
+    assert calls <= 310 // 4, calls
+    want: dict[str, int] = {}
+    for r in recs:
+        for s, u in r["credit"].items():
+            want[s] = want.get(s, 0) + u
+    assert credit_by == want and queries == 1 + sum(r["queries"] for r in recs)
+
+
 def test_journal_replay_interrupted_and_rerun_counts_once(redis_client, prefix, tmp_path):
     """A crash after applying a journal file but before deleting it: the
     rerun must not count anything twice."""
