@@ -6,6 +6,12 @@ the oldest request, then keeps adding requests until the batch holds
 the readout in a dedicated thread, off the event loop. With batching off,
 every request is its own batch.
 
+Adaptive wait (default): the batcher keeps a moving average of the gap
+between arrivals and stops waiting as soon as the next request is not due
+before the window closes. A lone request is not held back for company that
+is not coming (at one client, the fixed window cost ~2x in throughput);
+under load the gaps are short and the window fills as before.
+
 Identical answers with batching on or off: a GEMM's row results can depend
 on how many rows it has (BLAS picks other kernels for 1-2 rows; cuBLAS picks
 by shape). So the readout always runs on blocks of exactly ``block`` rows,
@@ -23,6 +29,7 @@ answered.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -35,6 +42,8 @@ from influence.attributor import Attributor
 
 from .errors import ApiError, unavailable
 from .tasks import cancel_and_wait
+
+_GAP_WEIGHT = 0.25  # of the newest gap in the moving average: follows a change of load within a few requests
 
 
 @dataclass
@@ -106,10 +115,13 @@ class Batcher:
     """See the module doc. ``on_batch(queries, seconds)`` is told of each readout."""
 
     def __init__(self, max_batch: int, max_wait_s: float, block: int, queue_size: int, enabled: bool = True,
-                 timeout_s: float = 30.0, retry_after_s: int = 1, on_batch: Callable[[int, float], None] | None = None):
+                 timeout_s: float = 30.0, retry_after_s: int = 1, on_batch: Callable[[int, float], None] | None = None,
+                 adaptive: bool = True):
         self.max_batch, self.max_wait_s, self.block = max_batch, max_wait_s, block
         self.queue_size, self.enabled, self.timeout_s = queue_size, enabled, timeout_s
-        self.retry_after_s, self.on_batch = retry_after_s, on_batch
+        self.retry_after_s, self.on_batch, self.adaptive = retry_after_s, on_batch, adaptive
+        self._last_arrival = -math.inf
+        self._gap = math.inf  # moving average of the seconds between arrivals
         self._pending: deque[_Item] = deque()
         self._queued = 0  # queries waiting
         self._wake = asyncio.Event()
@@ -138,6 +150,9 @@ class Batcher:
         if self._queued + x.shape[0] > self.queue_size:
             raise unavailable("too many queries waiting; retry later", self.retry_after_s, "overloaded")
         item = _Item(att, x, y, kind, examples, asyncio.get_running_loop().create_future())
+        gap = min(item.enqueued - self._last_arrival, 1.0)  # (bounded: an idle spell must not linger)
+        self._gap = gap if math.isinf(self._gap) else self._gap + _GAP_WEIGHT * (gap - self._gap)
+        self._last_arrival = item.enqueued
         self._pending.append(item)
         self._queued += len(item)
         self._wake.set()
@@ -158,7 +173,7 @@ class Batcher:
         while self.enabled and rows < self.max_batch:
             if not self._pending:
                 left = deadline - time.perf_counter()
-                if left <= 0:
+                if left <= 0 or (self.adaptive and self._last_arrival + self._gap > deadline):
                     break
                 self._wake.clear()
                 try:

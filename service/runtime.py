@@ -75,7 +75,7 @@ class Runtime:
                         url.rsplit("@", 1)[-1])
         self.ledger.start()
         self.batcher = Batcher(s.max_batch, s.max_wait_ms / 1000, s.readout_block, s.queue_size, s.batching,
-                               s.request_timeout_s, s.retry_after_s, self.stats.batch)
+                               s.request_timeout_s, s.retry_after_s, self.stats.batch, s.adaptive_wait)
         self.batcher.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._initial_load(), name="initial-load"))

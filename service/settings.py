@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     batching: bool = Field(True, description="merge concurrent requests into one readout (off: one per request)")
     max_batch: int = Field(64, ge=1, description="queries per readout batch")
     max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits for more requests, milliseconds")
+    adaptive_wait: bool = Field(True, description="wait only while the arrival rate says another request is due "
+                                "within the window (off: always wait max_wait_ms)")
     readout_block: int = Field(16, ge=1, description="rows per readout call; batches are padded to whole blocks")
     queue_size: int = Field(1024, ge=1, description="queries waiting for the readout; beyond it 503 + Retry-After")
     request_timeout_s: float = Field(30.0, gt=0, description="per-request limit on queueing plus readout, seconds")

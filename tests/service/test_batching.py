@@ -38,7 +38,8 @@ async def _fire(base: str, bodies: list[dict]) -> list[dict]:
 
 def test_batching_on_equals_off(settings_for, train_x):
     bodies = _requests(train_x)
-    with serve(settings_for(batching=True, max_wait_ms=40, max_batch=16, readout_block=4, cache_ttl_s=0)) as base:
+    with serve(settings_for(batching=True, max_wait_ms=40, max_batch=16, readout_block=4, cache_ttl_s=0,
+                            adaptive_wait=False)) as base:
         on = asyncio.run(_fire(base, bodies))
     with serve(settings_for(batching=False, readout_block=4, cache_ttl_s=0)) as base:
         off = [asyncio.run(_fire(base, [b]))[0] for b in bodies]
@@ -75,8 +76,30 @@ def test_batch_invariant_detects_a_position_dependent_readout(built_store):
     assert not batch_invariant(_PositionDependent(open_store(built_store), "cpu"), 4)
 
 
+def test_adaptive_wait_does_not_hold_a_lone_request_but_batches_a_burst(settings_for, train_x):
+    """A 300 ms window: a request on its own waits all of it with the fixed
+    window and none of it with the adaptive one, which still merges a burst."""
+    one = {"queries": [query(train_x[0])], "record": False}
+
+    async def lone_then_burst(base):
+        async with httpx.AsyncClient(base_url=base, timeout=30) as c:
+            lone = [(await c.post("/v1/attributions", json=one)).json() for _ in range(3)]
+            await asyncio.sleep(0.5)
+            burst = await asyncio.gather(*(c.post("/v1/attributions", json=one) for _ in range(16)))
+            return lone, [r.json() for r in burst]
+
+    waits = {}
+    for adaptive in (True, False):
+        with serve(settings_for(max_wait_ms=300, cache_ttl_s=0, adaptive_wait=adaptive)) as base:
+            lone, burst = asyncio.run(lone_then_burst(base))
+        waits[adaptive] = [r["timings"]["queue_ms"] for r in lone]
+        assert max(r["timings"]["batch_queries"] for r in burst) > 1
+    assert all(w < 100 for w in waits[True]) and all(w >= 280 for w in waits[False]), waits
+
+
 def test_full_queue_answers_503_with_retry_after(settings_for, train_x):
-    s = settings_for(queue_size=4, max_queries=4, max_batch=64, max_wait_ms=400, retry_after_s=3, cache_ttl_s=0)
+    s = settings_for(queue_size=4, max_queries=4, max_batch=64, max_wait_ms=400, retry_after_s=3, cache_ttl_s=0,
+                     adaptive_wait=False)
     body = {"queries": [query(train_x[i]) for i in range(3)], "record": False}
 
     async def go(base):
@@ -94,7 +117,7 @@ def test_full_queue_answers_503_with_retry_after(settings_for, train_x):
 
 
 def test_request_timeout_answers_504(settings_for, train_x):
-    s = settings_for(request_timeout_s=0.05, max_wait_ms=300, cache_ttl_s=0)
+    s = settings_for(request_timeout_s=0.05, max_wait_ms=300, cache_ttl_s=0, adaptive_wait=False)
     with serve(s) as base:
         r = httpx.post(base + "/v1/attributions", json={"queries": [query(train_x[0])], "record": False})
         assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
