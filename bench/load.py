@@ -17,9 +17,10 @@ throughput (queries/s), p50/p95/p99 latency, error rate, and the service's
 own figures (readout batches, cache hit rate) and the CPU seconds the service
 process spent per query (``/proc``). ``--parts profile`` samples the service
 with ``py-spy`` during one extra run and reports where its time goes;
-``--parts whatif`` compares the tree as it is with the patches in
-``bench/whatif/`` (changes outside the files this benchmark's author may
-touch), alternating runs. ``--merge`` adds rows to an earlier ``--out``.
+``--parts ab`` runs the tree as it is and variants (other settings, e.g.
+``batching=false``, or the code of another git revision) side by side,
+alternating round by round, for ratios that a busy shared machine does not
+skew. ``--merge`` adds rows to an earlier ``--out``.
 
 Writes ``bench/results/load.json`` (one row per run, stable keys
 ``concurrency, queries_per_request, batching, cache, throughput_qps, p50_ms,
@@ -393,54 +394,54 @@ def run_profile(store: Path, seconds: float, log, redis_url: str = REDIS_URL, th
     return out
 
 
-# -- what if: changes outside the serving code this benchmark may touch ---------------------------------------
-WHATIF = Path(__file__).resolve().parent / "whatif"
-
-
-def patched_tree(patches: list[Path]) -> Path:
-    """A copy of the service's source with ``patches`` (``patch -p1``) applied."""
-    import shutil
-
-    tmp = Path(tempfile.mkdtemp(prefix="fa-whatif-"))
-    for d in ("influence", "service", "worker"):
-        shutil.copytree(ROOT / d, tmp / d, ignore=shutil.ignore_patterns("__pycache__"))
-    for p in patches:
-        subprocess.run(["patch", "-s", "-p1", "-d", str(tmp), "-i", str(p)], check=True)
+# -- side by side: variants of settings or of the code, alternating round by round ----------------------------
+def source_tree(rev: str) -> Path:
+    """The service's packages as of git revision ``rev``, in a temporary
+    directory (``python -m service`` run there imports them, not the tree's)."""
+    tmp = Path(tempfile.mkdtemp(prefix="fa-rev-"))
+    archive = subprocess.run(["git", "archive", rev, "influence", "service", "worker"], cwd=ROOT, check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
     return tmp
 
 
-def run_whatif(store: Path, rounds: int, duration_s: float, log, extra_site: Path | None, redis_url: str = REDIS_URL,
-               threads: int = 1, qprs=(1,), concurrency=(32,), variants: str = "credit-int,credit-int+uvloop"
-               ) -> list[dict]:
-    """The same load points (batching on, cache off) on the tree as it is and
-    on variants, alternating round by round. A variant is ``+``-joined names:
-    ``bench/whatif/NAME.patch`` applied to a copy of the tree, or ``uvloop``
-    (``extra_site``, holding uvloop and httptools, on the path: uvicorn picks
-    them up)."""
+def parse_variant(v: str) -> tuple[dict, str | None]:
+    """``KEY=VALUE+KEY=VALUE+rev:REV`` -> (FA_ settings, git revision or None)."""
+    settings, rev = {}, None
+    for item in v.split("+"):
+        if item.startswith("rev:"):
+            rev = item[4:]
+        elif "=" in item:
+            k, val = item.split("=", 1)
+            settings[k] = val
+        else:
+            raise SystemExit(f"--ab-variants: {item!r} is neither NAME=VALUE (a service setting) nor rev:REV")
+    return settings, rev
+
+
+def run_ab(store: Path, rounds: int, duration_s: float, log, redis_url: str = REDIS_URL, threads: int = 1,
+           qprs=(1,), concurrency=(32,), variants: str = "batching=false") -> list[dict]:
+    """The same load points (``sources``, cache off) on the tree as it is
+    (defaults: batching on) and on each variant, alternating round by round,
+    so that a busy shared machine slows all of them alike. A variant is
+    ``+``-joined ``NAME=VALUE`` settings and/or ``rev:REV`` (the code of that
+    git revision, with this environment's packages)."""
     import shutil
 
-    trees, runs = [], [("as is", ROOT, {})]
+    runs, trees = [("as is", ROOT, {})], []
     try:
         for v in [v for v in variants.split(",") if v]:
-            names = v.split("+")
-            patches = [WHATIF / f"{n}.patch" for n in names if n != "uvloop"]
-            tree = patched_tree(patches) if patches else ROOT
-            if patches:
+            settings, rev = parse_variant(v)
+            tree = source_tree(rev) if rev else ROOT
+            if rev:
                 trees.append(tree)
-            env = {}
-            if "uvloop" in names:
-                if not (extra_site and extra_site.exists()):
-                    log(f"whatif {v}: no {extra_site} (pip install --target DIR uvloop httptools), skipped")
-                    continue
-                env = {"PYTHONPATH": str(extra_site)}
-            runs.append((" + ".join(f"{n}.patch" if n != "uvloop" else "uvloop/httptools" for n in names), tree,
-                         env))
+            runs.append((v, tree, settings))
         X = test_inputs()
         rows = []
         for rnd in range(rounds):
-            for name, tree, env in runs:
-                with service(store, redis_url, CACHE / "load-service.log", cwd=tree, env_extra=env, batching=True,
-                             cache_ttl_s=0, torch_threads=threads) as (base, pid, _):
+            for name, tree, settings in runs:
+                with service(store, redis_url, CACHE / "load-service.log", cwd=tree, cache_ttl_s=0,
+                             torch_threads=threads, **settings) as (base, pid, _):
                     host, port = base.split("//")[1].split(":")
                     for qpr in qprs:
                         reqs = [http_request(host, int(port), "/v1/attributions", b) for b in bodies(X, qpr)]
@@ -450,11 +451,10 @@ def run_whatif(store: Path, rounds: int, duration_s: float, log, extra_site: Pat
                             res = asyncio.run(closed_loop(base, reqs, c, duration_s, 10**6, warmup_s=0.0))
                             cpu1 = cpu_seconds(pid)
                             row = {"experiment": variants, "variant": name, "round": rnd, "concurrency": c,
-                                   "queries_per_request": qpr,
-                                   **summarize(res, qpr), "loadavg": loadavg()}
+                                   "queries_per_request": qpr, **summarize(res, qpr), "loadavg": loadavg()}
                             row["service_cpu_ms_per_query"] = (cpu1 - cpu0) * 1000 / max(row["ok"] * qpr, 1)
                             rows.append(row)
-                            log(f"whatif {name} c={c} qpr={qpr} round {rnd}: {row['throughput_qps']:.0f} q/s p99 "
+                            log(f"ab {name} c={c} qpr={qpr} round {rnd}: {row['throughput_qps']:.0f} q/s p99 "
                                 f"{row['p99_ms']:.1f} ms, {row['service_cpu_ms_per_query']:.3f} CPU ms/query")
     finally:
         for t in trees:
@@ -557,55 +557,72 @@ def markdown(res: dict) -> str:
                     lines.append(f"| {'on' if b else 'off'}, {'on' if c_on else 'off'} | " + " | ".join(cells) + " |")
             lines.append("")
     lines += findings(res)
-    lines += whatif_markdown(res.get("whatif") or [])
+    lines += ab_markdown(res.get("ab") or [])
     return "\n".join(lines)
 
 
-WHATIF_NOTES = {
-    "credit-int.patch": "`bench/whatif/credit-int.patch` (service/credit.py) computes the proportional credit split "
-                        "with exact integers (a float is m/2^k) instead of `Fraction`: identical parts on 60,000 "
-                        "random cases, ~8x faster per query",
-    "uvloop/httptools": "`uvloop` + `httptools` installed (uvicorn picks them up, e.g. `uvicorn[standard]`): a C "
-                        "event loop and HTTP parser instead of asyncio's and h11's pure Python",
-    "batch-early-dispatch.patch": "`bench/whatif/batch-early-dispatch.patch` (service/batcher.py, attribute.py): "
-                                  "a batch stops waiting for company when no request is on its way to the batcher; "
-                                  "it breaks the premise of `tests/service/test_batching.py::"
-                                  "test_full_queue_answers_503_with_retry_after` (a lone request no longer sits in "
-                                  "the window), which would have to fire its two requests concurrently instead",
+AB_NOTES = {
+    "batching=false": "`batching=false`: every request is its own readout (padded to one block), as the batching "
+                      "goal's baseline",
+    "adaptive_wait=false": "`adaptive_wait=false`: every batch waits the full `max_wait_ms` (2 ms) window for "
+                           "company, the batcher before adaptive wait",
+    "rev:": "`rev:REV`: the service's code at that git revision, run with this environment's packages (so it, too, "
+            "gets uvloop, httptools and hiredis, which uvicorn and redis-py pick up when installed)",
 }
 
 
-def whatif_markdown(wi: list[dict]) -> list[str]:
+def ab_table(rows: list[dict]) -> list[str]:
+    """One experiment's rows -> a markdown table of medians, each with its
+    ratio to the first variant (the tree as is)."""
     import statistics
 
-    if not wi:
-        return []
-    lines = ["", "**What if** (changes outside the files this benchmark's author may edit, measured side by side: "
-             "variants alternate round by round, medians; batching on, cache off, `sources`; `--parts whatif`):", ""]
-    for exp in dict.fromkeys(r.get("experiment", "") for r in wi):
-        rows = [r for r in wi if r.get("experiment", "") == exp]
-        names = list(dict.fromkeys(r["variant"] for r in rows))
-        points = sorted({(r["concurrency"], r["queries_per_request"]) for r in rows})
-        rounds = max(r["round"] for r in rows) + 1
-        lines += [f"Variants `{exp}`, {rounds} rounds:", "",
-                  "| variant | " + " | ".join(f"c = {c}, {q} q/req" for c, q in points) + " |",
-                  "| --- | " + " | ".join("---" for _ in points) + " |"]
-        for n in names:
-            cells = []
-            for c, q in points:
-                rs = [r for r in rows if r["variant"] == n and r["concurrency"] == c and r["queries_per_request"] == q]
-                base = [r for r in rows if r["variant"] == names[0] and r["concurrency"] == c
-                        and r["queries_per_request"] == q]
-                qps = statistics.median(r["throughput_qps"] for r in rs)
-                qps0 = statistics.median(r["throughput_qps"] for r in base)
-                p99 = statistics.median(r["p99_ms"] for r in rs)
-                cpu = statistics.median(r["service_cpu_ms_per_query"] for r in rs)
-                cells.append(f"{qps:,.0f} q/s ({qps / qps0:.2f}x) · p99 {p99:.0f} ms · {cpu:.2f} CPU ms/q")
-            lines.append(f"| {n} | " + " | ".join(cells) + " |")
-        lines.append("")
-    notes = [WHATIF_NOTES[k] for k in WHATIF_NOTES if any(k in r["variant"] for r in wi)]
-    lines += [f"- {n}." for n in notes]
+    names = list(dict.fromkeys(r["variant"] for r in rows))
+    points = sorted({(r["concurrency"], r["queries_per_request"]) for r in rows})
+    lines = ["| variant | " + " | ".join(f"c = {c}, {q} q/req" for c, q in points) + " |",
+             "| --- | " + " | ".join("---" for _ in points) + " |"]
+    for n in names:
+        cells = []
+        for c, q in points:
+            def sel(v, c=c, q=q):
+                return [r for r in rows
+                        if r["variant"] == v and r["concurrency"] == c and r["queries_per_request"] == q]
+
+            qps = statistics.median(r["throughput_qps"] for r in sel(n))
+            qps0 = statistics.median(r["throughput_qps"] for r in sel(names[0]))
+            p99 = statistics.median(r["p99_ms"] for r in sel(n))
+            cpu = statistics.median(r["service_cpu_ms_per_query"] for r in sel(n))
+            cells.append(f"{qps:,.0f} q/s ({qps / qps0:.2f}x) · p99 {p99:.0f} ms · {cpu:.2f} CPU ms/q")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
     return lines
+
+
+def ab_markdown(ab: list[dict]) -> list[str]:
+    if not ab:
+        return []
+    lines = ["", "**Side by side** (`--parts ab`: the tree as is and each variant alternate round by round on "
+             "one machine, medians over rounds, ratios to *as is*; `sources`, cache off, batching on unless the "
+             "variant turns it off):", ""]
+    for exp in dict.fromkeys(r.get("experiment", "") for r in ab):
+        rows = [r for r in ab if r.get("experiment", "") == exp]
+        lines += [f"Variants `{exp}`, {max(r['round'] for r in rows) + 1} rounds:", "", *ab_table(rows), ""]
+    lines += [f"- {n}." for k, n in AB_NOTES.items() if any(k in r["variant"] for r in ab)]
+    return lines
+
+
+def ab_ratio(ab: list[dict], variant: str, c: int, q: int) -> tuple[float, list[float]] | None:
+    """Median throughput of *as is* over ``variant`` at one point, and the
+    per-round ratios."""
+    import statistics
+
+    per = {}
+    for r in ab:
+        if r["concurrency"] == c and r["queries_per_request"] == q and r["variant"] in ("as is", variant):
+            per.setdefault((r.get("experiment"), r["round"]), {})[r["variant"]] = r["throughput_qps"]
+    pairs = [d for d in per.values() if len(d) == 2 and d[variant]]
+    if not pairs:
+        return None
+    ratios = [d["as is"] / d[variant] for d in pairs]
+    return statistics.median(d["as is"] for d in pairs) / statistics.median(d[variant] for d in pairs), ratios
 
 
 def _pick(rows, **kw) -> dict | None:
@@ -634,12 +651,20 @@ def findings(res: dict) -> list[str]:
                    "single-query requests/s (the event loop holds the GIL, so one core is the bound for this "
                    "work): the 1,000 q/s goal holds with little margin, and only while the machine's other jobs "
                    f"leave the service most of a core (load average {la:.1f} here, for 2 cores).")
-        base = [r for r in res.get("whatif", []) if r["variant"] == "as is" and r["concurrency"] == 32
+        base = [r for r in res.get("ab", []) if r["variant"] == "as is" and r["concurrency"] == 32
                 and r["queries_per_request"] == 1]
         if base:
-            out.append("- The what-if runs below repeat that point on the unchanged tree: "
+            out.append("- The side-by-side runs below repeat that point: "
                        + ", ".join(f"{r['throughput_qps']:,.0f} q/s at p99 {r['p99_ms']:.0f} ms" for r in base)
                        + " (load average " + ", ".join(f"{r['loadavg']:.1f}" for r in base) + ").")
+    ab = res.get("ab", [])
+    for c in sorted({r["concurrency"] for r in ab}):
+        for q in sorted({r["queries_per_request"] for r in ab}):
+            got = ab_ratio(ab, "batching=false", c, q)
+            if got:
+                out.append(f"- Batching on vs off, side by side (`sources`, cache off, c = {c}, {q} q/req): "
+                           f"{got[0]:.2f}x (per round: " + ", ".join(f"{x:.2f}" for x in got[1])
+                           + f") — the 3x goal {'met' if got[0] >= 3 else 'not met'} at this point.")
     for gran in sorted({r["granularity"] for r in rows}):
         sel = [r for r in rows if r["granularity"] == gran and r.get("readout_block", 16) == 16 and not r["cache"]]
         ratios = []
@@ -653,11 +678,12 @@ def findings(res: dict) -> list[str]:
         if ratios:
             best = max(ratios, key=lambda t: t[2])
             at32 = [f"{x[2]:.1f}x ({x[1]} q/req)" for x in ratios if x[0] == 32]
-            out.append(f"- Batching on vs off, granularity `{gran}`, cache off: " + ", ".join(at32) + " at "
+            out.append(f"- Batching on vs off in the matrix (one run each, in turn), granularity `{gran}`, cache "
+                       "off: " + ", ".join(at32) + " at "
                        f"concurrency 32; best {best[2]:.1f}x (c = {best[0]}, {best[1]} q/req). "
-                       + ("The 3x goal needs readouts that cost more than the HTTP work around them: with the "
-                          "sources only (20 responses), a padded block costs well under a millisecond, so merging "
-                          "requests saves little next to ~1 ms of per-request CPU."
+                       + ("With the sources only (20 responses) a padded block costs ~0.5 ms, most of it the fixed "
+                          "cost of ~70 torch calls, not arithmetic: merging requests pays only as far as that "
+                          "fixed cost outweighs the per-request HTTP work."
                           if gran == "sources" else
                           "With per-example responses (1,457 per query) the readout dominates and merging "
                           "requests into padded blocks pays."))
@@ -683,8 +709,8 @@ def findings(res: dict) -> list[str]:
                        f"`{prof['granularity']}`, batching on, cache {'on' if prof['cache'] else 'off'}; raw stacks in "
                        f"`bench/.cache/load-profile-{prof['granularity']}.txt`, not committed): "
                        + ", ".join(f"{k} {v:.0%}" for k, v in top) + ".")
-    if res.get("whatif"):
-        out.append("- What changes outside this benchmark's files would give: see *What if* below.")
+    if res.get("ab"):
+        out.append("- Settings and earlier code side by side: see *Side by side* below.")
     return out
 
 
@@ -703,16 +729,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="another FA_ setting")
     ap.add_argument("--parts", default="matrix",
                     help="comma separated: matrix (the load matrix), profile (py-spy on the service at c=32, "
-                         "1 q/req, batching on, cache off), whatif (see --whatif-rounds)")
+                         "1 q/req, batching on, cache off), ab (see --ab-variants)")
     ap.add_argument("--profile-granularity", default="sources", help="comma separated granularities to profile")
     ap.add_argument("--out", default="load.json")
-    ap.add_argument("--whatif-rounds", type=int, default=3,
-                    help="whatif part: rounds comparing the tree as is with variants (batching on, cache off, "
-                         "--qpr, --concurrency)")
-    ap.add_argument("--whatif-variants", default="credit-int,credit-int+uvloop",
-                    help="comma separated variants, each +-joined bench/whatif patch names or uvloop")
-    ap.add_argument("--extra-site", type=Path, default=ROOT / "bench" / ".cache" / "extra-site",
-                    help="a directory with uvloop and httptools (pip install --target DIR uvloop httptools)")
+    ap.add_argument("--ab-rounds", type=int, default=3,
+                    help="ab part: rounds of the tree as is and each variant, alternating (cache off, --qpr, "
+                         "--concurrency)")
+    ap.add_argument("--ab-variants", default="batching=false",
+                    help="comma separated variants, each +-joined NAME=VALUE service settings and/or rev:GIT_REV")
     ap.add_argument("--merge", action="store_true",
                     help="add the rows to those already in --out (an earlier run of other settings)")
     ap.add_argument("--write-md", action="store_true", help="replace the Serving speed section of BENCHMARKS.md")
@@ -739,17 +763,17 @@ def main(argv: list[str] | None = None) -> int:
     if "profile" in parts:
         res["profile"] = [run_profile(store, 8, log, a.redis_url, a.threads, granularity=g)
                           for g in a.profile_granularity.split(",")]
-    if "whatif" in parts:
-        res["whatif"] = run_whatif(store, a.whatif_rounds, a.duration, log, a.extra_site, a.redis_url, a.threads,
-                                   [int(q) for q in a.qpr.split(",")], [int(c) for c in a.concurrency.split(",")],
-                                   a.whatif_variants)
+    if "ab" in parts:
+        res["ab"] = run_ab(store, a.ab_rounds, a.duration, log, a.redis_url, a.threads,
+                           [int(q) for q in a.qpr.split(",")], [int(c) for c in a.concurrency.split(",")],
+                           a.ab_variants)
     res["load_end"] = loadavg()
     prev = RESULTS / a.out
     if a.merge and prev.exists():
         old = json.loads(prev.read_text())
         res["rows"] = old.get("rows", []) + res["rows"]
         res["profile"] = old.get("profile", []) + res.get("profile", [])
-        res["whatif"] = old.get("whatif", []) + res.get("whatif", [])
+        res["ab"] = old.get("ab", []) + res.get("ab", [])
         res["runs"] = old.get("runs", [{k: old.get(k) for k in ("command", "machine", "load_start", "load_end",
                                                                 "settings", "duration_s")}])
         res["runs"].append({k: res.get(k) for k in ("command", "machine", "load_start", "load_end", "settings",
