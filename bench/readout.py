@@ -500,11 +500,12 @@ def findings(res: dict) -> list[str]:
         b = [row(th2[1], n, bb) for bb in res["batches"]]
         ratio = [y["pairs_per_s"] / x["pairs_per_s"] for x, y in zip(a, b, strict=True) if x and y]
         if ratio:
-            out.append(f"- {th2[1]} torch threads vs {th2[0]} on this shared machine: {min(ratio):.2f}-"
-                       f"{max(ratio):.2f}x the throughput (with the machine's load average near "
-                       f"{res['load_start']:.0f} on 2 cores, each parallel region waits for a descheduled "
-                       "thread; on an idle machine expect the second core to help at large B). The service's "
-                       "`torch_threads` setting chooses.")
+            why = ("the second core helps" if min(ratio) >= 1 else
+                   f"with the machine's load average near {res['load_start']:.0f} on 2 cores, a parallel region "
+                   "can wait for a descheduled thread; on an idle machine expect the second core to help at large B")
+            out.append(f"- {th2[1]} torch threads vs {th2[0]} on this shared machine (load average "
+                       f"{res['load_start']:.1f}): {min(ratio):.2f}-{max(ratio):.2f}x the throughput ({why}). "
+                       "The service's `torch_threads` setting chooses.")
     pr = res.get("precision") or []
     if pr:
         bs = sorted({r["batch"] for r in pr})
@@ -521,7 +522,7 @@ def findings(res: dict) -> list[str]:
                        f"{b16['rel_error']:.1e}, at {ratio('bfloat16')} the float32 throughput (responses are upcast "
                        "to float32 one cache-sized chunk at a time; before, the whole store per call); float16: "
                        f"error {get[('float16', bs[0])]['rel_error']:.1e}, {ratio('float16')}. Computing the "
-                       f"response GEMMs in bfloat16 (AMX on this CPU) gives {ratio('bfloat16-compute')} at "
+                       f"response GEMMs in bfloat16 (the CPU's bfloat16 kernels) gives {ratio('bfloat16-compute')} at "
                        f"{get[('bfloat16-compute', bs[0])]['rel_error']:.1e} error: worth it at small and medium B, "
                        "not served (answers would change; the quality benchmark would have to rate it first).")
     for tr in res.get("trak", []):
