@@ -107,7 +107,7 @@ def check_equal(st, dev: torch.device, Xq, yq, dtype=None, rtol: float = 1e-3, a
 
 
 def check_batch_invariance(att: Attributor, Xq, block: int) -> dict:
-    from service.batcher import readout_rows
+    from service.batcher import batch_invariant, readout_rows
 
     y = torch.full((len(Xq),), -1)
     together = readout_rows(att, Xq[:100], y[:100], "margin", True, block)
@@ -115,7 +115,9 @@ def check_batch_invariance(att: Attributor, Xq, block: int) -> dict:
     for i in range(0, 100, 7):
         alone = readout_rows(att, Xq[i:i + 1], y[i:i + 1], "margin", True, block)
         bad += sum(not torch.equal(a[0], t[i]) for a, t in zip(alone, together, strict=True) if a is not None)
-    return {"name": f"padded blocks of {block} are batch-invariant (bit for bit)", "ok": bad == 0, "mismatches": bad}
+    probe = batch_invariant(att, block)  # what the service checks on every store load
+    return {"name": f"padded blocks of {block} are batch-invariant (bit for bit)", "ok": bad == 0 and probe,
+            "mismatches": bad, "service_probe": probe}
 
 
 def sized(layers, R: int):

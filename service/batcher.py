@@ -43,6 +43,7 @@ from influence.attributor import Attributor
 from .errors import ApiError, unavailable
 from .tasks import cancel_and_wait
 
+_PROBE_EXAMPLE_ROWS = 2_000_000  # batch_invariant: (query rows x example responses) probed at most
 _GAP_WEIGHT = 0.25  # of the newest gap in the moving average: follows a change of load within a few requests
 
 
@@ -98,11 +99,14 @@ def batch_invariant(att: Attributor, block: int, kind: str = "margin") -> bool:
     """Whether a row's answer is the same at every position of a block (the
     premise of the padded blocks above; BLAS kernels for some skinny shapes
     break it). A probe of ``block`` random rows, read out rolled to every
-    offset: ``block`` readouts, once per store load."""
+    offset: ``block`` readouts, once per store load. The per-example
+    responses join the probe while that stays cheap (``block²`` query rows
+    over all of them: well under a second for the digits store, minutes for
+    a million examples on a CPU); beyond that only the sources are probed."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(block, att.spec.in_dim, generator=gen)
     y = torch.randint(-1, att.spec.n_classes, (block,), generator=gen)
-    examples = att.examples is not None
+    examples = att.examples is not None and len(att.manifest.example_source) * block * block <= _PROBE_EXAMPLE_ROWS
     base = readout_rows(att, x, y, kind, examples, block)
     for shift in range(1, block):
         rolled = readout_rows(att, x.roll(shift, 0), y.roll(shift, 0), kind, examples, block)
