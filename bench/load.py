@@ -421,8 +421,8 @@ def parse_variant(v: str) -> tuple[dict, str | None]:
 
 def run_ab(store: Path, rounds: int, duration_s: float, log, redis_url: str = REDIS_URL, threads: int = 1,
            qprs=(1,), concurrency=(32,), variants: str = "batching=false") -> list[dict]:
-    """The same load points (``sources``, cache off) on the tree as it is
-    (defaults: batching on) and on each variant, alternating round by round,
+    """The same load points (``sources``, cache off unless a variant sets
+    ``cache_ttl_s``) on the tree as it is (defaults: batching on) and on each variant, alternating round by round,
     so that a busy shared machine slows all of them alike. A variant is
     ``+``-joined ``NAME=VALUE`` settings and/or ``rev:REV`` (the code of that
     git revision, with this environment's packages)."""
@@ -440,8 +440,8 @@ def run_ab(store: Path, rounds: int, duration_s: float, log, redis_url: str = RE
         rows = []
         for rnd in range(rounds):
             for name, tree, settings in runs:
-                with service(store, redis_url, CACHE / "load-service.log", cwd=tree, cache_ttl_s=0,
-                             torch_threads=threads, **settings) as (base, pid, _):
+                with service(store, redis_url, CACHE / "load-service.log", cwd=tree,
+                             **{"cache_ttl_s": 0, "torch_threads": threads, **settings}) as (base, pid, _):
                     host, port = base.split("//")[1].split(":")
                     for qpr in qprs:
                         reqs = [http_request(host, int(port), "/v1/attributions", b) for b in bodies(X, qpr)]
@@ -566,6 +566,8 @@ AB_NOTES = {
                       "goal's baseline",
     "adaptive_wait=false": "`adaptive_wait=false`: every batch waits the full `max_wait_ms` (2 ms) window for "
                            "company, the batcher before adaptive wait",
+    "cache_ttl_s=": "`cache_ttl_s=3600`: the result cache on, as by default (the baseline here has it off); the "
+                    "requests cycle through 360 inputs, so after the warm-up nearly every query hits",
     "rev:": "`rev:REV`: the service's code at that git revision, run with this environment's packages (so it, too, "
             "gets uvloop, httptools and hiredis, which uvicorn and redis-py pick up when installed)",
 }
