@@ -59,6 +59,8 @@ class MethodConfig(_Section):
     chunk: int = Field(128, ge=1, description="directions propagated together (memory bound)")
     epsilon: float = Field(1e-4, gt=0, description="upweight of the two-trajectory mode")
     fast_path: bool = Field(True, description="closed-form linear-stack products instead of torch.func")
+    ggn_block: int = Field(1 << 22, ge=1, description="fast path: hidden-tangent floats per block of examples "
+                           "(speed only; the float summation order, so the last bits, depend on it)")
 
 
 class StoreConfig(_Section):

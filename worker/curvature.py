@@ -26,16 +26,17 @@ class LinearStackGGN:
 
     Memory traffic, not flops, bounds this product on a CPU: the hidden
     tangents ``(N, R, width)`` are the big tensors. So the product runs over
-    blocks of examples small enough for those tangents to stay in cache,
-    biases are folded into the GEMMs (inputs augmented with a ones column),
-    and each example's activation mask is folded into its own copy of the
-    next layer's weights (``bmm``) instead of a pass over the tangents.
+    blocks of examples of ``block_elements`` tangent floats (16 MB at the
+    default: cache-sized, while each block's dozen GEMMs stay big enough to
+    amortise their call cost), biases are folded into the GEMMs (inputs
+    augmented with a ones column), and each example's activation mask is
+    folded into its own copy of the next layer's weights (``bmm``) instead
+    of a pass over the tangents.
     """
 
-    block_elements = 1 << 20  # tangent floats per example block (~4 MB, fits L2)
-
-    def __init__(self, params: dict[str, torch.Tensor], spec: MLPSpec, X: torch.Tensor):
-        self.spec = spec
+    def __init__(self, params: dict[str, torch.Tensor], spec: MLPSpec, X: torch.Tensor,
+                 block_elements: int = 1 << 22):
+        self.spec, self.block_elements = spec, block_elements
         logits, acts, self.dacts = mlp_forward(params, spec, X)
         self.probs = torch.softmax(logits, dim=1)
         self.acts = [torch.cat([a, a.new_ones(a.shape[0], 1)], dim=1) for a in acts]  # (N, i+1)

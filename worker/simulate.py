@@ -61,7 +61,7 @@ class Simulator:
             y = self.y if idx is None else self.y[idx]
             return hvp_generic(self.model, params, X, y)
         if self.cfg.fast_path:
-            return LinearStackGGN(params, self.spec, X)
+            return LinearStackGGN(params, self.spec, X, self.cfg.ggn_block)
         return ggn_generic(self.model, params, X)
 
     def step(self, U: torch.Tensor, G: torch.Tensor, product) -> torch.Tensor:
