@@ -185,10 +185,6 @@ class Ledger:
             out += [bool(x) for x in await self._script(keys=keys, args=args)]
         return out
 
-    async def apply(self, rec: dict) -> bool:
-        """Apply one record; False if it had been applied before."""
-        return (await self.apply_many([rec]))[0]
-
     async def record(self, rec: dict) -> str:
         """``"redis"``, ``"journal"``, or ``"full"`` (not recorded)."""
         if self.healthy:

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from influence.model import MLPSpec
 
+from .curvature import BLOCK_ELEMENTS
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -59,7 +61,7 @@ class MethodConfig(_Section):
     chunk: int = Field(128, ge=1, description="directions propagated together (memory bound)")
     epsilon: float = Field(1e-4, gt=0, description="upweight of the two-trajectory mode")
     fast_path: bool = Field(True, description="closed-form linear-stack products instead of torch.func")
-    ggn_block: int = Field(1 << 22, ge=1, description="fast path: hidden-tangent floats per block of examples "
+    ggn_block: int = Field(BLOCK_ELEMENTS, ge=1, description="fast path: hidden-tangent floats per block of examples "
                            "(speed only; the float summation order, so the last bits, depend on it)")
 
 

@@ -20,6 +20,8 @@ from influence.model import MLPSpec, ParamLayout
 from influence.outputs import cross_entropy_hessian
 from influence.readout import mlp_forward, split_layers
 
+BLOCK_ELEMENTS = 1 << 22  # LinearStackGGN's default block (method.ggn_block): bench/worker_step
+
 
 class LinearStackGGN:
     """Caches one forward pass over the curvature batch ``X (N, d)``.
@@ -35,7 +37,7 @@ class LinearStackGGN:
     """
 
     def __init__(self, params: dict[str, torch.Tensor], spec: MLPSpec, X: torch.Tensor,
-                 block_elements: int = 1 << 22):
+                 block_elements: int = BLOCK_ELEMENTS):
         self.spec, self.block_elements = spec, block_elements
         logits, acts, self.dacts = mlp_forward(params, spec, X)
         self.probs = torch.softmax(logits, dim=1)

@@ -77,7 +77,7 @@ def test_apply_twice_counts_once(redis_client, prefix, tmp_path):
         client = aioredis.from_url(REDIS_URL)
         ledger = Ledger(client, prefix, Journal(tmp_path / "j", 10), 3600)
         rec = new_record(3, {"a": 600_000, "b": 400_000}, {"a": 1, "b": 1}, 3600, "rec-1", now=7200.5)
-        first, again = await ledger.apply(rec), await ledger.apply(rec)
+        (first,), (again,) = await ledger.apply_many([rec]), await ledger.apply_many([rec])
         totals = await ledger.totals()
         per = await ledger.buckets([7200])
         await client.aclose()
@@ -104,7 +104,7 @@ def test_concurrent_records_share_script_calls_and_count_once(redis_client, pref
     async def go():
         client = aioredis.from_url(REDIS_URL)
         ledger = Ledger(client, prefix, Journal(tmp_path / "j", 10), 3600)
-        await ledger.apply(new_record(1, {}, {}, 3600, "warm-up"))  # loads the script
+        await ledger.apply_many([new_record(1, {}, {}, 3600, "warm-up")])  # loads the script
         before = _evalsha_calls(redis_client)
         where = await asyncio.gather(*(ledger.record(r) for r in recs + recs[:10]))
         calls = _evalsha_calls(redis_client) - before
