@@ -1,0 +1,170 @@
+"""The protocol's GPT (``docs/lm-protocol.md``): V = 2000, d = 64, 2 layers,
+4 heads of 16, context L = 64; 232,192 parameters.
+
+    h = tok_emb[x] + pos_emb[0:T]
+    per layer:  h = h + proj(attn(ln1(h)));  h = h + fc2(gelu(fc(ln2(h))))
+    logits = ln_f(h) @ tok_embᵀ            (tied head, no output bias)
+
+``attn``: ``qkv = Linear(d, 3d)``; q, k, v are consecutive d-column chunks of
+its output and the heads consecutive 16-column chunks of each;
+``softmax(q kᵀ / sqrt(16) + causal mask) v``; exact erf GELU; LayerNorm eps
+1e-5 with affine parameters; no dropout.
+
+Written for ``torch.func``: plain matmuls and an additive causal-mask buffer
+(no ``scaled_dot_product_attention``, no in-place ops on parameters, no
+data-dependent Python control flow), so ``functional_call``, ``jvp``,
+``vjp`` and ``vmap`` work, in float32 and float64. The mask is a buffer of
+``-inf`` above the diagonal (``(L, L)``), not a parameter.
+
+Initialisation (``GPTSpec.build(seed)``): ``torch.manual_seed(seed)``; modules
+constructed in the order tok_emb, pos_emb, [per layer: ln1, qkv, proj, ln2,
+fc, fc2], ln_f with PyTorch's default initialisation; then tok_emb.weight and
+pos_emb.weight (in that order) redrawn from N(0, 0.02²). Parameter names:
+``tok_emb.weight``, ``pos_emb.weight``, ``blocks.{l}.{ln1,qkv,proj,ln2,fc,fc2}.*``,
+``ln_f.*``.
+
+Scores: ``sequence_logprob(model, x)`` for ``x (B, T+1)`` is the mean over the
+``T`` targets ``x[:, 1:]`` of ``log p(x_t | x_<t)`` (natural log), ``(B,)``.
+``target_mask (B, T)`` restricts the mean to the masked targets (prompt /
+completion, or padding: right-padded positions are excluded by the mask and,
+attention being causal, cannot change any real position).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from torch.func import functional_call
+from torch.nn import functional as F
+
+
+class GPTSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["gpt"] = "gpt"
+    vocab: int = Field(2000, ge=2)
+    d: int = Field(64, ge=1)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    context: int = Field(64, ge=1)
+
+    def build(self, seed: int = 0, dtype: torch.dtype = torch.float32) -> GPT:
+        """Initialised in float32 (the protocol), then cast to ``dtype``."""
+        return GPT(self, seed=seed).to(dtype)
+
+    def layout(self):
+        """``ParamLayout`` of ``GPT.named_parameters()`` (built on the meta device: no memory, no RNG use)."""
+        from ..model import ParamLayout
+
+        with torch.device("meta"):
+            model = GPT(self, seed=None)
+        return ParamLayout.of(dict(model.named_parameters()))
+
+    def n_params(self) -> int:
+        d, v, L = self.d, self.vocab, self.context
+        per_layer = 2 * 2 * d + (3 * d * d + 3 * d) + (d * d + d) + (4 * d * d + 4 * d) + (4 * d * d + d)
+        return v * d + L * d + self.layers * per_layer + 2 * d
+
+
+class Block(nn.Module):
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.ln1 = nn.LayerNorm(d, eps=1e-5)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.ln2 = nn.LayerNorm(d, eps=1e-5)
+        self.fc = nn.Linear(d, 4 * d)
+        self.fc2 = nn.Linear(4 * d, d)
+
+    def attn(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``h (B, T, d)``, ``mask (T, T)`` additive → ``(B, T, d)``."""
+        B, T, d = h.shape
+        hs = d // self.heads
+        q, k, v = self.qkv(h).split(d, dim=-1)  # each (B, T, d)
+        q = q.reshape(B, T, self.heads, hs).transpose(1, 2)  # (B, H, T, hs)
+        k = k.reshape(B, T, self.heads, hs).transpose(1, 2)
+        v = v.reshape(B, T, self.heads, hs).transpose(1, 2)
+        att = q @ k.transpose(-1, -2) / math.sqrt(hs) + mask  # (B, H, T, T)
+        y = att.softmax(dim=-1) @ v  # (B, H, T, hs)
+        return y.transpose(1, 2).reshape(B, T, d)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = h + self.proj(self.attn(self.ln1(h), mask))
+        return h + self.fc2(F.gelu(self.fc(self.ln2(h))))
+
+
+class GPT(nn.Module):
+    def __init__(self, spec: GPTSpec, seed: int | None = 0):
+        super().__init__()
+        if spec.d % spec.heads:
+            raise ValueError(f"d={spec.d} is not a multiple of heads={spec.heads}")
+        self.spec = spec
+        if seed is not None:  # None: shapes only (meta device), the global RNG untouched
+            torch.manual_seed(seed)
+        self.tok_emb = nn.Embedding(spec.vocab, spec.d)
+        self.pos_emb = nn.Embedding(spec.context, spec.d)
+        self.blocks = nn.ModuleList(Block(spec.d, spec.heads) for _ in range(spec.layers))
+        self.ln_f = nn.LayerNorm(spec.d, eps=1e-5)
+        with torch.no_grad():
+            self.tok_emb.weight.normal_(0.0, 0.02)
+            self.pos_emb.weight.normal_(0.0, 0.02)
+        L = spec.context
+        causal = torch.full((L, L), float("-inf")).triu(1)
+        self.register_buffer("mask", causal, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (B, T) int64``, ``T <= context`` → logits ``(B, T, V)``."""
+        T = x.shape[1]
+        h = self.tok_emb(x) + self.pos_emb.weight[:T]
+        mask = self.mask[:T, :T].to(h.dtype)
+        for blk in self.blocks:
+            h = blk(h, mask)
+        return self.ln_f(h) @ self.tok_emb.weight.T
+
+
+def token_logprobs(model: GPT, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """``x (B, T+1)`` → ``log p(x[:, t+1] | x[:, :t+1])`` as ``(B, T)``."""
+    inp, tgt = x[:, :-1], x[:, 1:]
+    logits = model(inp) if params is None else functional_call(model, params, (inp,))
+    lp = logits.log_softmax(dim=-1)  # (B, T, V)
+    return lp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+
+
+def sequence_logprob(
+    model: GPT,
+    x: torch.Tensor,
+    params: dict[str, torch.Tensor] | None = None,
+    target_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``f(q)``: mean over the targets of ``log p(y_t | y_<t)``, ``(B,)``.
+    ``x (B, T+1)``; ``target_mask (B, T)`` bool/float: average only over the
+    targets where it is set (prompt/completion; right padding). A row with an
+    empty mask gives 0."""
+    lp = token_logprobs(model, x, params)
+    if target_mask is None:
+        return lp.mean(dim=-1)
+    m = target_mask.to(lp.dtype)
+    return (lp * m).sum(dim=-1) / m.sum(dim=-1).clamp_min(1.0)
+
+
+def lm_loss(model: GPT, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """Mean token cross-entropy over all ``B × T`` targets of ``x (B, T+1)``."""
+    inp, tgt = x[:, :-1], x[:, 1:]
+    logits = model(inp) if params is None else functional_call(model, params, (inp,))
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1))
+
+
+def pad_right(seqs: list[list[int]], pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x (B, Tmax+1) int64, target_mask (B, Tmax) bool)`` for sequences of
+    different lengths (each ≥ 2 tokens, ≤ context + 1)."""
+    n = max(len(s) for s in seqs)
+    x = torch.full((len(seqs), n), pad, dtype=torch.long)
+    m = torch.zeros(len(seqs), n - 1, dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        x[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        m[i, : len(s) - 1] = True
+    return x, m
