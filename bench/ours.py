@@ -22,9 +22,9 @@ from torch.func import functional_call, jacrev, vmap
 from influence.model import MLPSpec, ParamLayout, build_mlp
 from influence.outputs import cross_entropy_hessian, output_grad
 from influence.readout import linear_stack_scores, mlp_forward, split_layers
+from influence.simulate import Simulator
+from influence.simulate.curvature import per_example_grads
 from worker.config import WorkerConfig
-from worker.curvature import per_example_grads
-from worker.simulate import Simulator
 
 from .protocol import Data
 

@@ -20,9 +20,9 @@ import time
 
 import torch
 
+from influence.simulate import Simulator
 from influence.store import open_store
 from worker.config import load_config
-from worker.simulate import Simulator
 
 from .common import BENCHMARKS, digits_store, machine, write_json
 

@@ -9,10 +9,10 @@ length ``p`` laid out in that order (``ParamLayout``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, field_validator
 from torch import nn
 
 Activation = Literal["relu", "tanh", "gelu", "sigmoid"]
@@ -24,6 +24,7 @@ class MLPSpec(BaseModel):
     linear layers; ``widths[0]`` is the input dimension, ``widths[-1]`` the
     number of classes."""
 
+    kind: Literal["mlp"] = "mlp"
     widths: list[int] = Field(min_length=2)
     activation: Activation = "relu"
 
@@ -35,6 +36,9 @@ class MLPSpec(BaseModel):
         if v[-1] < 2:
             raise ValueError("the last width (number of classes) must be >= 2")
         return v
+
+    def layout(self) -> ParamLayout:
+        return ParamLayout.for_spec(self)
 
     @property
     def in_dim(self) -> int:
@@ -105,3 +109,15 @@ class ParamLayout:
         parts = torch.split(flat, self.sizes, dim=-1)
         batch = flat.shape[:-1]
         return {n: t.reshape(*batch, *s) for n, s, t in zip(self.names, self.shapes, parts)}
+
+
+def _kind(v) -> str:
+    return v.get("kind", "mlp") if isinstance(v, dict) else getattr(v, "kind", "mlp")
+
+
+from .text.gpt import GPTSpec  # noqa: E402  (after ParamLayout: gpt.py imports it lazily)
+
+ModelSpec = Annotated[Annotated[MLPSpec, Tag("mlp")] | Annotated[GPTSpec, Tag("gpt")], Discriminator(_kind)]
+"""A model kind's spec as the manifest and the worker config carry it: ``kind``
+``mlp`` (the default, so manifests written before kinds existed still read)
+or ``gpt``; ``spec.layout()`` is its flat parameter layout."""

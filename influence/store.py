@@ -9,8 +9,17 @@ Layout of a store root::
           manifest.json        Manifest (below), with sha256 of every file
           params.safetensors   "m{e}/{param}"                   float32
           responses.safetensors "m{e}/examples/{param}" (n, *shape),
-                               "m{e}/sources/{param}"  (S, *shape), store dtype
+                               "m{e}/sources/{param}"  (S, *shape), store dtype;
+                               with ``examples_rank`` r the per-example part is
+                               compressed: "m{e}/examples/{param}" (r, *shape)
+                               is a basis and "m{e}/examples_coef" (n, r)
+                               float32 the coefficients, u_i = Σ_j coef[i,j] b_j
           training.safetensors "X" (n, d) float32, "y" (n,) int64 (optional)
+          <asset files>        e.g. tokenizer.json, documents.json (text stores)
+
+Format 2 added the model kind (``model.kind``: ``mlp`` or ``gpt``), the
+compressed per-example responses and asset files; format 1 stores (MLP, no
+compression, no assets) still load.
 
 Publishing writes a hidden temporary directory, fsyncs it, renames it into
 ``versions/`` and then flips ``CURRENT`` with ``os.replace``: a reader sees
@@ -34,9 +43,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import StoreError
-from .model import MLPSpec, ParamLayout
+from .model import ModelSpec, ParamLayout
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 _FILES = ("params.safetensors", "responses.safetensors", "training.safetensors")
 
@@ -45,7 +55,7 @@ class Manifest(BaseModel):
     format_version: int
     version: str = ""
     created_at: str = ""
-    model: MLPSpec
+    model: ModelSpec
     recipe: dict
     method: dict
     data: dict  # name, fingerprint, n, dim
@@ -56,6 +66,8 @@ class Manifest(BaseModel):
     dtype: str
     has_examples: bool
     has_sources: bool
+    examples_rank: int | None = None  # per-example responses as a rank-r basis + (n, r) coefficients
+    assets: list[str] = []  # extra files of the version (checksummed in ``files``)
     files: dict[str, str] = {}
     extra: dict = {}
 
@@ -71,6 +83,8 @@ class Store:
     sources: list[dict[str, torch.Tensor]] | None  # per member, (S, *shape)
     X: torch.Tensor | None = None
     y: torch.Tensor | None = None
+    example_coef: list[torch.Tensor] | None = None  # per member (n, r) when ``examples_rank`` is set
+    assets: dict[str, bytes] | None = None
 
     @property
     def version(self) -> str:
@@ -112,8 +126,12 @@ def publish(
     sources: list[dict[str, torch.Tensor]] | None,
     training: tuple[torch.Tensor, torch.Tensor] | None = None,
     keep: int = 3,
+    example_coef: list[torch.Tensor] | None = None,
+    assets: dict[str, bytes] | None = None,
 ) -> Path:
-    """Write a new version beside the old ones and make it current."""
+    """Write a new version beside the old ones and make it current.
+    ``example_coef`` (per member ``(n, r)``): ``examples`` are then rank-r
+    bases ``(r, *shape)``; ``assets``: extra files, name -> bytes."""
     root = Path(root)
     versions = root / "versions"
     versions.mkdir(parents=True, exist_ok=True)
@@ -127,10 +145,20 @@ def publish(
         for kind, blocks in (("examples", examples), ("sources", sources)):
             for e, block in enumerate(blocks or []):
                 resp.update({f"m{e}/{kind}/{k}": v.to(dtype) for k, v in block.items()})
+        for e, coef in enumerate(example_coef or []):
+            resp[f"m{e}/examples_coef"] = coef.float().contiguous()
         _write_tensors(tmp / "responses.safetensors", resp)
         if training is not None:
             _write_tensors(tmp / "training.safetensors", {"X": training[0].float(), "y": training[1].long()})
-        files = {f: _sha256(tmp / f) for f in _FILES if (tmp / f).exists()}
+        for name, blob in (assets or {}).items():
+            if name in _FILES or name == "manifest.json" or "/" in name or name.startswith("."):
+                raise ValueError(f"asset name {name!r} is reserved or not a plain file name")
+            with open(tmp / name, "wb") as f:
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+        names = [*_FILES, *(assets or {})]
+        files = {f: _sha256(tmp / f) for f in names if (tmp / f).exists()}
         man = manifest.model_copy(
             update={
                 "format_version": FORMAT_VERSION,
@@ -139,6 +167,8 @@ def publish(
                 "has_examples": examples is not None,
                 "has_sources": sources is not None,
                 "members": len(params),
+                "examples_rank": None if example_coef is None else int(example_coef[0].shape[1]),
+                "assets": sorted(assets or {}),
             }
         )
         while True:  # a concurrent publisher may take the name first
@@ -211,8 +241,8 @@ def read_manifest(path: Path) -> Manifest:
         raise StoreError(f"{path}/manifest.json: invalid manifest: {err['loc']}: {err['msg']}") from None
     except ValueError as e:
         raise StoreError(f"{path}/manifest.json: not valid JSON: {e}") from None
-    if man.format_version != FORMAT_VERSION:
-        raise StoreError(f"{path}: store format {man.format_version}, this reader understands {FORMAT_VERSION}")
+    if man.format_version not in READABLE_FORMATS:
+        raise StoreError(f"{path}: store format {man.format_version}, this reader understands {READABLE_FORMATS}")
     return man
 
 
@@ -250,16 +280,34 @@ def load_version(path: str | Path) -> Store:
     """Load and verify one version directory (manifest, checksums, shapes)."""
     path = Path(path)
     man = read_manifest(path)
-    layout = ParamLayout.for_spec(man.model)
+    layout = man.model.layout()
     n, n_src = len(man.example_source), len(man.source_ids)
     if man.example_source and not 0 <= min(man.example_source) <= max(man.example_source) < n_src:
         raise StoreError(f"{path}: example_source refers to a source outside source_ids")
     params = _member_blocks(_load(path, "params.safetensors", man), "", man.members, layout, -1, path)
     resp = _load(path, "responses.safetensors", man)
-    ex = _member_blocks(resp, "examples/", man.members, layout, n, path) if man.has_examples else None
+    r = man.examples_rank
+    ex = _member_blocks(resp, "examples/", man.members, layout, n if r is None else r, path) if man.has_examples \
+        else None
+    coef = None
+    if man.has_examples and r is not None:
+        coef = [resp.get(f"m{e}/examples_coef") for e in range(man.members)]
+        if any(c is None or tuple(c.shape) != (n, r) for c in coef):
+            raise StoreError(f"{path}: examples_coef missing or not of shape {(n, r)}")
     src = _member_blocks(resp, "sources/", man.members, layout, n_src, path) if man.has_sources else None
     train = _load(path, "training.safetensors", man)
-    return Store(path, man, params, ex, src, train.get("X"), train.get("y"))
+    assets = {name: _load_asset(path, name, man) for name in man.assets}
+    return Store(path, man, params, ex, src, train.get("X"), train.get("y"), coef, assets)
+
+
+def _load_asset(path: Path, name: str, man: Manifest) -> bytes:
+    file = path / name
+    if name not in man.files or not file.is_file():
+        raise StoreError(f"{file}: asset missing")
+    blob = file.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != man.files[name]:
+        raise StoreError(f"{file}: checksum mismatch (corrupt or modified)")
+    return blob
 
 
 def open_store(root: str | Path, version: str | None = None) -> Store:

@@ -14,9 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from influence.model import MLPSpec
-
-from .curvature import BLOCK_ELEMENTS
+from influence.model import MLPSpec, ModelSpec
+from influence.simulate.settings import MethodConfig
 
 
 class _Section(BaseModel):
@@ -24,10 +23,13 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    """``name="digits"`` is the built-in set; ``path`` a user file instead."""
+    """``name`` a built-in set (``digits``; ``brown``, text); ``path`` a user
+    file instead (``.npz``/``.csv``/``.parquet`` for an MLP, ``.jsonl`` text
+    for a GPT)."""
 
-    name: Literal["digits"] | None = "digits"
+    name: Literal["digits", "brown"] | None = "digits"
     path: Path | None = None
+    sources: Literal["publication", "genre"] = Field("publication", description="brown: the source level")
     label_column: str = "label"
     n_sources: int = Field(20, ge=1, description="publishers assigned to built-in data")
     skew: float = Field(1.0, ge=0, description="Zipf exponent of publisher sizes")
@@ -46,25 +48,6 @@ class TrainConfig(_Section):
     seed: int = 0
 
 
-class MethodConfig(_Section):
-    """Simulation settings (method page): ``u ← u − η[(H_t + λI)u + g]``."""
-
-    mode: Literal["single", "two"] = "single"
-    curvature: Literal["ggn", "hessian"] = "ggn"
-    schedule: Literal["posthoc", "alongside"] = "posthoc"
-    steps: int = Field(300, ge=1, description="K, the horizon")
-    eta: float = Field(0.4, gt=0, description="step size of the propagation")
-    damping: float = Field(0.003, ge=0, description="λ, added to H + weight_decay·I")
-    curvature_batch: int = Field(0, ge=0, description="examples per curvature product; 0 = all")
-    directions: Literal["examples", "sources", "both"] = "both"
-    ensemble: int = Field(1, ge=1, le=64)
-    chunk: int = Field(128, ge=1, description="directions propagated together (memory bound)")
-    epsilon: float = Field(1e-4, gt=0, description="upweight of the two-trajectory mode")
-    fast_path: bool = Field(True, description="closed-form linear-stack products instead of torch.func")
-    ggn_block: int = Field(BLOCK_ELEMENTS, ge=1, description="fast path: hidden-tangent floats per block of examples "
-                           "(speed only; the float summation order, so the last bits, depend on it)")
-
-
 class StoreConfig(_Section):
     root: Path = Path("stores/digits")
     keep: int = Field(3, ge=1)
@@ -76,7 +59,7 @@ class StoreConfig(_Section):
 class WorkerConfig(_Section):
     preset: str = "digits"
     data: DataConfig = DataConfig()
-    model: MLPSpec = MLPSpec(widths=[64, 128, 10])
+    model: ModelSpec = MLPSpec(widths=[64, 128, 10])
     train: TrainConfig = TrainConfig()
     method: MethodConfig = MethodConfig()
     store: StoreConfig = StoreConfig()
@@ -87,11 +70,25 @@ class WorkerConfig(_Section):
             self.data.name = None
         if self.data.name is None and self.data.path is None:
             raise ValueError("data: set either name='digits' or a path")
+        text = self.data.name == "brown" or (self.data.path is not None and self.data.path.suffix == ".jsonl")
+        if text != (self.model.kind == "gpt"):
+            raise ValueError(f"model.kind={self.model.kind!r} does not fit the data "
+                             f"({'text' if text else 'feature vectors'}): text data needs kind 'gpt', "
+                             "feature vectors kind 'mlp'")
         return self
 
 
 PRESETS: dict[str, dict] = {
     "digits": {},
+    # The language-model protocol (../shared/docs/lm-protocol.md): GPT 232k params on Brown, seed 2.
+    "brown": {
+        "data": {"name": "brown", "sources": "publication"},
+        "model": {"kind": "gpt"},
+        "train": {"seed": 2},
+        "method": {"rank": 128, "power": 1, "curvature_subset": 64, "steps": 300, "eta": 0.4, "damping": 0.003,
+                   "compress_rank": 48},
+        "store": {"root": "stores/brown", "include_training_data": False},
+    },
     "tiny": {
         "data": {"limit": 120, "n_sources": 5},
         "model": {"widths": [64, 12, 10]},

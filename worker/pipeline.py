@@ -21,11 +21,11 @@ from tqdm.auto import tqdm
 from influence.data import Dataset, load_digits_train, load_training_file
 from influence.model import ParamLayout
 from influence.readout import mlp_forward
+from influence.simulate import Responses, Simulator, StepCheckpoint
 from influence.store import Manifest, publish
 
 from .config import ConfigError, WorkerConfig
 from .distributed import barrier, broadcast_params, gather_rows, init_from_env, rank_world, shard, shutdown
-from .simulate import Responses, Simulator, StepCheckpoint
 from .train import Trained, steps_per_run, train
 from .twotraj import two_trajectories
 
@@ -102,7 +102,7 @@ def _member(cfg, X, y, source, n_sources, e, work, bar) -> dict | None:
            "examples": None if resp.examples is None else layout.unflatten(resp.examples.float().contiguous()),
            "sources": None if resp.sources is None else layout.unflatten(resp.sources.float().contiguous()),
            "stats": {"seed": seed, "final_loss": trained.final_loss, "train_accuracy": acc,
-                     "seconds": round(time.perf_counter() - t0, 3)}}
+                     "seconds": round(time.perf_counter() - t0, 3), **resp.diagnostics}}
     torch.save(out, done)
     return out
 
@@ -115,6 +115,10 @@ def _fit_model_to_data(cfg: WorkerConfig, ds: Dataset) -> WorkerConfig:
 def build(cfg: WorkerConfig, progress: bool = True) -> Path | None:
     """Run the whole job and publish; returns the new version's directory
     (``None`` on ranks other than 0 of a distributed run)."""
+    if cfg.model.kind == "gpt":
+        from .lm_pipeline import build as build_text
+
+        return build_text(cfg, progress)
     init_from_env()
     rank, _ = rank_world()
     ds = load_dataset(cfg)
@@ -123,10 +127,12 @@ def build(cfg: WorkerConfig, progress: bool = True) -> Path | None:
     work = Path(cfg.store.root) / ".work" / run_id(cfg, ds)
     work.mkdir(parents=True, exist_ok=True)
     m = cfg.method
-    per = m.steps if m.mode == "single" else len(X) * (m.directions != "sources") + len(ds.source_ids) * (
-        m.directions != "examples")
-    bar = tqdm(total=per * m.ensemble, desc=f"simulate {m.mode}/{m.schedule} x{m.ensemble}",
-               disable=not progress or rank != 0, unit="step" if m.mode == "single" else "dir")
+    if m.mode == "single":
+        per, unit = m.work_units()
+    else:
+        per, unit = len(X) * (m.directions != "sources") + len(ds.source_ids) * (m.directions != "examples"), "dir"
+    bar = tqdm(total=per * m.ensemble, desc=f"simulate {m.mode}/{m.schedule}/{m.resolved_solver()} x{m.ensemble}",
+               disable=not progress or rank != 0, unit=unit)
     members = [_member(cfg, X, y, source, len(ds.source_ids), e, work, bar) for e in range(m.ensemble)]
     bar.close()
     if rank != 0:
@@ -143,7 +149,7 @@ def build(cfg: WorkerConfig, progress: bool = True) -> Path | None:
 def _publish(cfg: WorkerConfig, ds: Dataset, members: list[dict], X, y) -> Path:
     m = cfg.method
     manifest = Manifest(
-        format_version=1, model=cfg.model, recipe=cfg.train.model_dump(mode="json"),
+        format_version=2, model=cfg.model, recipe=cfg.train.model_dump(mode="json"),
         method=m.model_dump(mode="json"),
         data={"name": ds.name, "fingerprint": ds.fingerprint(), "n": ds.n, "dim": int(ds.X.shape[1])},
         classes=ds.classes, source_ids=ds.source_ids, example_source=ds.source.tolist(),

@@ -13,9 +13,9 @@ import torch
 from torch.func import functional_call, grad, vmap
 
 from influence.model import MLPSpec, ParamLayout, build_mlp
+from influence.simulate import Responses
 
 from .config import MethodConfig, TrainConfig
-from .simulate import Responses
 from .train import Trained, batch_order
 
 DT = torch.float64

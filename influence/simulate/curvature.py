@@ -16,11 +16,10 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
-from influence.model import MLPSpec, ParamLayout
-from influence.outputs import cross_entropy_hessian
-from influence.readout import mlp_forward, split_layers
-
-BLOCK_ELEMENTS = 1 << 22  # LinearStackGGN's default block (method.ggn_block): bench/worker_step
+from ..model import MLPSpec, ParamLayout
+from ..outputs import cross_entropy_hessian
+from ..readout import mlp_forward, split_layers
+from .settings import BLOCK_ELEMENTS
 
 
 class LinearStackGGN:
@@ -117,3 +116,24 @@ def per_example_grads(model, params: dict[str, torch.Tensor], X: torch.Tensor, y
     per = vmap(grad(loss), in_dims=(None, 0, 0))
     return torch.cat([layout.flatten(per(params, X[s : s + chunk], y[s : s + chunk]))
                       for s in range(0, len(X), chunk)])
+
+
+def mlp_example_grads(params: dict[str, torch.Tensor], spec: MLPSpec, X: torch.Tensor, y: torch.Tensor,
+                      chunk: int = 2048) -> torch.Tensor:
+    """``per_example_grads`` for an MLP in closed form: ``(n, p)`` flat.
+
+    Backpropagation of ``δ_L = softmax(z) − e_y`` through the stack for all
+    examples at once; a weight's gradient is the outer product ``δ_l a_{l−1}ᵀ``
+    (``O(n·p)``, no per-example autograd)."""
+    out = []
+    for s in range(0, len(X), chunk):
+        logits, acts, dacts = mlp_forward(params, spec, X[s : s + chunk])
+        delta = torch.softmax(logits, dim=1)
+        delta[torch.arange(len(delta)), y[s : s + chunk]] -= 1.0
+        parts = [None] * len(acts)
+        for l in range(len(acts) - 1, -1, -1):
+            parts[l] = (torch.einsum("no,ni->noi", delta, acts[l]).flatten(1), delta)
+            if l > 0:
+                delta = (delta @ params[f"{2 * l}.weight"]) * dacts[l - 1]
+        out.append(torch.cat([t for pair in parts for t in pair], dim=1))
+    return torch.cat(out)

@@ -9,27 +9,30 @@ training objective ``mean ℓ + (wd/2)|θ|²`` plus damping ``λ``). Directions
 
 ``posthoc`` runs around the trained optimum; ``alongside`` is a training
 hook that runs over the last K steps of training, reusing their minibatches
-and iterates.
+and iterates. With one fixed curvature operator (posthoc, all examples) the
+K steps are one linear map, which ``solver="spectral"`` evaluates in closed
+form (``spectral.py``); ``solver="steps"`` is the step-by-step reference.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from influence.model import MLPSpec, build_mlp
-
-from .config import MethodConfig
-from .curvature import LinearStackGGN, ggn_generic, hvp_generic, per_example_grads
+from ..model import MLPSpec, build_mlp
+from .curvature import LinearStackGGN, ggn_generic, hvp_generic, mlp_example_grads, per_example_grads
+from .settings import MethodConfig
+from .spectral import LowRankFilter, nystrom
 
 
 @dataclass
 class Responses:
     examples: torch.Tensor | None  # (n, p)
     sources: torch.Tensor | None  # (S, p)
+    diagnostics: dict = field(default_factory=dict)  # how they were computed (solver, rank, tail estimate)
 
 
 class Simulator:
@@ -42,11 +45,18 @@ class Simulator:
         self.X, self.y, self.source, self.n_sources = X, y, source, n_sources
         self.model = build_mlp(spec).to(X.dtype)
         self.U: torch.Tensor | None = None
+        self.diagnostics: dict = {}
+
+    @property
+    def solver(self) -> str:
+        """``spectral`` or ``steps``: what ``propagate`` will run."""
+        return self.cfg.resolved_solver()
 
     # -- pieces -------------------------------------------------------------
     def directions(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """``(R, p)``: example gradients, then source sums, as configured."""
-        g = per_example_grads(self.model, params, self.X, self.y)
+        g = (mlp_example_grads(params, self.spec, self.X, self.y) if self.cfg.fast_path
+             else per_example_grads(self.model, params, self.X, self.y))
         rows = []
         if self.cfg.directions in ("examples", "both"):
             rows.append(g)
@@ -76,7 +86,7 @@ class Simulator:
         n = len(self.X) if self.cfg.directions in ("examples", "both") else 0
         ex = U[:n] if n else None
         src = U[n:] if self.cfg.directions in ("sources", "both") else None
-        return Responses(ex, src)
+        return Responses(ex, src, dict(self.diagnostics))
 
     # -- schedules ----------------------------------------------------------
     def posthoc(self, params: dict[str, torch.Tensor], seed: int, progress=None) -> Responses:
@@ -92,6 +102,8 @@ class Simulator:
         shard). With ``checkpoint``, state is saved every few steps and a
         rerun resumes where the last one stopped, bit for bit."""
         G = self.directions(params)[rows]
+        if self.solver == "spectral":
+            return self.spectral(params, seed, progress)(G)
         U, start = torch.zeros_like(G), 0
         full = self.cfg.curvature_batch == 0 or self.cfg.curvature_batch >= len(self.X)
         product = self.curvature(params, None) if full else None
@@ -111,6 +123,35 @@ class Simulator:
             if progress is not None:
                 progress.update(1)
         return U
+
+    def spectral(self, params: dict[str, torch.Tensor], seed: int, progress=None) -> LowRankFilter:
+        """The K-step map ``g -> u_K`` around ``params`` in closed form:
+        a rank-``cfg.rank`` Nyström eigenbasis of the full-set curvature
+        (drawn from ``seed``, identical on every shard), then the filter."""
+        c = self.cfg
+        product = self.curvature(params, None)
+        p = sum(v.numel() for v in params.values())
+        if c.curvature != "ggn" and c.rank < p:
+            raise ValueError("solver=spectral with a Hessian needs rank >= p (an exact eigendecomposition): "
+                             "the Nyström basis assumes a PSD curvature")
+
+        done = [0]
+
+        def counted(U: torch.Tensor) -> torch.Tensor:
+            out = product(U)
+            done[0] += 1
+            if progress is not None:
+                progress.update(1)
+            return out
+
+        gen = torch.Generator().manual_seed(seed)
+        basis = nystrom(counted, p, c.rank, c.power, gen, self.X.dtype)
+        filt = LowRankFilter(basis, self.shift, c.eta, c.steps)
+        if progress is not None:
+            progress.update(c.power + 2 - done[0])  # the rest of work_units(): the filter
+        self.diagnostics = {"solver": "spectral", "rank": len(basis.h), "exact": basis.exact,
+                            "tail_estimate": filt.tail_bound, "smallest_eigenvalue": float(basis.h[-1])}
+        return filt
 
     def alongside(self, total_steps: int, progress=None):
         """A ``worker.train`` hook: propagate during the last K of

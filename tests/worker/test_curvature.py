@@ -8,7 +8,7 @@ from torch.func import functional_call, hessian, jacrev
 
 from influence.model import ParamLayout, build_mlp
 from influence.outputs import cross_entropy_hessian
-from worker.curvature import LinearStackGGN, ggn_generic, hvp_generic, per_example_grads
+from influence.simulate.curvature import LinearStackGGN, ggn_generic, hvp_generic, per_example_grads
 
 
 def explicit_ggn(spec, params, X):

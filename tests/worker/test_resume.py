@@ -16,7 +16,8 @@ import torch
 
 from influence.store import current_version, open_store
 
-ARGS = ["--preset", "tiny", "--quiet", "--set", "method.steps=600", "--set", "store.checkpoint_every=20"]
+ARGS = ["--preset", "tiny", "--quiet", "--set", "method.solver=steps", "--set", "method.steps=600",
+        "--set", "store.checkpoint_every=20"]  # the step-by-step reference: resumable mid-propagation
 
 
 def _build(root: Path, *extra: str) -> subprocess.Popen:

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from influence.model import MLPSpec, ParamLayout, build_mlp
+from influence.simulate import Simulator
+from influence.simulate.curvature import per_example_grads
 from worker.config import MethodConfig, TrainConfig
-from worker.curvature import per_example_grads
-from worker.simulate import Simulator
 from worker.train import train
 from worker.twotraj import two_trajectories
 
