@@ -67,4 +67,4 @@ EXPOSE 8000
 # ready = the store is resident on its device
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('FA_PORT', '8000'), timeout=2)"]
-CMD ["python", "-m", "service", "--no-build"]
+CMD ["python", "-m", "service"]

@@ -1,9 +1,10 @@
 """``python -m service`` / ``fa-service``: settings + flags, then uvicorn.
 
 Flags override the environment (``FA_*``, ``.env``). With no Redis URL an
-embedded Redis-compatible server is started in ``--data-dir``; when the
-store has no published version yet, the default digits store is built into
-it first (a few minutes on a laptop CPU).
+embedded Redis-compatible server is started in ``--data-dir``. The service
+never trains: with no published store version it exits (status 2) with the
+command that builds one (``fa-worker build --if-missing``, which
+``scripts/run`` calls).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--data-dir", type=Path, help="service data dir: embedded Redis, journal (FA_DATA_DIR)")
     ap.add_argument("--redis-url", help="Redis URL (FA_REDIS_URL / REDIS_URL); unset = embedded server")
     ap.add_argument("--device", help="torch device for the store, e.g. cuda or cpu (FA_DEVICE)")
-    ap.add_argument("--no-build", action="store_true", help="do not build the default store when none exists")
+    ap.add_argument("--no-build", action="store_true", help=argparse.SUPPRESS)  # old flag; the service never builds
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return ap.parse_args(argv)
 
@@ -34,24 +35,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def settings_from(args: argparse.Namespace) -> Settings:
     over = {k: v for k, v in {"host": args.host, "port": args.port, "store": args.store, "data_dir": args.data_dir,
                               "redis_url": args.redis_url, "device": args.device}.items() if v is not None}
-    if args.no_build:
-        over["build_default_store"] = False
     base = Settings()
     return Settings(**{**base.model_dump(), **over})
 
 
-def ensure_store(settings: Settings) -> None:
-    """Build the default store (preset ``default_preset``, digits) into
-    ``settings.store`` if it has no CURRENT yet."""
-    if (settings.store / "CURRENT").exists() or not settings.build_default_store:
-        return
-    from worker.config import load_config
-    from worker.pipeline import build
-
-    logging.getLogger("service").info("no store at %s: building the %s store first (digits: a few minutes)",
-                                      settings.store, settings.default_preset)
-    build(load_config(settings.default_preset, overrides=[f'store.root="{settings.store.as_posix()}"']),
-          progress=sys.stderr.isatty())
+def missing_store(settings: Settings) -> str | None:
+    """Why the service cannot start on ``settings.store``, or None."""
+    if (settings.store / "CURRENT").is_file():
+        return None  # whether it opens is the lifespan's check (it names the file and problem)
+    return (f"no published store at {settings.store} (no CURRENT file). The service never trains; build one first:\n"
+            f"  fa-worker build --preset digits --store {settings.store} --if-missing\n"
+            "(scripts/run does this), or point FA_STORE / --store at an existing store.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"fa-service: invalid settings: {e}", file=sys.stderr)
         return 2
-    ensure_store(settings)
+    if (why := missing_store(settings)) is not None:
+        print(f"fa-service: {why}", file=sys.stderr)
+        return 2
     from .app import create_app
 
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,

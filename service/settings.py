@@ -33,8 +33,6 @@ class Settings(BaseSettings):
     store: Path = Field(Path("stores/digits"), description="influence store root (holds CURRENT and versions/)")
     data_dir: Path = Field(Path("var"), description="service data: embedded Redis files and the credit journal")
     device: str | None = Field(None, description="torch device for the store; unset = CUDA when present, else CPU")
-    build_default_store: bool = Field(True, description="`python -m service`: build a store first if none exists")
-    default_preset: str = Field("digits", description="worker preset built on first run (digits, tiny)")
     torch_threads: int = Field(0, ge=0, description="CPU threads of torch's readout (0 = torch's default)")
     watch_store_s: float = Field(0.0, ge=0, description="poll CURRENT every this many seconds and reload (0 = off)")
 

@@ -31,10 +31,14 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, help="train.seed")
     b.add_argument("--ensemble", type=int, help="method.ensemble")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.add_argument("--if-missing", action="store_true",
+                   help="do nothing when the store root already has a published version (first runs)")
     s = sub.add_parser("score", help="score a query file against a store (forward-only)")
     s.add_argument("--store", type=Path, required=True)
     s.add_argument("--version", help="store version (default: current)")
-    s.add_argument("--queries", type=Path, required=True, help=".npz (X, optional y), .csv or .parquet")
+    s.add_argument("--queries", type=Path, required=True,
+                   help=".npz (X, optional y), .csv or .parquet; text stores: .jsonl of {\"text\"} or "
+                        "{\"prompt\", \"completion\"} (optional \"pretokenized\": true)")
     s.add_argument("--out", type=Path, required=True, help="output directory")
     s.add_argument("--output", default="margin", choices=["margin", "loss", "logprob"])
     s.add_argument("--top-k", type=int, default=5)
@@ -51,6 +55,9 @@ def _build(a) -> None:
         if flag is not None:
             over.append(f"{key}={json.dumps(str(flag)) if isinstance(flag, Path) else flag}")
     cfg = load_config(a.preset, a.config, over)
+    if a.if_missing and (cfg.store.root / "CURRENT").is_file():
+        print(f"store {cfg.store.root} already has {current_version(cfg.store.root)}; nothing to build (--if-missing)")
+        return
     from .pipeline import build
 
     path = build(cfg, progress=not a.quiet)
@@ -60,6 +67,11 @@ def _build(a) -> None:
 
 def _score(a) -> None:
     store = open_store(a.store, a.version)
+    if store.manifest.model.kind == "gpt":
+        from .score_text import score_text
+
+        print(score_text(store, a.queries, a.out, a.top_k, a.device))
+        return
     att = Attributor(store, a.device)
     man = store.manifest
     X, y = load_query_file(a.queries, man.model.in_dim, man.classes)

@@ -86,7 +86,7 @@ def test_commands_parse_with_the_real_clis(compose):
     a = svc["api"]["command"]
     assert a[:3] == ["python", "-m", "service"] and (REPO / "service" / "__main__.py").is_file()
     aa = parse_args(a[3:])
-    assert aa.no_build and str(aa.store) == str(wa.store)  # serves what the worker publishes
+    assert wa.if_missing and not aa.no_build and str(aa.store) == str(wa.store)  # serves what the worker published
     assert aa.host == "0.0.0.0" and aa.port == 8000
     # the store path lies on the shared volume of both
     assert str(aa.store).startswith("/stores/")
@@ -149,7 +149,7 @@ def test_dockerfile_stages_variants_and_paths(dockerfile):
     # runs as a non-root user, serves the API by default, checks readiness
     assert any(op == "USER" and a not in ("root", "0") for op, a in dockerfile)
     cmd = next(a for op, a in reversed(dockerfile) if op == "CMD")
-    assert '"-m", "service"' in cmd and "--no-build" in cmd
+    assert '"-m", "service"' in cmd and "--no-build" not in cmd  # the service never builds
     health = next(a for op, a in dockerfile if op == "HEALTHCHECK")
     assert "/readyz" in health
     assert "EXPOSE" in ops and ("EXPOSE", "8000") in dockerfile

@@ -37,7 +37,7 @@ def replica(store: Path, data_dir: Path, prefix: str, log: Path):
            "FA_REDIS_PREFIX": prefix, "FA_QUERY_KEYS": QUERY, "FA_REPORT_KEYS": REPORT, "FA_MAX_WAIT_MS": "1",
            "FA_CREDIT_UNITS": str(UNITS)}
     cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", "0", "--store", str(store),
-           "--data-dir", str(data_dir), "--redis-url", REDIS_URL, "--no-build", "--log-level", "info"]
+           "--data-dir", str(data_dir), "--redis-url", REDIS_URL, "--log-level", "info"]
     data_dir.mkdir(parents=True)
     with open(log, "wb") as out:
         # cwd: the data dir, so no developer's .env is read

@@ -1,7 +1,8 @@
 """``python -m service`` end to end: no Redis configured, so it starts the
-embedded server (AOF on) in its data dir, builds the default store on first
-run (the tiny preset here, to keep the test short), and serves. Plus the
-settings sources: environment, ``.env`` and flags."""
+embedded server (AOF on) in its data dir and serves a store the worker built
+first (``fa-worker build --if-missing``, the tiny preset here, as
+``scripts/run`` does with digits); without a store it refuses to start.
+Plus the settings sources: environment, ``.env`` and flags."""
 
 from __future__ import annotations
 
@@ -22,10 +23,30 @@ from .util import free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FA_") and k != "REDIS_URL"}
+    env.update(FA_QUERY_KEYS="k1", PYTHONPATH=str(ROOT))
+    return env
+
+
+def test_service_without_a_store_exits_with_the_build_command(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "service", "--port", str(free_port()), "--store", str(tmp_path / "none"),
+                        "--data-dir", str(tmp_path / "data")], cwd=tmp_path, env=_env(), capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "no published store at" in r.stderr and "fa-worker build" in r.stderr and "--if-missing" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "none").exists()  # nothing trained, nothing written
+
+
 def test_python_m_service_first_run_embedded_redis(tmp_path, train_x):
     port, store, data = free_port(), tmp_path / "store", tmp_path / "data"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FA_") and k != "REDIS_URL"}
-    env.update(FA_DEFAULT_PRESET="tiny", FA_QUERY_KEYS="k1", PYTHONPATH=str(ROOT))
+    env = _env()
+    build = [sys.executable, "-m", "worker", "build", "--preset", "tiny", "--store", str(store), "--quiet",
+             "--if-missing"]
+    first = subprocess.run(build, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0 and "published v000001" in first.stdout, first.stderr
+    again = subprocess.run(build, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "nothing to build" in again.stdout, again.stderr
     proc = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), "--store", str(store),
                              "--data-dir", str(data), "--log-level", "warning"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
