@@ -16,13 +16,15 @@ from typing import Literal
 import orjson
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import PlainTextResponse
+from starlette.datastructures import Headers
+from starlette.routing import Match
 
 from influence import __version__
 from influence.errors import StoreError
 
 from . import dashboard, errors
 from .attribute import attribute
-from .auth import Principal, require
+from .auth import PRINCIPAL_SCOPE_KEY, Principal, authorize, require
 from .errors import ApiError, error_response, invalid, unavailable
 from .ledger import OUTAGE
 from .reports import compensation, parse_period, parse_pool, to_csv
@@ -37,7 +39,7 @@ from .schemas import (
     StoreInfo,
 )
 from .settings import Settings
-from .sources import current, etag_for, matches, view
+from .sources import current, etag_for, matches, matches_any, view
 
 
 class BodyLimit:
@@ -76,6 +78,63 @@ class BodyLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+JSON_BODY = "application/json"
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == JSON_BODY or (media.startswith("application/") and media.endswith("+json"))
+
+
+class RequestGate:
+    """ASGI middleware, outside ``BodyLimit``: for the route a request
+    matches, first the API key (401/403, with the roles of the route's
+    ``require`` dependency), then, for a route that takes a JSON body, the
+    ``Content-Type`` (415 unless ``application/json`` or ``application/*+json``;
+    a body without any content type is refused too) -- all before any of the
+    body is read."""
+
+    def __init__(self, app):
+        self.app = app
+        # id(route) -> (route, what it needs); holding the route keeps its id unique (routes are unhashable)
+        self._routes: dict[int, tuple[object, tuple[tuple[str, ...] | None, bool]]] = {}
+
+    def _needs(self, route) -> tuple[tuple[str, ...] | None, bool]:
+        """(roles of its key check or None, takes a JSON body)."""
+        key = id(route)
+        if key not in self._routes:
+            roles, stack = None, [getattr(route, "dependant", None)]
+            while stack:
+                dep = stack.pop()
+                if dep is None:
+                    continue
+                roles = getattr(dep.call, "roles", None) or roles
+                stack += dep.dependencies
+            self._routes[key] = (route, (roles, getattr(route, "body_field", None) is not None))
+        return self._routes[key][1]
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        app = scope["app"]
+        route = next((r for r in app.router.routes if r.matches(scope)[0] is Match.FULL), None)
+        roles, json_body = self._needs(route) if route is not None else (None, False)
+        headers = Headers(scope=scope)
+        try:
+            if roles is not None and app.state.keys.enabled:
+                scope[PRINCIPAL_SCOPE_KEY] = (roles, authorize(app.state.keys, headers, roles))
+            if json_body:
+                ctype = headers.get("content-type")
+                has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+                if (ctype is None and has_body) or (ctype is not None and not _is_json(ctype)):
+                    reason = f"expected {JSON_BODY}" + (f", not {ctype[:100]}" if ctype else "")
+                    raise ApiError(415, "unsupported_media_type", f"content-type: {reason}",
+                                   [("content-type", reason)], "header")
+        except ApiError as e:
+            return await error_response(e)(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 class JSONResponse(Response):
@@ -120,6 +179,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rt, app.state.keys = rt, rt.keys
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestGate)  # outermost: key and content type before the body
     dashboard.install(app)  # GET /dashboard, its static files, /v1/playground/*
 
     @app.get("/healthz")
@@ -153,13 +213,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             rt.stats.request(status, len(req.queries), time.perf_counter() - t0)
 
-    async def _sources(request: Request, p: Principal) -> tuple[dict, str, bool]:
+    async def _sources(request: Request, p: Principal, star: bool = True) -> tuple[dict, str, bool]:
+        """(view, ETag, unchanged); ``star=False``: ``If-None-Match: *`` is left
+        to the caller (it matches only a representation that exists)."""
         rt = _rt(request)
         _ready(rt)
         try:
             rev, bucket = await current(rt)
             tag = etag_for(rev, rt.att.version, bucket, f"{p.source or '*'}|{request.url.path}")
-            if matches(request.headers.get("if-none-match"), tag):
+            if matches(request.headers.get("if-none-match"), tag, star):
                 return {}, tag, True
             return await view(rt, rev, bucket), tag, False
         except OUTAGE:
@@ -179,12 +241,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """One source's figures; 404 for an unknown id."""
         if not p.can_see(source_id):
             raise ApiError(403, "forbidden", "forbidden")
-        v, tag, same = await _sources(request, p)
+        v, tag, same = await _sources(request, p, star=False)
         if same:
             return Response(status_code=304, headers={"ETag": tag})
         line = next((s for s in v["sources"] if s["id"] == source_id), None)
         if line is None:
             raise invalid("source_id", "unknown source", "path", 404)
+        if matches_any(request.headers.get("if-none-match")):  # "*", and the source exists
+            return Response(status_code=304, headers={"ETag": tag})
         return JSONResponse(line, headers={"ETag": tag, "Cache-Control": "no-cache"})
 
     @app.get("/v1/reports/compensation", response_model=CompensationReport,

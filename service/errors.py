@@ -7,8 +7,11 @@ Body of every 4xx/5xx::
                "fields": [{"path": "queries[0].input", "in": "body",
                            "reason": "expected 64 values, got 3"}]}}
 
-``fields`` names the offending field paths (``a.b[2].c``) and is omitted when
-no field is at fault. A 5xx never carries a stack trace or exception text.
+``fields`` names the offending field paths (``a.b[2].c``), or the header
+(``"in": "header"``), and is omitted when no field is at fault. A body that
+cannot be parsed is a 422 naming ``body`` (invalid JSON, nesting too deep,
+not UTF-8); a body that is not JSON at all a 415 naming ``content-type``.
+A 5xx never carries a stack trace or exception text.
 """
 
 from __future__ import annotations
@@ -63,11 +66,20 @@ def _body(status: int, code: str, message: str, fields=(), where: str = "body") 
     return {"error": err}
 
 
+def _unparsable(cause: BaseException) -> str:
+    """Why a body that is not a JSON syntax error could not be parsed."""
+    if isinstance(cause, RecursionError):
+        return "invalid JSON: nesting too deep"
+    if isinstance(cause, UnicodeDecodeError):
+        return "body is not valid UTF-8"
+    return "body is not valid JSON"
+
+
 def error_response(err: ApiError) -> JSONResponse:
     return JSONResponse(_body(err.status, err.code, err.message, err.fields, err.where), err.status, err.headers)
 
 
-_HTTP_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
                406: "not_acceptable", 413: "too_large", 415: "unsupported_media_type"}
 
 
@@ -106,6 +118,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400 and exc.__cause__ is not None:  # FastAPI could not parse the JSON body
+            return error_response(invalid("body", _unparsable(exc.__cause__)))
         code = _HTTP_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         return JSONResponse(_body(exc.status_code, code, message), exc.status_code, getattr(exc, "headers", None))

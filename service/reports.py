@@ -6,34 +6,73 @@ minor units of its currency (cents; 0 decimals for JPY, 3 for KWD, ...), is
 split in proportion by the largest-remainder method, so the payouts add up
 to the pool exactly (to nothing when no credit was recorded in the period).
 Shares are decimal strings with 9 places; amounts are decimal strings.
+
+Accepted input (else a 422 naming the parameter): periods within
+1970-01-01T00:00:00Z .. 9999-01-01T00:00:00Z, a pool of at most 18 digits of
+minor units, a currency from ``CURRENCIES``.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 
 from .credit import largest_remainder
 from .errors import invalid
 
-_EXPONENT = {c: 0 for c in ("BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "VND",
-                            "VUV", "XAF", "XOF", "XPF")}
+# ISO 4217 "list one": the active currency codes that have a minor unit (fund codes
+# such as CHE or CLF included; the codes without one - XAU, XAG, XPD, XPT, XDR,
+# XBA..XBD, XSU, XUA, XTS, XXX - and long withdrawn ones such as HRK or ZWL are not;
+# codes being phased out, ANG, BGN, CUC, SLL, are still accepted next to their
+# successors). Shipped here: nothing is fetched at run time. SETTINGS.md lists them.
+CURRENCIES = frozenset("""
+AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BOV BRL BSD BTN BWP BYN BZD
+CAD CDF CHE CHF CHW CLF CLP CNY COP COU CRC CUC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP GEL
+GHS GIP GMD GNF GTQ GYD HKD HNL HTG HUF IDR ILS INR IQD IRR ISK JMD JOD JPY KES KGS KHR KMF KPW KRW KWD
+KYD KZT LAK LBP LKR LRD LSL LYD MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MXV MYR MZN NAD NGN NIO
+NOK NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR RON RSD RUB RWF SAR SBD SCR SDG SEK SGD SHP SLE SLL SOS SRD
+SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD TWD TZS UAH UGX USD USN UYI UYU UYW UZS VED VES VND VUV
+WST XAF XCD XCG XOF XPF YER ZAR ZMW ZWG
+""".split())
+# Decimal places of the minor unit; every other code has 2.
+_EXPONENT = {c: 0 for c in ("BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI",
+                            "VND", "VUV", "XAF", "XOF", "XPF")}
 _EXPONENT.update({c: 3 for c in ("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND")})
+_EXPONENT.update({c: 4 for c in ("CLF", "UYW")})
 CSV_COLUMNS = ["period_start", "period_end", "source_id", "credit_units", "queries", "share", "payout_minor",
                "payout", "currency"]
 
+# Report periods lie in [1970-01-01T00:00:00Z, 9999-01-01T00:00:00Z]: credit is only ever
+# recorded at the time a request is served, epoch seconds stay non-negative (the bucket
+# keys and their sorted-set scores), and every instant, printed back in UTC, is a valid
+# ISO-8601 date-time (year <= 9999).
+MIN_TIME = 0
+MAX_TIME = int(datetime(9999, 1, 1, tzinfo=UTC).timestamp())
+# The pool: at most 18 digits of minor units (below 10^18: fits a signed 64-bit integer).
+MAX_POOL_MINOR = 10**18 - 1
+_AMOUNT_CHARS = 64
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
 
 def parse_time(text: str, field: str, bucket_s: int) -> int:
-    """ISO-8601 date or date-time (naive = UTC) -> epoch seconds, on a bucket boundary."""
+    """ISO-8601 date or date-time (naive = UTC) -> epoch seconds, on a bucket
+    boundary, in ``[MIN_TIME, MAX_TIME]``."""
+    out_of_range = invalid(field, "outside the accepted range 1970-01-01T00:00:00Z .. 9999-01-01T00:00:00Z", "query")
     try:
         t = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         raise invalid(field, "not an ISO-8601 date or date-time (e.g. 2025-01-31T00:00:00Z)", "query") from None
     if t.tzinfo is None:
         t = t.replace(tzinfo=UTC)
-    ts = t.timestamp()
+    try:
+        ts = t.timestamp()
+    except (OverflowError, ValueError, OSError):  # year 1 minus an offset, year 9999 plus one
+        raise out_of_range from None
+    if not MIN_TIME <= ts <= MAX_TIME:
+        raise out_of_range
     if ts % bucket_s:
         raise invalid(field, f"must lie on a {bucket_s} s bucket boundary (UTC)", "query")
     return int(ts)
@@ -46,24 +85,52 @@ def parse_period(start: str, end: str, bucket_s: int) -> tuple[int, int]:
     return s, e
 
 
-def parse_pool(amount: str, currency: str) -> tuple[int, int, str]:
-    """-> (pool in minor units, decimal exponent, currency code)."""
+def parse_currency(currency: str) -> tuple[str, int]:
+    """-> (ISO-4217 code, decimal places of its minor unit)."""
     cur = currency.strip().upper()
-    if len(cur) != 3 or not cur.isalpha():
-        raise invalid("currency", "expected a 3-letter ISO-4217 code", "query")
-    exp = _EXPONENT.get(cur, 2)
+    if cur not in CURRENCIES:
+        raise invalid("currency", "not an active ISO-4217 currency code (e.g. EUR, USD, JPY)", "query")
+    return cur, _EXPONENT.get(cur, 2)
+
+
+def parse_pool(amount: str, currency: str) -> tuple[int, int, str]:
+    """-> (pool in minor units, decimal exponent, currency code).
+
+    Exact integer arithmetic on the decimal's digits (no context, so no
+    rounding, overflow or underflow): ``1e999999`` is too large, ``1e-999999``
+    has too many decimal places, and neither costs more than its text."""
+    cur, exp = parse_currency(currency)
+    text = amount.strip()
+    if len(text) > _AMOUNT_CHARS:
+        raise invalid("amount", f"at most {_AMOUNT_CHARS} characters", "query")
     try:
-        dec = Decimal(amount.strip())
+        dec = Decimal(text)
     except InvalidOperation:
         raise invalid("amount", "not a decimal number", "query") from None
-    if not dec.is_finite() or dec < 0:
+    if not dec.is_finite() or (dec.is_signed() and not dec.is_zero()):
         raise invalid("amount", "must be a finite number >= 0", "query")
-    minor = dec.scaleb(exp)
-    if minor != minor.to_integral_value():
-        raise invalid("amount", f"{cur} has {exp} decimal places", "query")
-    if minor > 10**18:
-        raise invalid("amount", "too large", "query")
-    return int(minor), exp, cur
+    if not _DECIMAL.fullmatch(text):  # Decimal also takes "1_000" and non-ASCII digits
+        raise invalid("amount", "not a decimal number (ASCII digits, e.g. 1250.00)", "query")
+    if dec.is_zero():
+        return 0, exp, cur
+    too_large = invalid("amount", f"at most {_money(MAX_POOL_MINOR, exp)} {cur} "
+                        f"({len(str(MAX_POOL_MINOR))} digits of minor units)", "query")
+    places = invalid("amount", f"{cur} has {exp} decimal places", "query")
+    if dec.adjusted() + exp >= len(str(MAX_POOL_MINOR)):
+        raise too_large
+    if dec.adjusted() + exp < 0:  # less than one minor unit
+        raise places
+    _, digits, e = dec.as_tuple()
+    coeff, shift = int("".join(map(str, digits))), e + exp  # digits: at most _AMOUNT_CHARS
+    if shift >= 0:
+        minor = coeff * 10**shift
+    else:
+        minor, rest = divmod(coeff, 10**-shift)
+        if rest:
+            raise places
+    if minor > MAX_POOL_MINOR:
+        raise too_large
+    return minor, exp, cur
 
 
 def _money(minor: int, exp: int) -> str:

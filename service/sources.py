@@ -4,6 +4,8 @@ A poll costs one Redis ``GET`` of the aggregate revision counter: the view
 is rebuilt only when the revision, the store version or the current time
 bucket changed, and the ETag is derived from those (plus the caller's scope),
 so an unchanged view answers ``304 Not Modified`` to ``If-None-Match``.
+``If-None-Match: *`` matches any current representation: the list always,
+one source only when it exists (an unknown id stays 404).
 """
 
 from __future__ import annotations
@@ -22,11 +24,19 @@ def etag_for(rev: int, version: str, bucket: int, scope: str) -> str:
     return f'W/"{h}"'
 
 
-def matches(if_none_match: str | None, etag: str) -> bool:
-    if not if_none_match:
-        return False
-    tags = [t.strip() for t in if_none_match.split(",")]
-    return "*" in tags or etag in tags or etag.removeprefix("W/") in tags
+def _tags(if_none_match: str | None) -> list[str]:
+    return [t.strip() for t in if_none_match.split(",")] if if_none_match else []
+
+
+def matches(if_none_match: str | None, etag: str, star: bool = True) -> bool:
+    """Weak comparison; ``star``: whether ``*`` counts (a representation exists)."""
+    tags = _tags(if_none_match)
+    return (star and "*" in tags) or etag in tags or etag.removeprefix("W/") in tags
+
+
+def matches_any(if_none_match: str | None) -> bool:
+    """``If-None-Match: *`` (true for any representation that exists)."""
+    return "*" in _tags(if_none_match)
 
 
 async def current(rt: Runtime) -> tuple[int, int]:
