@@ -72,7 +72,7 @@ def run(timeout_s: float = 900) -> dict:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
     built = next((t for t, s in lines if "published v" in s or "nothing to build" in s), None)
-    sim = next((t for t, s in lines if "simulate" in s), None)
+    sim = next((t for t, s in lines if "environment ready" in s), None)
     m = machine()
     return {"first_answer_s": first, "setup_s": sim, "build_s": None if built is None or sim is None else built - sim,
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
