@@ -85,7 +85,7 @@ PRESETS: dict[str, dict] = {
         "data": {"name": "brown", "sources": "publication"},
         "model": {"kind": "gpt"},
         "train": {"seed": 2},
-        "method": {"rank": 128, "power": 1, "curvature_subset": 64, "steps": 300, "eta": 0.4, "damping": 0.003,
+        "method": {"rank": 128, "power": 1, "curvature_subset": 64, "steps": 300, "eta": 0.0, "damping": 0.003,
                    "compress_rank": 48},
         "store": {"root": "stores/brown", "include_training_data": False},
     },

@@ -146,7 +146,7 @@ class Simulator:
 
         gen = torch.Generator().manual_seed(seed)
         basis = nystrom(counted, p, c.rank, c.power, gen, self.X.dtype)
-        filt = LowRankFilter(basis, self.shift, c.eta, c.steps)
+        filt = LowRankFilter(basis, self.shift, c.step_size(float(basis.h[0]) + self.shift), c.steps)
         if progress is not None:
             progress.update(c.power + 2 - done[0])  # the rest of work_units(): the filter
         self.diagnostics = {"solver": "spectral", "rank": len(basis.h), "exact": basis.exact,

@@ -28,7 +28,8 @@ class MethodConfig(BaseModel):
     curvature: Literal["ggn", "hessian"] = "ggn"
     schedule: Literal["posthoc", "alongside"] = "posthoc"
     steps: int = Field(300, ge=1, description="K, the horizon")
-    eta: float = Field(0.4, gt=0, description="step size of the propagation")
+    eta: float = Field(0.4, ge=0, description="step size of the propagation; 0 = auto (spectral solver only): "
+                       "1/λ_max of the damped curvature, found by the eigenbasis")
     damping: float = Field(0.003, ge=0, description="λ, added to H + weight_decay·I")
     curvature_batch: int = Field(0, ge=0, description="examples per curvature product; 0 = all")
     directions: Literal["examples", "sources", "both"] = "both"
@@ -49,10 +50,16 @@ class MethodConfig(BaseModel):
 
     @model_validator(mode="after")
     def _spectral_applies(self):
+        if self.eta == 0 and self.resolved_solver() != "spectral":
+            raise ValueError("eta=0 (auto) needs the spectral solver, which measures λ_max")
         if self.solver == "spectral" and (self.mode, self.schedule, self.curvature_batch) != ("single", "posthoc", 0):
             raise ValueError("solver=spectral needs mode=single, schedule=posthoc and curvature_batch=0 "
                              "(one fixed curvature operator); use solver=steps or auto")
         return self
+
+    def step_size(self, top: float) -> float:
+        """η for a curvature whose largest damped eigenvalue is ``top``."""
+        return self.eta or 1.0 / top
 
     def resolved_solver(self) -> Literal["spectral", "steps"]:
         """What ``solver="auto"`` means for these settings."""

@@ -1,0 +1,245 @@
+"""Gradients, curvature products and forward-only readout for the GPT
+(``docs/lm-protocol.md``), on flat parameter vectors.
+
+Flat vectors follow ``ParamLayout.of(params)`` with ``params = dict(model.
+named_parameters())`` (names in registration order); ``p`` is the parameter
+count. Blocks are ``(N, T+1)`` token ids (the protocol's ``T = 64``): inputs
+the first ``T``, targets the last ``T``.
+
+- ``block_grads`` / ``doc_grads``: ``∇θ`` of each block's *summed* token
+  cross-entropy (the sign convention of the protocol's gradient dot product
+  is ``τ = ∇f(q) · Σ_blocks (−∇ℓ_block)``), per block or summed per document.
+- ``LMGaussNewton``: ``G U`` with ``G = (1/(N·T)) Σ_{n,t} J_{n,t}ᵀ H_{n,t}
+  J_{n,t}``, the Gauss-Newton matrix of the *mean* token cross-entropy over
+  the blocks (``J`` the Jacobian of one position's logits ``(V,)``,
+  ``H = diag(p) − p pᵀ``): a ``Product`` for ``influence.simulate.spectral``.
+  ``hvp_lm`` is the exact Hessian product of the same loss (reference).
+- Readout: ``f(q; θ)`` = masked mean over targets of ``log p(y_t | y_<t)``
+  (``sequence_logprob``); ``jvp_scores`` (forward mode only),
+  ``difference_scores`` (two-point difference), ``gradient_scores`` and
+  ``query_grads`` (backward pass; references and baselines).
+
+Everything is ``torch.func`` (``functional_call`` + ``grad``/``jvp``/``vjp``/
+``vmap``), so it runs in float32 and float64 on any device the model is on.
+Every query is scored on its own row of the batch (causal attention, masked
+mean), so scores do not depend on the batch composition or its padding.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.func import functional_call, grad, jvp, vjp, vmap
+from torch.nn import functional as F
+
+from ..model import ParamLayout
+from .gpt import GPT, lm_loss, sequence_logprob
+
+Params = dict[str, torch.Tensor]
+
+
+def _detached(params: Params) -> Params:
+    return {k: v.detach() for k, v in params.items()}
+
+
+def _dtype(params: Params) -> torch.dtype:
+    return next(iter(params.values())).dtype
+
+
+# -- training gradients ----------------------------------------------------------------
+def _block_loss(model: GPT, params: Params, block: torch.Tensor) -> torch.Tensor:
+    """Summed token cross-entropy of one block ``(T+1,)``: a scalar."""
+    logits = functional_call(model, params, (block[None, :-1],))[0]  # (T, V)
+    return F.cross_entropy(logits, block[1:], reduction="sum")
+
+
+def _block_grad_chunks(model: GPT, params: Params, blocks: torch.Tensor, chunk: int):
+    """Yield ``(slice, (c, p) flat gradients)`` per chunk of ``c`` blocks."""
+    params = _detached(params)
+    layout = ParamLayout.of(params)
+    per = vmap(grad(lambda p, b: _block_loss(model, p, b)), in_dims=(None, 0))
+    for s in range(0, blocks.shape[0], chunk):
+        sl = slice(s, s + chunk)
+        yield sl, layout.flatten(per(params, blocks[sl]))
+
+
+def block_grads(model: GPT, params: Params, blocks: torch.Tensor, chunk: int = 32) -> torch.Tensor:
+    """``blocks (N, T+1)`` → ``(N, p)``: ``∇θ Σ_t ℓ_t`` of each block (summed
+    token cross-entropy over its ``T`` targets; no weight decay). ``chunk``
+    blocks per vmapped pass (memory only)."""
+    out = torch.empty(blocks.shape[0], ParamLayout.of(params).numel, dtype=_dtype(params))
+    out = out.to(next(iter(params.values())).device)
+    for sl, g in _block_grad_chunks(model, params, blocks, chunk):
+        out[sl] = g
+    return out
+
+
+def doc_grads(model: GPT, params: Params, blocks: torch.Tensor, block_doc: torch.Tensor, n_docs: int,
+              chunk: int = 32) -> torch.Tensor:
+    """``(n_docs, p)``: the sum of ``block_grads`` over each document's blocks.
+    ``block_doc (N,)`` int64 indexes the documents (a document without
+    blocks gets a zero row). Accumulated chunk by chunk: at most ``chunk``
+    block rows exist at once."""
+    first = next(iter(params.values()))
+    out = torch.zeros(n_docs, ParamLayout.of(params).numel, dtype=first.dtype, device=first.device)
+    owner = block_doc.to(first.device)
+    for sl, g in _block_grad_chunks(model, params, blocks, chunk):
+        out.index_add_(0, owner[sl], g)
+    return out
+
+
+# -- curvature -------------------------------------------------------------------------
+class LMGaussNewton:
+    """``U (r, p) → G U (r, p)``, ``G`` the Gauss-Newton matrix of the mean
+    token cross-entropy over ``blocks (N, T+1)`` (no weight decay, no damping).
+
+    Matrix-free, per chunk of ``chunk`` blocks: one primal pass with its
+    ``vjp`` closure; for every direction (``vmap``, sharing the primal) the
+    logits tangent ``ż = J u`` by ``jvp``, then ``H ż = p ⊙ (ż − Σ_v p ż)``
+    per token, then ``Jᵀ (H ż)`` through the ``vjp``; accumulated over
+    chunks. ``dir_chunk`` bounds the directions per vmapped pass (memory:
+    ``dir_chunk · chunk · T · V`` logits-tangent floats, a few of them live;
+    8 × 8 blocks = 33 MB in float32 on the protocol GPT, about as fast as
+    all 32 directions at once, side by side; ``None`` = all at once).
+    Symmetric PSD by construction (``H`` is PSD per token)."""
+
+    def __init__(self, model: GPT, params: Params, blocks: torch.Tensor, chunk: int = 8,
+                 dir_chunk: int | None = 8):
+        self.model, self.params = model, _detached(params)
+        self.layout = ParamLayout.of(self.params)
+        self.blocks, self.chunk, self.dir_chunk = blocks, chunk, dir_chunk
+        self.scale = 1.0 / (blocks.shape[0] * (blocks.shape[1] - 1))
+
+    def __call__(self, U: torch.Tensor) -> torch.Tensor:
+        """``U (r, p)`` → ``G U (r, p)`` (in the parameters' dtype)."""
+        U = U.to(_dtype(self.params))
+        tangents = self.layout.unflatten(U)
+        acc = torch.zeros_like(U)
+        for s in range(0, self.blocks.shape[0], self.chunk):
+            acc += self._chunk(self.blocks[s : s + self.chunk, :-1], tangents)
+        return acc.mul_(self.scale)
+
+    def _chunk(self, inp: torch.Tensor, tangents: Params) -> torch.Tensor:
+        """``Σ_{blocks, t} Jᵀ H J u`` over one chunk of inputs ``(c, T)``: ``(r, p)``."""
+        model, params = self.model, self.params
+        f = lambda p: functional_call(model, p, (inp,))  # noqa: E731  (c, T, V)
+        logits, vjp_fn = vjp(f, params)
+        probs = torch.softmax(logits.detach(), dim=-1)
+
+        def one(u: Params) -> Params:
+            pz = probs * jvp(f, (params,), (u,))[1]  # p ⊙ J u, (c, T, V)
+            return vjp_fn(pz.sub_(probs * pz.sum(-1, keepdim=True)))[0]  # Jᵀ (p ⊙ (ż − p·ż))
+
+        return self.layout.flatten(vmap(one, chunk_size=self.dir_chunk)(tangents))
+
+
+def hvp_lm(model: GPT, params: Params, blocks: torch.Tensor):
+    """Exact Hessian product of the mean token cross-entropy over ``blocks
+    (N, T+1)`` (all at once; a reference for small models): a ``Product``
+    ``U (r, p) → ∇²L U (r, p)``."""
+    params = _detached(params)
+    layout = ParamLayout.of(params)
+    g = grad(lambda p: lm_loss(model, blocks, p))
+
+    def apply(U: torch.Tensor) -> torch.Tensor:
+        one = lambda u: jvp(g, (params,), (u,))[1]  # noqa: E731
+        return layout.flatten(vmap(one)(layout.unflatten(U.to(_dtype(params)))))
+
+    return apply
+
+
+# -- readout ---------------------------------------------------------------------------
+def _query_fn(model: GPT, x: torch.Tensor, target_mask: torch.Tensor | None):
+    """``θ ↦ f(q; θ) (B,)`` for queries ``x (B, T+1)``."""
+    return lambda p: sequence_logprob(model, x, p, target_mask)
+
+
+def jvp_scores(model: GPT, params: Params, U: torch.Tensor, x: torch.Tensor,
+               target_mask: torch.Tensor | None = None, chunk: int = 16, head: bool = True) -> torch.Tensor:
+    """Forward-only readout ``τ(q, r) = d/dh f(q; θ + h u_r)|₀``: ``(B, R)``.
+
+    ``U (R, p)`` responses (cast to the parameters' dtype), ``x (B, T+1)``
+    token ids, ``target_mask (B, T)`` (1 = the target counts; ``None`` = all).
+    ``torch.func.jvp`` vmapped over ``chunk`` responses at a time: one
+    primal pass per chunk carrying ``chunk`` tangents, no backward pass.
+
+    ``head=True`` (default) contracts the tied output layer analytically
+    instead of carrying the ``(chunk, B, T, V)`` logits tangent: with
+    ``a_t`` the final LayerNorm's output, ``W`` = ``tok_emb.weight`` and
+    ``g_t = w_t (e_{y_t} − p_t)`` (``w_t`` the mask weight of target ``t``),
+    ``ḟ = Σ_t (g_t W)·ȧ_t + ⟨Ẇ, Σ_t g_t a_tᵀ⟩``: a jvp through the trunk only
+    (``ȧ`` is ``(chunk, B, T, d)``) plus one ``(R, V·d) @ (V·d, B)`` GEMM.
+    ``head=False``: the plain jvp of ``sequence_logprob`` (the reference)."""
+    params = _detached(params)
+    layout = ParamLayout.of(params)
+    tangents = layout.unflatten(U.to(_dtype(params)))
+    if not head:
+        f = _query_fn(model, x, target_mask)
+        one = lambda u: jvp(f, (params,), (u,))[1]  # noqa: E731
+        return vmap(one, chunk_size=chunk)(tangents).T
+    inp, tgt = x[:, :-1], x[:, 1:]
+    trunk = lambda p: _trunk(model, p, inp)  # noqa: E731
+    a = trunk(params)  # (B, T, d)
+    W = params["tok_emb.weight"]  # (V, d)
+    g = -torch.softmax(a @ W.T, dim=-1)  # (B, T, V): d log p(y_t) / d logits = e_y − p
+    g.scatter_add_(-1, tgt[..., None], torch.ones_like(tgt[..., None], dtype=g.dtype))
+    m = torch.ones_like(tgt, dtype=g.dtype) if target_mask is None else target_mask.to(g.dtype)
+    g.mul_((m / m.sum(-1, keepdim=True).clamp_min(1.0))[..., None])
+    gw = g @ W  # (B, T, d): the output gradient seen from a
+    M = torch.einsum("btv,btd->bvd", g, a).reshape(x.shape[0], -1)  # (B, V·d)
+    direct = tangents["tok_emb.weight"].reshape(U.shape[0], -1) @ M.T  # (R, B): ⟨Ẇ, M⟩
+    one = lambda u: (jvp(trunk, (params,), (u,))[1] * gw).sum((-1, -2))  # noqa: E731  (B,)
+    return (vmap(one, chunk_size=chunk)(tangents) + direct).T
+
+
+def _trunk(model: GPT, params: Params, inp: torch.Tensor) -> torch.Tensor:
+    """``GPT.forward`` up to the tied head: the final LayerNorm's output
+    ``(B, T, d)`` for inputs ``(B, T)`` (tested against ``head=False``)."""
+    T = inp.shape[1]
+    h = F.embedding(inp, params["tok_emb.weight"]) + params["pos_emb.weight"][:T]
+    mask = model.mask[:T, :T].to(h.dtype)
+    for l, blk in enumerate(model.blocks):
+        pre = f"blocks.{l}."
+        h = functional_call(blk, {k[len(pre):]: v for k, v in params.items() if k.startswith(pre)}, (h, mask))
+    return functional_call(model.ln_f, {"weight": params["ln_f.weight"], "bias": params["ln_f.bias"]}, (h,))
+
+
+def difference_scores(model: GPT, params: Params, U: torch.Tensor, x: torch.Tensor,
+                      target_mask: torch.Tensor | None = None, h: float = 1e-3,
+                      chunk: int = 16) -> torch.Tensor:
+    """Two-point difference ``(f(θ+hu) − f(θ−hu)) / 2h`` per response:
+    ``(B, R)``. Error ``O(h²)`` (plus rounding ``O(eps/h)``): float64 for
+    tight agreement."""
+    params = _detached(params)
+    layout = ParamLayout.of(params)
+    f = _query_fn(model, x, target_mask)
+
+    def one(u: Params) -> torch.Tensor:
+        plus = {k: params[k] + h * u[k] for k in params}
+        minus = {k: params[k] - h * u[k] for k in params}
+        return (f(plus) - f(minus)) / (2 * h)
+
+    return vmap(one, chunk_size=chunk)(layout.unflatten(U.to(_dtype(params)))).T
+
+
+def query_grads(model: GPT, params: Params, x: torch.Tensor,
+                target_mask: torch.Tensor | None = None, chunk: int = 16) -> torch.Tensor:
+    """``∇θ f(q)`` per query: ``(B, p)`` (a backward pass each; baselines and
+    tests). Each query is differentiated on its own row ``x[b:b+1]``."""
+    params = _detached(params)
+    layout = ParamLayout.of(params)
+    mask = torch.ones(x.shape[0], x.shape[1] - 1, dtype=torch.bool, device=x.device) \
+        if target_mask is None else target_mask
+
+    def single(p: Params, xb: torch.Tensor, mb: torch.Tensor) -> torch.Tensor:
+        return sequence_logprob(model, xb[None], p, mb[None])[0]
+
+    per = vmap(grad(single), in_dims=(None, 0, 0))
+    return torch.cat([layout.flatten(per(params, x[s : s + chunk], mask[s : s + chunk]))
+                      for s in range(0, x.shape[0], chunk)])
+
+
+def gradient_scores(model: GPT, params: Params, U: torch.Tensor, x: torch.Tensor,
+                    target_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Reference ``∇f(q) · u_r`` (backward pass): ``(B, R)``. Never serves."""
+    g = query_grads(model, params, x, target_mask)
+    return g @ U.to(g.dtype).T

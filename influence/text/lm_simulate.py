@@ -1,0 +1,120 @@
+"""Training-time simulation for the language model, and its compressed form.
+
+Directions are documents: ``g_d = Σ_{blocks b of d} ∇ℓ_b`` (summed token
+losses, ``lm_math.doc_grads``). Curvature: the Gauss-Newton matrix of the
+mean token cross-entropy on a fixed random subset of ``curvature_subset``
+training blocks (``lm_math.LMGaussNewton``), plus ``s = weight decay +
+damping`` times the identity. The K-step propagation of the method page
+around the trained parameters is evaluated in closed form through a rank-k
+Nyström eigenbasis of that operator (``influence.simulate.spectral``: the
+same map as K damped steps, at 1 + power products of k directions).
+
+Scale: removing document ``d`` from a corpus of ``N_tok`` training targets
+moves the output by about ``−τ(q, d) / N_tok`` (the objective is a mean over
+tokens and ``g_d`` sums the document's token losses).
+
+Compression (``compress``): the ``(n, p)`` response matrix is stored as an
+orthonormal basis ``B (r, p)`` and coefficients ``C = U Bᵀ (n, r)``, so
+``u_d ≈ Σ_j C[d, j] b_j`` and the readout is ``r`` forward tangents per
+query followed by an ``(r, n)`` product. When there are at most
+``rank // 2`` sources the basis starts with the orthonormalised source
+responses ``Σ_{d∈s} u_d``, so per-source scores are exact and only the
+per-document ones carry the truncation; the rest of the basis is the top of
+the SVD of what remains. ``CompressionStats`` states the loss.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..simulate.settings import MethodConfig
+from ..simulate.spectral import LowRankFilter, nystrom
+from .gpt import GPT
+from .lm_math import LMGaussNewton, doc_grads
+
+
+@dataclass
+class LMResponses:
+    """Exact per-document responses ``U (n, p)`` and how they were made."""
+
+    U: torch.Tensor
+    diagnostics: dict = field(default_factory=dict)
+
+
+def simulate_documents(model: GPT, params: dict[str, torch.Tensor], blocks: torch.Tensor, block_doc: torch.Tensor,
+                       n_docs: int, method: MethodConfig, weight_decay: float, seed: int,
+                       progress=None) -> LMResponses:
+    """``u_d = −φ_K(G + sI) g_d`` for every document: ``U (n_docs, p)``."""
+    t0 = time.perf_counter()
+    G = doc_grads(model, params, blocks, block_doc, n_docs)
+    t_grads = time.perf_counter() - t0
+    gen = torch.Generator().manual_seed(seed)
+    sub = method.curvature_subset or blocks.shape[0]
+    idx = torch.randperm(blocks.shape[0], generator=gen)[:sub].sort().values
+    product = LMGaussNewton(model, params, blocks[idx])
+
+    def counted(U: torch.Tensor) -> torch.Tensor:
+        out = product(U)
+        if progress is not None:
+            progress.update(1)
+        return out
+
+    p = G.shape[1]
+    t0 = time.perf_counter()
+    basis = nystrom(counted, p, method.rank, method.power, gen, G.dtype)
+    t_basis = time.perf_counter() - t0
+    shift = weight_decay + method.damping
+    eta = method.step_size(float(basis.h[0]) + shift)
+    filt = LowRankFilter(basis, shift, eta, method.steps)
+    U = filt(G)
+    if progress is not None:
+        progress.update(1)
+    return LMResponses(U, {"solver": "spectral", "rank": len(basis.h), "curvature_blocks": int(sub),
+                           "largest_eigenvalue": float(basis.h[0]), "eta": eta, "smallest_eigenvalue": float(basis.h[-1]),
+                           "tail_estimate": filt.tail_bound, "grads_s": t_grads, "basis_s": t_basis})
+
+
+@dataclass
+class CompressionStats:
+    """How much a compressed response matrix loses (Frobenius norms)."""
+
+    rank: int
+    exact_sources: bool
+    rel_error_documents: float  # |U − C B| / |U|
+    rel_error_sources: float  # |A(U − C B)| / |A U| over the source sums
+
+
+def compress(U: torch.Tensor, doc_source: torch.Tensor, n_sources: int, rank: int
+             ) -> tuple[torch.Tensor, torch.Tensor, CompressionStats]:
+    """``U (n, p)`` -> basis ``B (r, p)`` (orthonormal rows), coefficients
+    ``C (n, r)`` with ``U ≈ C B``, and the loss. ``doc_source (n,)`` maps
+    documents to sources; ``r = min(rank, n)``."""
+    n = U.shape[0]
+    r = min(rank, n)
+    Ud = U.double()
+    A = torch.zeros(n_sources, n, dtype=torch.float64).index_put_((doc_source, torch.arange(n)),
+                                                                  torch.ones(n, dtype=torch.float64))
+    S_rows = A @ Ud  # (S, p) source responses
+    exact = n_sources <= r // 2
+    parts = []
+    if exact:
+        Qs = torch.linalg.qr(S_rows.T).Q.T  # (S, p)
+        parts.append(Qs)
+        Ud_rest = Ud - (Ud @ Qs.T) @ Qs
+    else:
+        Ud_rest = Ud
+    k = r - sum(len(q) for q in parts)
+    if k > 0:
+        s2, W = torch.linalg.eigh(Ud_rest @ Ud_rest.T)  # (n, n) Gram: O(n²p), no tall SVD
+        s2, W = s2.flip(0)[:k].clamp_min(0), W.flip(1)[:, :k]
+        keep = s2 > s2[0] * 1e-20 if len(s2) else s2.bool()
+        parts.append((W[:, keep].T @ Ud_rest) / s2[keep].sqrt()[:, None])
+    B = torch.cat(parts)
+    C = Ud @ B.T
+    err = Ud - C @ B
+    stats = CompressionStats(len(B), exact, (err.norm() / Ud.norm()).item(),
+                             ((A @ err).norm() / S_rows.norm().clamp_min(1e-300)).item())
+    return B.to(U.dtype), C.to(U.dtype), stats

@@ -1,0 +1,105 @@
+"""A text store end to end on a tiny JSONL corpus and a tiny GPT: build,
+load, forward-only scores that match the uncompressed and explicit ones,
+the score CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from influence.store import open_store
+from influence.text.attributor import TextAttributor
+from influence.text.gpt import GPT
+from influence.text.lm_math import gradient_scores
+from worker.config import load_config
+from worker.lm_pipeline import build
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["model.d=8", "model.heads=2", "model.layers=1", "method.rank=48", "method.curvature_subset=8",
+        "method.steps=50"]
+
+
+def _corpus(path: Path) -> Path:
+    """40 documents of 300 words from 3 sources with their own favourite words."""
+    rng = np.random.default_rng(0)
+    common = [f"w{i}" for i in range(60)]
+    lines = []
+    for d in range(40):
+        s = d % 3
+        own = [f"s{s}x{i}" for i in range(15)]
+        words = rng.choice(common + own * 3, size=300)
+        lines.append(json.dumps({"id": f"d{d:03d}", "source": f"pub-{s}", "text": " ".join(words)}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("lm")
+    data = _corpus(tmp / "docs.jsonl")
+    out = {}
+    for name, extra in (("exact", ["method.compress_rank=0"]), ("compressed", ["method.compress_rank=36"])):
+        cfg = load_config("brown", overrides=[f'data.path="{data}"', f'store.root="{tmp / name}"', *TINY, *extra])
+        build(cfg, progress=False)
+        out[name] = open_store(tmp / name)
+    return tmp, data, out
+
+
+def test_store_holds_model_tokenizer_and_documents(stores):
+    _, _, s = stores
+    man = s["compressed"].manifest
+    assert man.model.kind == "gpt" and man.examples_rank == 36 and man.data["n"] == 36  # 40 docs, every 10th held out
+    assert man.source_ids == ["pub-0", "pub-1", "pub-2"] and len(man.example_source) == 36
+    assert {"tokenizer.json", "documents.json"} <= set(man.files)
+    comp = man.extra["members"][0]["compression"]
+    assert comp["exact_sources"] and comp["rel_error_sources"] < 1e-5  # the source responses are in the basis
+
+
+def test_scores_compressed_equal_exact_and_explicit(stores):
+    _, _, s = stores
+    exact, comp = TextAttributor(s["exact"]), TextAttributor(s["compressed"])
+    qs = [exact.encode("w1 w2 s0x3 w5 w7 s0x1"), exact.encode(prompt="w3 w4", completion="s1x2 s1x4 w9"),
+          exact.encode("s2x1 s2x2 w0 w0 w1 w2 w3 w4 w5 w6 w7 s2x3")]
+    a, b = exact.score(qs), comp.score(qs)
+    # rank 36 = all 36 documents: the compressed store is exact up to float32 rounding
+    torch.testing.assert_close(b.examples, a.examples, rtol=1e-3, atol=1e-3 * a.examples.abs().max().item())
+    torch.testing.assert_close(a.sources, a.examples @ exact.membership, rtol=1e-5, atol=1e-6)
+    # batched == one at a time
+    one = torch.cat([exact.score([q]).examples for q in qs])
+    torch.testing.assert_close(one, a.examples, rtol=1e-4, atol=1e-5 * a.examples.abs().max().item())
+    # forward readout == explicit gradient dot product
+    x, mask = exact.batch(qs)
+    U = exact.basis[0].double()
+    model = GPT(exact.spec, seed=None).double()
+    ref = gradient_scores(model, {k: v.double() for k, v in exact.params[0].items()}, U, x, mask)
+    torch.testing.assert_close(a.examples.double(), ref, rtol=1e-3, atol=1e-4 * ref.abs().max().item())
+
+
+def test_score_cli_and_bad_queries(stores, tmp_path):
+    root, _, _ = stores
+    q = tmp_path / "q.jsonl"
+    q.write_text('{"text": "w1 w2 w3 s0x1"}\n{"prompt": "w4 w5", "completion": "s1x1 s1x2"}\n')
+    cmd = [sys.executable, "-m", "worker", "score", "--store", str(root / "compressed"), "--queries", str(q),
+           "--out", str(tmp_path / "out"), "--top-k", "2"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert np.load(tmp_path / "out" / "examples.npy").shape == (2, 36)
+    assert np.load(tmp_path / "out" / "sources.npy").shape == (2, 3)
+    summary = (tmp_path / "out" / "summary.txt").read_text()
+    assert "pub-" in summary and "document" in summary
+    q.write_text('{"text": "w1 w2"}\n{"prompt": 3, "completion": "x"}\n')
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "line 2" in r.stderr and "'prompt'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_text_data_needs_a_gpt():
+    from worker.config import ConfigError
+
+    with pytest.raises(ConfigError, match="does not fit the data"):
+        load_config("digits", overrides=["data.name=brown"])

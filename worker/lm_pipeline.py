@@ -1,0 +1,109 @@
+"""The worker's job for a text store (``model.kind == "gpt"``): corpus ->
+E trained members (the protocol's recipe, ``lm_train``) -> per-document
+responses (``influence.text.lm_simulate``) -> compressed -> published with
+the tokenizer and the documents' metadata as checksummed assets.
+
+Member ``e`` trains with seed ``train.seed + e`` (``--preset brown --seed N``
+is the protocol's full-data model for seed N). Sources are the corpus's
+``data.sources`` level (``publication`` or ``genre`` for Brown, ``source``
+for a JSONL file); per-source scores are the sums of their documents'.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from influence.store import Manifest, publish
+from influence.text.corpus import LMCorpus, brown_corpus
+from influence.text.gpt import GPT
+from influence.text.jsonl import load_jsonl_corpus
+from influence.text.lm_simulate import compress, simulate_documents
+
+from .config import ConfigError, WorkerConfig
+from .lm_train import BATCH, BETAS, EPOCHS, EPS, LR_MAX, WEIGHT_DECAY, perplexity, train_lm
+
+SNIPPET_WORDS = 40
+
+
+def load_corpus(cfg: WorkerConfig) -> tuple[LMCorpus, str]:
+    """The corpus and the source level used."""
+    d = cfg.data
+    corpus = load_jsonl_corpus(d.path) if d.path is not None else brown_corpus()
+    level = d.sources if d.path is None else "source"
+    if level not in corpus.source_ids:
+        raise ConfigError(f"data.sources: {level!r} is not a source level of this corpus "
+                          f"(have {sorted(corpus.source_ids)})")
+    return corpus, level
+
+
+def documents_asset(corpus: LMCorpus, level: str) -> list[dict]:
+    """Per training document: id, source, genre (Brown), a snippet of its start."""
+    genre = corpus.train_doc_source.get("genre")
+    out = []
+    for j, (doc_id, toks) in enumerate(zip(corpus.train_ids, corpus.train_tokens)):
+        rec = {"id": doc_id, "source": corpus.source_ids[level][corpus.train_doc_source[level][j]],
+               "snippet": " ".join(corpus.tokenizer.decode(toks[:SNIPPET_WORDS]))}
+        if genre is not None:
+            rec["genre"] = corpus.source_names["genre"][genre[j]]
+        out.append(rec)
+    return out
+
+
+def _member(cfg: WorkerConfig, corpus: LMCorpus, level: str, e: int, bar) -> dict:
+    spec, m = cfg.model, cfg.method
+    seed = cfg.train.seed + e
+    params, stats = train_lm(spec, corpus.blocks, None, seed)
+    model = GPT(spec, seed=None)
+    t0 = time.perf_counter()
+    resp = simulate_documents(model, params, corpus.blocks, corpus.block_document, len(corpus.train_ids), m,
+                              0.0, seed, bar)
+    doc_source = torch.from_numpy(corpus.train_doc_source[level])
+    n_src = len(corpus.source_ids[level])
+    if m.compress_rank:
+        basis, coef, cs = compress(resp.U, doc_source, n_src, m.compress_rank)
+        comp = cs.__dict__
+    else:
+        basis, coef, comp = resp.U, None, None
+    windows = torch.stack([torch.tensor(t[:65]) for t in corpus.heldout_tokens if len(t) >= 65])
+    layout = spec.layout()
+    return {"params": params, "basis": layout.unflatten(basis.float().contiguous()), "coef": coef,
+            "stats": {"seed": seed, "final_loss": stats["final_loss"], "train_s": round(stats["seconds"], 2),
+                      "simulate_s": round(time.perf_counter() - t0, 2), "compression": comp,
+                      "heldout_perplexity": perplexity(spec, params, windows), **resp.diagnostics}}
+
+
+def build(cfg: WorkerConfig, progress: bool = True) -> Path:
+    corpus, level = load_corpus(cfg)
+    block = int(corpus.blocks.shape[1]) - 1
+    if cfg.model.context < block:
+        raise ConfigError(f"model.context: {cfg.model.context} is shorter than the training blocks ({block} inputs)")
+    if cfg.model.vocab != corpus.tokenizer.vocab_size:  # a user corpus may have fewer than 2,000 distinct words
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"vocab": corpus.tokenizer.vocab_size})})
+    m = cfg.method
+    bar = tqdm(total=(m.power + 2) * m.ensemble, desc=f"train + simulate gpt x{m.ensemble}", unit="stage",
+               disable=not progress)
+    members = [_member(cfg, corpus, level, e, bar) for e in range(m.ensemble)]
+    bar.close()
+    sids = corpus.source_ids[level]
+    manifest = Manifest(
+        format_version=2, model=cfg.model, method=m.model_dump(mode="json"),
+        recipe={"optimizer": "adamw", "lr_max": LR_MAX, "betas": list(BETAS), "eps": EPS, "weight_decay": WEIGHT_DECAY,
+                "batch": BATCH, "epochs": EPOCHS, "seed": cfg.train.seed, "schedule": "warmup 5% + cosine"},
+        data={"name": corpus.name, "n": len(corpus.train_ids), "n_blocks": int(corpus.blocks.shape[0]),
+              "n_targets": int(corpus.blocks.shape[0] * (corpus.blocks.shape[1] - 1)), "level": level,
+              "heldout_ids": corpus.heldout_ids, "short_docs": corpus.short_docs},
+        classes=[], source_ids=sids, example_source=corpus.train_doc_source[level].tolist(),
+        members=m.ensemble, dtype=cfg.store.dtype, has_examples=True, has_sources=False,
+        extra={"members": [mb["stats"] for mb in members], "preset": cfg.preset,
+               "source_names": corpus.source_names[level]},
+    )
+    assets = {"tokenizer.json": corpus.tokenizer.to_json().encode(),
+              "documents.json": json.dumps(documents_asset(corpus, level), ensure_ascii=False).encode()}
+    coef = [mb["coef"] for mb in members] if m.compress_rank else None
+    return publish(cfg.store.root, manifest, [mb["params"] for mb in members], [mb["basis"] for mb in members],
+                   None, keep=cfg.store.keep, example_coef=coef, assets=assets)

@@ -1,0 +1,78 @@
+"""``fa-worker score`` for a text store: a JSONL query file in, score
+matrices and a readable summary out (forward-only readout)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from influence.attributor import top_k
+from influence.errors import DataError, QueryError
+from influence.store import Store
+from influence.text.attributor import TextAttributor, TextQuery
+
+BATCH = 16
+
+
+def read_queries(path: Path, att: TextAttributor) -> list[TextQuery]:
+    """Each line ``{"text": str}`` or ``{"prompt": str, "completion": str}``,
+    optional ``"pretokenized": bool`` (whitespace-separated corpus tokens);
+    errors name the file, the line and the field."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(path, f"cannot read queries: {e}") from None
+    out = []
+    for no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"line {no}"
+        try:
+            rec = json.loads(line)
+        except ValueError as e:
+            raise DataError(path, f"{where}: not valid JSON: {e}") from None
+        if not isinstance(rec, dict):
+            raise DataError(path, f"{where}: expected a JSON object")
+        pre = rec.get("pretokenized", False)
+        if not isinstance(pre, bool):
+            raise DataError(path, f"{where}: field 'pretokenized' must be true or false")
+        keys = {"text"} if "text" in rec else {"prompt", "completion"}
+        for k in keys:
+            if not isinstance(rec.get(k), str) or not rec[k].strip():
+                raise DataError(path, f"{where}: field {k!r} must be a non-empty string")
+        try:
+            out.append(att.encode(rec.get("text"), rec.get("prompt"), rec.get("completion"), pre))
+        except QueryError as e:
+            raise DataError(path, f"{where}: {e}") from None
+    if not out:
+        raise DataError(path, "no queries")
+    return out
+
+
+def score_text(store: Store, queries: Path, out: Path, k: int, device: str | None) -> str:
+    att = TextAttributor(store, device)
+    qs = read_queries(Path(queries), att)
+    parts = [att.score(qs[s : s + BATCH]) for s in range(0, len(qs), BATCH)]
+    ex = torch.cat([p.examples for p in parts]).cpu()
+    src = torch.cat([p.sources for p in parts]).cpu()
+    f = torch.cat([p.logprob for p in parts]).cpu()
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "examples.npy", ex.numpy())
+    np.save(out / "sources.npy", src.numpy())
+    man, docs = store.manifest, att.documents
+    names = man.extra.get("source_names", man.source_ids)
+    sv, si = top_k(src, k)
+    ev, ei = top_k(ex, k)
+    lines = [f"store {store.path} ({man.version}); f = mean log-probability of the targets; "
+             f"{len(qs)} queries; {att.tangents_per_query} forward tangents per query"]
+    for q in range(len(qs)):
+        lines.append(f"query {q}: f = {f[q]:.4f} over {qs[q].n_targets} targets, {qs[q].oov} out of vocabulary")
+        lines += [f"  source   {v:+.4g}  {names[j]} ({man.source_ids[j]})" for v, j in zip(sv[q].tolist(),
+                                                                                         si[q].tolist())]
+        lines += [f"  document {v:+.4g}  {docs[j]['id']} [{docs[j].get('genre', docs[j]['source'])}] "
+                  f"{docs[j]['snippet'][:80]}" for v, j in zip(ev[q].tolist(), ei[q].tolist())]
+    (out / "summary.txt").write_text("\n".join(lines) + "\n")
+    return f"wrote {out}/examples.npy {tuple(ex.shape)}, sources.npy {tuple(src.shape)}, summary.txt"
