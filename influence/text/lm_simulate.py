@@ -73,7 +73,8 @@ def simulate_documents(model: GPT, params: dict[str, torch.Tensor], blocks: torc
     if progress is not None:
         progress.update(1)
     return LMResponses(U, {"solver": "spectral", "rank": len(basis.h), "curvature_blocks": int(sub),
-                           "largest_eigenvalue": float(basis.h[0]), "eta": eta, "smallest_eigenvalue": float(basis.h[-1]),
+                           "largest_eigenvalue": float(basis.h[0]), "eta": eta,
+                           "smallest_eigenvalue": float(basis.h[-1]),
                            "tail_estimate": filt.tail_bound, "grads_s": t_grads, "basis_s": t_basis})
 
 
