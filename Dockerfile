@@ -67,4 +67,6 @@ EXPOSE 8000
 # ready = the store is resident on its device
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('FA_PORT', '8000'), timeout=2)"]
-CMD ["python", "-m", "service"]
+# First run: the worker builds the digits store into $FA_STORE unless one is published (--if-missing); the
+# service itself never trains. Compose runs the worker as its own one-shot service instead.
+CMD ["sh", "-c", "python -m worker build --preset digits --store \"$FA_STORE\" --if-missing --quiet && exec python -m service"]

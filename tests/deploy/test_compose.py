@@ -149,7 +149,8 @@ def test_dockerfile_stages_variants_and_paths(dockerfile):
     # runs as a non-root user, serves the API by default, checks readiness
     assert any(op == "USER" and a not in ("root", "0") for op, a in dockerfile)
     cmd = next(a for op, a in reversed(dockerfile) if op == "CMD")
-    assert '"-m", "service"' in cmd and "--no-build" not in cmd  # the service never builds
+    assert "python -m worker build" in cmd and "--if-missing" in cmd  # the worker builds a first store...
+    assert "exec python -m service" in cmd and "--no-build" not in cmd  # ...and the service never trains
     health = next(a for op, a in dockerfile if op == "HEALTHCHECK")
     assert "/readyz" in health
     assert "EXPOSE" in ops and ("EXPOSE", "8000") in dockerfile
