@@ -21,7 +21,6 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-import redis
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -33,7 +32,7 @@ from service.app import create_app  # noqa: E402
 from service.reports import CURRENCIES  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
-from ..service.util import REDIS_URL, query, serve  # noqa: E402
+from ..service.util import REDIS_URL, drop_prefix, query, raw_request, serve  # noqa: E402
 
 MAX_EXAMPLES = 50
 
@@ -48,11 +47,7 @@ def live(tiny_store, tmp_path_factory):
                  data_dir=root / "var", max_wait_ms=1.0, max_queries=8, max_body_bytes=50_000, max_top_k=50)
     with serve(s) as base:
         yield base
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=prefix + "*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    drop_prefix(REDIS_URL, prefix)
 
 
 # The schema the app serves at /openapi.json, taken from the app object itself (building an app does
@@ -213,11 +208,7 @@ def keyed_live(tiny_store, tmp_path_factory):
                  max_wait_ms=1.0, max_body_bytes=50_000, query_keys=["q-key"], report_keys=["r-key"])
     with serve(s) as base:
         yield base
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=prefix + "*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    drop_prefix(REDIS_URL, prefix)
 
 
 _offsets = st.integers(-1439, 1439).map(lambda m: timezone(timedelta(minutes=m)))
@@ -360,16 +351,6 @@ def test_fuzz_content_types(live, train_x, ctype):
         assert _named(r, 415) == ("content-type", "header"), ctype
 
 
-def _raw_status(base: str, request: bytes) -> int:
-    host, port = base.split("//")[1].split(":")
-    with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(request)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    return int(data.split(b" ", 2)[1])
-
-
 WS = st.text(st.sampled_from(" \t"), max_size=3)
 
 
@@ -380,7 +361,7 @@ def test_fuzz_whitespace_around_keys(keyed_live, before, after, bearer, scheme):
     value = f"{scheme} {before}r-key{after}" if bearer else f"{before}r-key{after}"
     header = ("Authorization: " if bearer else "X-API-Key: ") + value
     req = f"GET /v1/sources HTTP/1.1\r\nHost: x\r\n{header}\r\nConnection: close\r\n\r\n".encode()
-    assert _raw_status(keyed_live, req) == 200, header
+    assert raw_request(keyed_live, req)[0] == 200, header
 
 
 @FUZZ

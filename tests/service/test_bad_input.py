@@ -10,7 +10,6 @@ shape that names the field (or header), never a 5xx.
 
 from __future__ import annotations
 
-import socket
 import uuid
 
 import httpx
@@ -19,7 +18,7 @@ import redis
 
 from service.settings import Settings
 
-from .util import REDIS_URL, query, serve
+from .util import REDIS_URL, query, raw_request, serve
 
 OK = {"start": "2025-01-01", "end": "2025-02-01", "amount": "100", "currency": "EUR"}
 KEYS = dict(query_keys=["q-key"], report_keys=["r-key"], publisher_keys={"p0-key": "publisher-00"})
@@ -58,19 +57,6 @@ def base(services):
 @pytest.fixture(scope="module")
 def keyed(services):
     return services[1]
-
-
-def _raw(base: str, request: bytes) -> tuple[int, bytes]:
-    """Send ``request`` as it is (httpx refuses header values with surrounding
-    whitespace); -> (status, body)."""
-    host, port = base.split("//")[1].split(":")
-    with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(request)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body
 
 
 # ---- 1. report dates -------------------------------------------------------
@@ -154,7 +140,7 @@ def test_no_key_is_401_before_any_body_work(keyed, train_x):
     _named(httpx.post(url, content=b'{"queries": [', headers=good), 422, "body", "body")
     assert httpx.post(url, json={"queries": [query(train_x[0])]}, headers={"X-API-Key": "q-key"}).status_code == 200
     # a declared length far beyond the limit, no body sent: still 401 first
-    status, _ = _raw(keyed, b"POST /v1/attributions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    status, _ = raw_request(keyed, b"POST /v1/attributions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                             b"Content-Length: 999999999\r\nConnection: close\r\n\r\n")
     assert status == 401
 
@@ -217,16 +203,20 @@ def test_if_none_match_star_only_matches_what_exists(base):
 
 
 # ---- 7. whitespace around a key -----------------------------------------------------------
+def _get_sources(header: bytes) -> bytes:
+    return b"GET /v1/sources HTTP/1.1\r\nHost: x\r\n" + header + b"\r\nConnection: close\r\n\r\n"
+
+
 @pytest.mark.parametrize("header", [b"X-API-Key: r-key ", b"X-API-Key:   r-key\t", b"Authorization: Bearer r-key ",
                                     b"Authorization: bearer \t r-key  ", b"X-API-Key: r-key"])
 def test_surrounding_whitespace_of_a_key_is_ignored_in_both_headers(keyed, header):
-    status, body = _raw(keyed, b"GET /v1/sources HTTP/1.1\r\nHost: x\r\n" + header + b"\r\nConnection: close\r\n\r\n")
+    status, body = raw_request(keyed, _get_sources(header))
     assert status == 200, body[:200]
 
 
 def test_whitespace_inside_or_only_is_not_a_key(keyed):
     for header in (b"X-API-Key: r- key", b"X-API-Key:  ", b"Authorization: Bearer  "):
-        status, _ = _raw(keyed, b"GET /v1/sources HTTP/1.1\r\nHost: x\r\n" + header + b"\r\nConnection: close\r\n\r\n")
+        status, _ = raw_request(keyed, _get_sources(header))
         assert status in (401, 403), header
     assert httpx.get(keyed + "/v1/sources", headers={"X-API-Key": "r-key"}).status_code == 200
 

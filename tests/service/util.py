@@ -87,6 +87,30 @@ def redis_binary() -> str:
         return found
 
 
+def raw_request(base: str, request: bytes) -> tuple[int, bytes]:
+    """Send ``request`` bytes as they are (httpx refuses header values with
+    surrounding whitespace) to ``base``; -> (status, body)."""
+    host, port = base.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def drop_prefix(redis_url: str, prefix: str) -> None:
+    """Delete every key a test wrote under ``prefix``."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=prefix + "*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
 def query(x, target=None, client_id=None) -> dict:
     q = {"input": [float(v) for v in x]}
     if target is not None:
