@@ -22,7 +22,8 @@ from influence.store import Manifest, publish
 from influence.text.corpus import LMCorpus, brown_corpus
 from influence.text.gpt import GPT
 from influence.text.jsonl import load_jsonl_corpus
-from influence.text.lm_simulate import compress, simulate_documents
+from influence.text.lm_math import query_grads
+from influence.text.lm_simulate import compress, score_agreement, simulate_documents
 
 from .config import ConfigError, WorkerConfig
 from .lm_train import BATCH, BETAS, EPOCHS, EPS, LR_MAX, WEIGHT_DECAY, perplexity, train_lm
@@ -54,6 +55,27 @@ def documents_asset(corpus: LMCorpus, level: str) -> list[dict]:
     return out
 
 
+PROBES = 256  # training blocks whose output gradients steer the compression (what a readout will see)
+HELDOUT_CHECK = 64  # held-out windows on which the compression's score error is measured
+
+
+def _probe(model, params, corpus: LMCorpus, seed: int) -> torch.Tensor:
+    """``(m, p)`` gradients of f on random training blocks (no held-out text)."""
+    gen = torch.Generator().manual_seed(seed + 17)
+    idx = torch.randperm(corpus.blocks.shape[0], generator=gen)[:PROBES]
+    return query_grads(model, params, corpus.blocks[idx])
+
+
+def _heldout(corpus: LMCorpus) -> torch.Tensor:
+    x, _, _ = corpus.queries(HELDOUT_CHECK, seed=4242)
+    return x
+
+
+def _membership(doc_source: torch.Tensor, n_src: int) -> torch.Tensor:
+    return torch.zeros(len(doc_source), n_src).index_put_((torch.arange(len(doc_source)), doc_source),
+                                                          torch.ones(len(doc_source)))
+
+
 def _member(cfg: WorkerConfig, corpus: LMCorpus, level: str, e: int, bar) -> dict:
     spec, m = cfg.model, cfg.method
     seed = cfg.train.seed + e
@@ -65,7 +87,12 @@ def _member(cfg: WorkerConfig, corpus: LMCorpus, level: str, e: int, bar) -> dic
     doc_source = torch.from_numpy(corpus.train_doc_source[level])
     n_src = len(corpus.source_ids[level])
     if m.compress_rank:
-        basis, coef, cs = compress(resp.U, doc_source, n_src, m.compress_rank)
+        basis, coef, cs = compress(resp.U, doc_source, n_src, m.compress_rank, _probe(model, params, corpus, seed))
+        held = _heldout(corpus)
+        g = query_grads(model, params, held)
+        cs.heldout = {"documents": score_agreement(g @ resp.U.T, (g @ basis.T) @ coef.T),
+                      "sources": score_agreement(g @ resp.U.T @ _membership(doc_source, n_src),
+                                                 (g @ basis.T) @ coef.T @ _membership(doc_source, n_src))}
         comp = cs.__dict__
     else:
         basis, coef, comp = resp.U, None, None

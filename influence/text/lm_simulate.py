@@ -80,42 +80,60 @@ def simulate_documents(model: GPT, params: dict[str, torch.Tensor], blocks: torc
 
 @dataclass
 class CompressionStats:
-    """How much a compressed response matrix loses (Frobenius norms)."""
+    """What a compressed response matrix loses: Frobenius norms in parameter
+    space, and of the scores of probe queries (``Q Uᵀ``), which is what a
+    readout sees."""
 
     rank: int
     exact_sources: bool
     rel_error_documents: float  # |U − C B| / |U|
     rel_error_sources: float  # |A(U − C B)| / |A U| over the source sums
+    rel_error_probe_scores: float | None = None  # |Q(U − C B)ᵀ| / |Q Uᵀ| on the probe queries
+    heldout: dict | None = None  # the same on held-out queries, with per-query rank agreement
 
 
-def compress(U: torch.Tensor, doc_source: torch.Tensor, n_sources: int, rank: int
-             ) -> tuple[torch.Tensor, torch.Tensor, CompressionStats]:
-    """``U (n, p)`` -> basis ``B (r, p)`` (orthonormal rows), coefficients
-    ``C (n, r)`` with ``U ≈ C B``, and the loss. ``doc_source (n,)`` maps
-    documents to sources; ``r = min(rank, n)``."""
+def _orth_cols(M: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.qr(M).Q if M.shape[1] else M
+
+
+def compress(U: torch.Tensor, doc_source: torch.Tensor, n_sources: int, rank: int,
+             probe: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, CompressionStats]:
+    """``U (n, p)`` -> basis ``B = Rᵀ U (r, p)`` and coefficients ``C = R
+    (n, r)``, ``R`` orthonormal columns in document space, so ``C B`` is
+    ``U`` with its rows projected onto ``span(R)``. ``R`` starts with the
+    source indicators when ``S ≤ r/2`` (then ``A C B = A U``: per-source
+    scores exact) and is completed by the top right singular vectors of
+    ``Q Uᵀ`` for probe query gradients ``Q (m, p)`` (what a readout sees;
+    ``probe=None``: of ``U`` itself). ``r = min(rank, n)``."""
     n = U.shape[0]
     r = min(rank, n)
     Ud = U.double()
     A = torch.zeros(n_sources, n, dtype=torch.float64).index_put_((doc_source, torch.arange(n)),
                                                                   torch.ones(n, dtype=torch.float64))
-    S_rows = A @ Ud  # (S, p) source responses
     exact = n_sources <= r // 2
-    parts = []
-    if exact:
-        Qs = torch.linalg.qr(S_rows.T).Q.T  # (S, p)
-        parts.append(Qs)
-        Ud_rest = Ud - (Ud @ Qs.T) @ Qs
-    else:
-        Ud_rest = Ud
-    k = r - sum(len(q) for q in parts)
-    if k > 0:
-        s2, W = torch.linalg.eigh(Ud_rest @ Ud_rest.T)  # (n, n) Gram: O(n²p), no tall SVD
-        s2, W = s2.flip(0)[:k].clamp_min(0), W.flip(1)[:, :k]
-        keep = s2 > s2[0] * 1e-20 if len(s2) else s2.bool()
-        parts.append((W[:, keep].T @ Ud_rest) / s2[keep].sqrt()[:, None])
-    B = torch.cat(parts)
-    C = Ud @ B.T
+    Rs = _orth_cols(A.T[:, A.sum(1) > 0]) if exact else torch.zeros(n, 0, dtype=torch.float64)
+    M = Ud @ Ud.T if probe is None else probe.double() @ Ud.T  # (n, n) Gram or (m, n) probe scores
+    M_rest = M - (M @ Rs) @ Rs.T
+    _, _, Vh = torch.linalg.svd(M_rest, full_matrices=False)
+    R = _orth_cols(torch.cat([Rs, Vh[: r - Rs.shape[1]].T], dim=1))
+    B, C = R.T @ Ud, R
     err = Ud - C @ B
-    stats = CompressionStats(len(B), exact, (err.norm() / Ud.norm()).item(),
-                             ((A @ err).norm() / S_rows.norm().clamp_min(1e-300)).item())
+    stats = CompressionStats(R.shape[1], exact, (err.norm() / Ud.norm()).item(),
+                             ((A @ err).norm() / (A @ Ud).norm().clamp_min(1e-300)).item())
+    if probe is not None:
+        Mp = probe.double() @ Ud.T
+        stats.rel_error_probe_scores = ((Mp - Mp @ R @ R.T).norm() / Mp.norm()).item()
     return B.to(U.dtype), C.to(U.dtype), stats
+
+
+def score_agreement(exact: torch.Tensor, approx: torch.Tensor) -> dict:
+    """Relative Frobenius error and mean per-query Spearman of two score
+    matrices ``(m, n)``."""
+    def ranks(x):
+        return x.argsort(1).argsort(1).double()
+
+    a, b = ranks(exact), ranks(approx)
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    rho = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-300)
+    return {"rel_error": ((approx - exact).norm() / exact.norm()).item(), "spearman": rho.mean().item(),
+            "queries": int(exact.shape[0])}
