@@ -20,6 +20,11 @@ was batched with (checked bit for bit by the tests, and on every store load
 by ``batch_invariant``, which also needs a row's numbers not to depend on
 its position in the block; /readyz reports it).
 
+What a readout is depends on the store's kind (``service.kinds``): a
+request carries its rows and the ``ReadoutFn`` that scores them; the vector
+one is here (``vector_readout``), the text one pads every query to the full
+context and every block to a fixed number of rows, to the same end.
+
 Hot swap: a request carries the ``Attributor`` that was current when it
 arrived; a batch is split by attributor, so a request is answered by one
 store version whole, and an old store stays alive until its last request is
@@ -65,18 +70,25 @@ class Readout:
     batch_queries: int = 0
 
 
+ReadoutFn = Callable[[object, list, list[bool], int], list]
+"""``run(att, rows of each request, examples wanted by each, block)`` -> one
+result per request (with ``queue_s``, ``readout_s``, ``batch_queries``);
+runs in the readout thread. Each store kind has its own (``service.kinds``)."""
+
+
 @dataclass
 class _Item:
-    att: Attributor
-    x: torch.Tensor  # (b, d) float32
-    y: torch.Tensor  # (b,) int64, -1 = the predicted class
-    kind: str
+    att: object  # the Attributor / TextAttributor the request started with
+    rows: object  # what ``run`` takes: vector (x (b, d), y (b,)); text: list of encoded queries
+    n: int  # queries
+    group: tuple  # requests of one group share a readout call
     examples: bool
+    run: ReadoutFn
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
 
     def __len__(self) -> int:
-        return self.x.shape[0]
+        return self.n
 
 
 def readout_rows(att: Attributor, x: torch.Tensor, y: torch.Tensor, kind: str, examples: bool,
@@ -93,6 +105,23 @@ def readout_rows(att: Attributor, x: torch.Tensor, y: torch.Tensor, kind: str, e
         parts.append((sc.probs, sc.pred, sc.target, sc.sources, sc.examples))
     out = [torch.cat([p[i] for p in parts])[:n].cpu() if parts[0][i] is not None else None for i in range(5)]
     return tuple(out)
+
+
+def vector_readout(att: Attributor, rows: list[tuple[torch.Tensor, torch.Tensor, str]], examples: list[bool],
+                   block: int) -> list[Readout]:
+    """The vector store's ``ReadoutFn``: rows are ``(x (b, d), y (b,), output
+    kind)``, one kind per group; one padded-block readout over all, split per request."""
+    x = torch.cat([r[0] for r in rows])
+    y = torch.cat([r[1] for r in rows])
+    kind = rows[0][2]
+    probs, pred, target, src, ex = readout_rows(att, x, y, kind, any(examples), block)
+    out, s = [], 0
+    for (xi, _, _), want in zip(rows, examples, strict=True):
+        e = s + xi.shape[0]
+        out.append(Readout(att.version, probs[s:e], pred[s:e], target[s:e], src[s:e],
+                           ex[s:e] if ex is not None and want else None))
+        s = e
+    return out
 
 
 def batch_invariant(att: Attributor, block: int, kind: str = "margin") -> bool:
@@ -149,11 +178,18 @@ class Batcher:
         self._pool.shutdown(wait=True)
 
     async def submit(self, att: Attributor, x: torch.Tensor, y: torch.Tensor, kind: str, examples: bool) -> Readout:
-        """Queue one request's rows and wait for its readout (503 when the
-        queue is full, 504 past ``timeout_s``)."""
-        if self._queued + x.shape[0] > self.queue_size:
+        """A vector store's request: rows ``x (b, d)``, targets ``y`` (-1 =
+        predicted) scored on output ``kind``."""
+        return await self.submit_rows(att, (x, y, kind), x.shape[0], (id(att), kind), examples, vector_readout)
+
+    async def submit_rows(self, att, rows, n: int, group: tuple, examples: bool, run: ReadoutFn):
+        """Queue one request's ``n`` queries and wait for its readout (503
+        when the queue is full, 504 past ``timeout_s``). Requests with the
+        same ``group`` (which holds the attributor's id) may share a
+        ``run`` call."""
+        if self._queued + n > self.queue_size:
             raise unavailable("too many queries waiting; retry later", self.retry_after_s, "overloaded")
-        item = _Item(att, x, y, kind, examples, asyncio.get_running_loop().create_future())
+        item = _Item(att, rows, n, group, examples, run, asyncio.get_running_loop().create_future())
         gap = min(item.enqueued - self._last_arrival, 1.0)  # (bounded: an idle spell must not linger)
         self._gap = gap if math.isinf(self._gap) else self._gap + _GAP_WEIGHT * (gap - self._gap)
         self._last_arrival = item.enqueued
@@ -200,7 +236,7 @@ class Batcher:
             batch = await self._take()
             groups: dict[tuple, list[_Item]] = {}
             for item in batch:
-                groups.setdefault((id(item.att), item.kind), []).append(item)
+                groups.setdefault(item.group, []).append(item)
             size = sum(len(i) for i in batch)
             for items in groups.values():
                 t0 = time.perf_counter()
@@ -219,16 +255,5 @@ class Batcher:
                         r.queue_s, r.readout_s, r.batch_queries = t0 - item.enqueued, dt, size
                         item.future.set_result(r)
 
-    def _readout(self, items: list[_Item]) -> list[Readout]:
-        att = items[0].att
-        x = torch.cat([i.x for i in items])
-        y = torch.cat([i.y for i in items])
-        probs, pred, target, src, ex = readout_rows(att, x, y, items[0].kind, any(i.examples for i in items),
-                                                    self.block)
-        out, s = [], 0
-        for i in items:
-            e = s + len(i)
-            out.append(Readout(att.version, probs[s:e], pred[s:e], target[s:e], src[s:e],
-                               ex[s:e] if ex is not None and i.examples else None))
-            s = e
-        return out
+    def _readout(self, items: list[_Item]) -> list:
+        return items[0].run(items[0].att, [i.rows for i in items], [i.examples for i in items], self.block)

@@ -74,9 +74,13 @@ class _Training:
 
 
 def _att(request: Request):
-    att = request.app.state.rt.att
+    rt = request.app.state.rt
+    att, kind = rt.att, rt.kind
     if att is None:
-        raise unavailable("the store is still loading", request.app.state.rt.s.retry_after_s, "not_ready")
+        raise unavailable("the store is still loading", rt.s.retry_after_s, "not_ready")
+    if not kind.playground:
+        raise invalid("store", f"the playground's examples are model inputs of a vector store; this store is of "
+                      f"kind {kind.name} (send its text queries to POST /v1/attributions)", "path", 404)
     return att
 
 

@@ -13,13 +13,13 @@ import torch
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from influence.attributor import Attributor
 from influence.errors import InfluenceError
 from influence.store import current_version, open_store
 
 from .auth import KeyRing
-from .batcher import Batcher, batch_invariant
+from .batcher import Batcher
 from .embedded_redis import EmbeddedRedis
+from .kinds import Kind, kind_of
 from .ledger import OUTAGE, Journal, Ledger
 from .settings import Settings
 from .stats import Stats
@@ -29,12 +29,15 @@ log = logging.getLogger("service")
 
 
 class Runtime:
-    """One per app. ``att`` is the current Attributor (None until loaded);
-    replacing it is the whole hot swap: requests hold the one they started with."""
+    """One per app. ``att`` is the current attributor (None until loaded) and
+    ``kind`` the store kind serving it (``service.kinds``: chosen by the
+    store's ``model.kind`` at load, both replaced together); replacing them
+    is the whole hot swap: requests hold the pair they started with."""
 
     def __init__(self, settings: Settings):
         self.s = settings
-        self.att: Attributor | None = None
+        self.att = None  # influence.attributor.Attributor or influence.text.attributor.TextAttributor
+        self.kind: Kind | None = None
         self.batch_invariant: bool | None = None  # of the current att (see batcher.batch_invariant)
         self.load_error: str | None = "loading"
         self.stats = Stats()
@@ -104,19 +107,21 @@ class Runtime:
                 return {"previous_version": prev, "store_version": prev, "changed": False, "load_s": 0.0}
             t0 = time.perf_counter()
             store = await asyncio.to_thread(open_store, self.s.store, target)
-            att = await asyncio.to_thread(Attributor, store, self.s.device)
-            invariant = await asyncio.to_thread(batch_invariant, att, self.s.readout_block)
+            kind = kind_of(store.manifest)
+            att = await asyncio.to_thread(kind.load, store, self.s.device)
+            invariant = await asyncio.to_thread(kind.invariant, att, self.s.readout_block)
             if not invariant:
                 log.warning("store %s: a query's scores depend on its position in a readout block on this host "
                             "(BLAS kernel choice): answers may differ in the last bits with concurrent traffic",
                             att.version)
-            self.att, self.load_error, self.batch_invariant = att, None, invariant
+            self.att, self.kind, self.load_error, self.batch_invariant = att, kind, None, invariant
             self.stats.m_reloads.inc()
             self._tasks = [t for t in self._tasks if not t.done()]
             if prev and self.s.cache_ttl_s:
                 self._tasks.append(asyncio.get_running_loop().create_task(self._drop_cache(prev)))
             dt = time.perf_counter() - t0
-            log.info("serving store %s (was %s) on %s, loaded in %.2f s", att.version, prev, att.device, dt)
+            log.info("serving %s store %s (was %s) on %s, loaded in %.2f s", kind.name, att.version, prev,
+                     att.device, dt)
             return {"previous_version": prev, "store_version": att.version, "changed": True, "load_s": round(dt, 4)}
 
     async def _drop_cache(self, version: str) -> None:

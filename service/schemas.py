@@ -4,13 +4,19 @@ Scores are ``τ`` of the method page, in units of the chosen model output
 (margin, loss or log-probability) per unit upweighting of the example or
 source: ``τ > 0`` means it pushed the output up. Credit is in integer units
 (``credit_units`` per recorded query, 1,000,000 by default); times are UTC.
+
+A query is one of three forms, told apart by its keys: ``{"input": [...]}``
+(a vector store: ``model.kind == "mlp"``), ``{"text": "..."}`` or
+``{"prompt": "...", "completion": "..."}`` (a text store: ``"gpt"``). Which
+forms the served store takes is decided by ``service.kinds``; a form the
+store does not take is a 422 naming the field.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 Granularity = Literal["sources", "examples", "both"]
 OutputKind = Literal["margin", "loss", "logprob"]
@@ -23,18 +29,78 @@ class _Strict(BaseModel):
 
 
 class Query(_Strict):
-    """One model input (flattened, ``in_dim`` finite numbers)."""
+    """One model input of a vector store (flattened, ``in_dim`` finite numbers)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"input": [0.0] * 64, "target": 3}]})
 
     input: list[float] = Field(..., min_length=1, max_length=1_000_000, description="model input, flattened")
     target: int | None = Field(None, description="class index to attribute; default: the predicted class")
     client_id: str | None = Field(None, max_length=200, description="echoed back unchanged")
 
 
+_TEXT_CAP = 1_000_000  # a parse-time cap; the served limit is the setting max_text_chars
+
+
+class TextQuery(_Strict):
+    """A text store's query: f = mean log-probability of the text's tokens,
+    each given the ones before it (at least 2, at most the model's context
+    + 1 = 65 tokens)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"text": "The jury said the election was fair."}]})
+
+    text: str = Field(..., min_length=1, max_length=_TEXT_CAP, description="raw text (or corpus tokens, see "
+                      "pretokenized)")
+    pretokenized: bool = Field(False, description="whitespace-separated corpus tokens, encoded as they are")
+    client_id: str | None = Field(None, max_length=200, description="echoed back unchanged")
+
+
+class PromptQuery(_Strict):
+    """A text store's query: f = mean log-probability of the completion's
+    tokens given the prompt (prompt + completion at most 65 tokens)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"prompt": "The jury said", "completion":
+                                                               "the election was fair."}]})
+
+    prompt: str = Field(..., min_length=1, max_length=_TEXT_CAP, description="context, not scored")
+    completion: str = Field(..., min_length=1, max_length=_TEXT_CAP, description="the tokens f is taken over")
+    pretokenized: bool = Field(False, description="whitespace-separated corpus tokens, encoded as they are")
+    client_id: str | None = Field(None, max_length=200, description="echoed back unchanged")
+
+
+def _query_form(v: Any) -> str:
+    """The union member by the keys present (``input`` wins; none: the vector
+    form, whose errors then name the missing ``input``). The tags hold ``[``
+    so that error paths leave them out (``service.errors``)."""
+    if isinstance(v, dict):
+        keys = v.keys()
+    elif isinstance(v, BaseModel):
+        keys = type(v).model_fields.keys()
+    else:
+        return "query[vector]"
+    if "input" in keys:
+        return "query[vector]"
+    if "text" in keys:
+        return "query[text]"
+    if "prompt" in keys or "completion" in keys:
+        return "query[prompt]"
+    return "query[vector]"
+
+
+AnyQuery = Annotated[
+    Annotated[Query, Tag("query[vector]")] | Annotated[TextQuery, Tag("query[text]")]
+    | Annotated[PromptQuery, Tag("query[prompt]")],
+    Discriminator(_query_form),
+]
+
+
 class AttributionRequest(_Strict):
-    queries: list[Query] = Field(..., min_length=1, description="one or more queries")
+    queries: list[AnyQuery] = Field(..., min_length=1, description="one or more queries, all of the form the "
+                                    "served store takes: input (vector store) or text / prompt + completion "
+                                    "(text store)")
     top_k: int = Field(10, ge=1, description="sources / examples returned per query")
     granularity: Granularity = "sources"
-    output: OutputKind = Field("margin", description="model output the scores are taken of")
+    output: OutputKind | None = Field(None, description="model output the scores are taken of; default margin "
+                                      "(vector store), logprob (text store: the only one)")
     order: Order = Field("positive", description="positive: most helpful first; negative: most harmful; abs")
     record: bool = Field(True, description="false: do not count this request in the aggregates")
 
@@ -65,6 +131,35 @@ class Attribution(BaseModel):
     cached: bool = False
 
 
+class SourceName(BaseModel):
+    id: str
+    name: str = Field(..., description="display name (the store's source_names)")
+    score: float
+
+
+class DocumentScore(BaseModel):
+    index: int = Field(..., description="row of the store's training documents")
+    id: str = Field(..., description="document id")
+    source: str
+    genre: str | None = Field(None, description="the document's genre, when the corpus has genres (Brown)")
+    snippet: str = Field(..., description="the document's first words")
+    score: float
+
+
+class TextAttribution(BaseModel):
+    """A text query's answer: f, its tokens' log-probabilities, publishers and documents."""
+
+    client_id: str | None = None
+    logprob: float = Field(..., description="f: mean log-probability (natural log) of the scored tokens")
+    token_logprobs: list[float] = Field(..., description="log p of each scored token given its prefix, in order")
+    n_tokens: int = Field(..., description="tokens of the query (prompt + completion)")
+    n_targets: int = Field(..., description="tokens f is taken over")
+    oov: int = Field(..., description="tokens out of the vocabulary (scored as <unk>)")
+    sources: list[SourceName] | None = None
+    examples: list[DocumentScore] | None = None
+    cached: bool = False
+
+
 class Timings(BaseModel):
     queue_ms: float = Field(..., description="waiting for a batch, milliseconds")
     readout_ms: float = Field(..., description="the batched readout this request rode on, milliseconds")
@@ -77,7 +172,7 @@ class AttributionResponse(BaseModel):
     store_version: str
     output: OutputKind
     granularity: Granularity
-    attributions: list[Attribution]
+    attributions: list[Attribution | TextAttribution]
     recorded: bool = Field(..., description="credit counted in the aggregates (now, or journaled for replay)")
     timings: Timings
 

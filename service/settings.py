@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     max_queries: int = Field(64, ge=1, description="queries per request")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="request body size, bytes")
     max_top_k: int = Field(100, ge=1, description="largest top_k a request may ask for")
+    max_text_chars: int = Field(4000, ge=1, description="characters per text query (text, or prompt + completion)")
 
     # micro-batcher
     batching: bool = Field(True, description="merge concurrent requests into one readout (off: one per request)")

@@ -1,0 +1,330 @@
+"""Store kinds: the one place where the served store's ``manifest.model.kind``
+decides how a request is read, scored and answered.
+
+``kind_of(manifest)`` picks a :class:`Kind` when a store version is loaded
+(``Runtime.reload``); the runtime keeps it next to the attributor, and
+``service.attribute`` only ever talks to that pair. A kind knows
+
+* how to load its attributor and probe that a query's numbers do not depend
+  on the batch it rides in (``load``, ``invariant``);
+* which query forms it takes and their limits (``prepare``: a 422 naming the
+  field for anything else, before any work);
+* what to hash for the result cache, how the batcher scores its rows and how
+  a readout becomes answers and per-source credit (``answers``).
+
+Kinds: ``mlp`` (vector store: ``{"input": [...], "target": c}``, outputs
+margin / loss / logprob) and ``gpt`` (text store: ``{"text": ...}`` or
+``{"prompt": ..., "completion": ...}``, f = mean log-probability).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from influence.attributor import Attributor, top_k
+from influence.errors import QueryError, StoreError
+from influence.store import Manifest, Store
+from influence.text.attributor import TextAttributor
+from influence.text.attributor import TextQuery as Encoded
+
+from .batcher import Batcher, batch_invariant
+from .credit import credit, output_sign
+from .errors import ApiError, invalid
+from .schemas import AttributionRequest, PromptQuery, Query, TextQuery
+from .settings import Settings
+
+Answers = list[tuple[dict, dict[str, int]]]  # per query: (attribution, credit units by source id)
+SNIPPET_CHARS = 200  # of a document's snippet in an answer
+
+
+class Kind:
+    """The interface; see the module doc. ``rows`` is whatever the kind's
+    readout takes for a request's queries; ``tags`` are per query
+    ``(text, bytes)`` that identify it in the result cache."""
+
+    name: str
+    playground = False  # the dashboard playground's example endpoints serve it (vector inputs)
+
+    def load(self, store: Store, device: str | None):
+        raise NotImplementedError
+
+    def invariant(self, att, block: int) -> bool:
+        raise NotImplementedError
+
+    def output(self, req: AttributionRequest) -> str:
+        raise NotImplementedError
+
+    def prepare(self, att, req: AttributionRequest, s: Settings) -> tuple[object, list[tuple[str, bytes]]]:
+        raise NotImplementedError
+
+    def take(self, rows, idx: list[int]):
+        raise NotImplementedError
+
+    def submit(self, batcher: Batcher, att, rows, n: int, output: str, examples: bool) -> Awaitable:
+        raise NotImplementedError
+
+    def answers(self, att, req: AttributionRequest, output: str, s: Settings, r, rows) -> Answers:
+        raise NotImplementedError
+
+
+def _wrong_form(i: int, q) -> str:
+    return f"queries[{i}]." + ("input" if isinstance(q, Query) else "text" if isinstance(q, TextQuery) else "prompt")
+
+
+def _tops(r, req: AttributionRequest):
+    """Iterators of (values, indices) rows of the top sources / examples (or None)."""
+    src_top = ex_top = None
+    if req.granularity in ("sources", "both"):
+        vals, idx = top_k(r.sources, req.top_k, req.order)
+        src_top = zip(vals.tolist(), idx.tolist(), strict=True)
+    if req.granularity in ("examples", "both"):
+        vals, idx = top_k(r.examples, req.top_k, req.order)
+        ex_top = zip(vals.tolist(), idx.tolist(), strict=True)
+    return src_top, ex_top
+
+
+# ---- vector stores (model.kind == "mlp") --------------------------------------------------------------------------
+class VectorKind(Kind):
+    name = "mlp"
+    playground = True
+
+    def load(self, store: Store, device: str | None) -> Attributor:
+        return Attributor(store, device)
+
+    def invariant(self, att: Attributor, block: int) -> bool:
+        return batch_invariant(att, block)
+
+    def output(self, req: AttributionRequest) -> str:
+        return req.output or "margin"
+
+    def prepare(self, att: Attributor, req: AttributionRequest, s: Settings):
+        """Shapes and values -> (x ``(B, d)`` float32, y ``(B,)`` (-1 = predicted))."""
+        d, c = att.spec.in_dim, att.spec.n_classes
+        if req.granularity != "sources" and att.examples is None:
+            raise invalid("granularity", "this store holds no per-example responses")
+        for i, q in enumerate(req.queries):
+            if not isinstance(q, Query):
+                raise invalid(_wrong_form(i, q), 'this store holds a classifier (kind mlp): it takes numeric '
+                              'queries {"input": [...]}, not text')
+            if len(q.input) != d:
+                raise invalid(f"queries[{i}].input", f"expected {d} values, got {len(q.input)}")
+            if q.target is not None and not 0 <= q.target < c:
+                raise invalid(f"queries[{i}].target", f"must be a class index in [0, {c})")
+        with np.errstate(over="ignore"):  # a finite float64 beyond float32's range becomes inf: rejected below
+            xn = np.array([q.input for q in req.queries], dtype=np.float32)
+        finite = np.isfinite(xn).all(1)
+        if not finite.all():
+            raise invalid(f"queries[{int(np.argmin(finite))}].input", "values must be finite float32 numbers")
+        y = torch.tensor([-1 if q.target is None else q.target for q in req.queries], dtype=torch.long)
+        x = torch.from_numpy(xn)
+        tags = [(str(int(y[i])), x[i].numpy().tobytes()) for i in range(len(x))]
+        return (x, y), tags
+
+    def take(self, rows, idx: list[int]):
+        x, y = rows
+        return x[idx], y[idx]
+
+    def submit(self, batcher: Batcher, att, rows, n: int, output: str, examples: bool):
+        return batcher.submit(att, rows[0], rows[1], output, examples)
+
+    def answers(self, att: Attributor, req: AttributionRequest, output: str, s: Settings, r, rows) -> Answers:
+        """Top-k runs once over the batch's rows, tensors become lists once."""
+        man = att.manifest
+        probs, preds, tgts = r.probs.tolist(), r.pred.tolist(), r.target.tolist()
+        src_rows = r.sources.tolist()
+        src_top, ex_top = _tops(r, req)
+        sign, ids, ex_src = output_sign(output), man.source_ids, man.example_source
+        out = []
+        for j, (p, pred, tgt) in enumerate(zip(probs, preds, tgts, strict=True)):
+            a = {"prediction": {"index": pred, "label": man.classes[pred], "probability": p[pred]},
+                 "target": {"index": tgt, "label": man.classes[tgt], "probability": p[tgt]},
+                 "sources": None, "examples": None, "cached": False}
+            if src_top is not None:
+                vs, ix = next(src_top)
+                a["sources"] = [{"id": ids[i], "score": v} for v, i in zip(vs, ix, strict=True)]
+            if ex_top is not None:
+                vs, ix = next(ex_top)
+                a["examples"] = [{"index": i, "source": ids[ex_src[i]], "score": v}
+                                 for v, i in zip(vs, ix, strict=True)]
+            units = credit(src_rows[j], s.credit_units, s.credit_rule, sign)
+            out.append((a, {ids[i]: u for i, u in units.items()}))
+        return out
+
+
+# ---- text stores (model.kind == "gpt") ----------------------------------------------------------------------------
+@dataclass
+class TextReadout:
+    """One request's rows of a batched text readout (CPU): ``logprob (b,)``,
+    ``token_logprobs`` per query, ``sources (b, S)``, ``examples (b, n)``."""
+
+    version: str
+    logprob: torch.Tensor
+    token_logprobs: list[list[float]]
+    sources: torch.Tensor
+    examples: torch.Tensor
+    queue_s: float = 0.0
+    readout_s: float = 0.0
+    batch_queries: int = 0
+
+
+def text_readout_rows(att: TextAttributor, queries: list[Encoded], block: int):
+    """Score ``queries`` in calls of exactly ``block + 1`` rows of exactly
+    context + 1 tokens: each block is filled up with filler rows and always
+    ends with one of the full length, so every call has the same shape
+    (right padding with masks; causal attention keeps rows independent) and
+    a query's numbers do not depend on what it is batched with. -> CPU
+    (logprob, token log-probabilities, sources, examples)."""
+    fill = Encoded([0] * (att.spec.context + 1), 1, 0)
+    lp, toks, src, ex = [], [], [], []
+    for s in range(0, len(queries), block):
+        part = queries[s:s + block]
+        sc = att.score(part + [fill] * (block + 1 - len(part)))
+        k = len(part)
+        lp.append(sc.logprob[:k])
+        toks += sc.token_logprobs[:k]
+        src.append(sc.sources[:k])
+        ex.append(sc.examples[:k])
+    return torch.cat(lp).cpu(), toks, torch.cat(src).cpu(), torch.cat(ex).cpu()
+
+
+def text_readout(att: TextAttributor, rows: list[list[Encoded]], examples: list[bool], block: int) -> list[TextReadout]:
+    """The text store's ``ReadoutFn`` (``service.batcher``)."""
+    lp, toks, src, ex = text_readout_rows(att, [q for r in rows for q in r], block)
+    out, s = [], 0
+    for r in rows:
+        e = s + len(r)
+        out.append(TextReadout(att.version, lp[s:e], toks[s:e], src[s:e], ex[s:e]))
+        s = e
+    return out
+
+
+def text_batch_invariant(att: TextAttributor, block: int) -> bool:
+    """``batch_invariant`` for a text store: ``block`` random queries of
+    random lengths, read out rolled to every offset of the block."""
+    gen = torch.Generator().manual_seed(0)
+    ctx, vocab = att.spec.context, att.spec.vocab
+    qs = []
+    for _ in range(block):
+        n = int(torch.randint(2, ctx + 2, (1,), generator=gen))
+        ids = torch.randint(0, vocab, (n,), generator=gen).tolist()
+        qs.append(Encoded(ids, int(torch.randint(1, n, (1,), generator=gen)), sum(i == 0 for i in ids)))
+    base = text_readout_rows(att, qs, block)
+    for shift in range(1, block):
+        rolled = text_readout_rows(att, qs[-shift:] + qs[:-shift], block)
+        lp, toks, src, ex = rolled
+        if not (torch.equal(base[0].roll(shift, 0), lp) and base[1][-shift:] + base[1][:-shift] == toks
+                and torch.equal(base[2].roll(shift, 0), src) and torch.equal(base[3].roll(shift, 0), ex)):
+            return False
+    return True
+
+
+class TextKind(Kind):
+    name = "gpt"
+
+    def load(self, store: Store, device: str | None) -> TextAttributor:
+        return TextAttributor(store, device)
+
+    def invariant(self, att: TextAttributor, block: int) -> bool:
+        return text_batch_invariant(att, block)
+
+    def output(self, req: AttributionRequest) -> str:
+        return "logprob"
+
+    def prepare(self, att: TextAttributor, req: AttributionRequest, s: Settings):
+        """Forms and limits (characters, then tokens: at least 2, at most the
+        context + 1) -> encoded queries."""
+        if req.output not in (None, "logprob"):
+            raise invalid("output", "a text store answers logprob only (f = mean log-probability of the tokens)")
+        tok, most = att.tokenizer, att.spec.context + 1
+        out = []
+        for i, q in enumerate(req.queries):
+            at = f"queries[{i}]"
+            if isinstance(q, Query):
+                raise invalid(f"{at}.input", 'this store holds a language model (kind gpt): it takes text '
+                              'queries {"text": "..."} or {"prompt": "...", "completion": "..."}, not numbers')
+            if isinstance(q, TextQuery):
+                fields = [f"{at}.text"]
+                chars = len(q.text)
+            else:
+                fields = [f"{at}.prompt", f"{at}.completion"]
+                chars = len(q.prompt) + len(q.completion)
+            if chars > s.max_text_chars:
+                _refuse(fields, f"at most {s.max_text_chars} characters per query, got {chars}")
+            if isinstance(q, TextQuery):
+                n = len(tok.tokenize(q.text, q.pretokenized))
+                if n < 2:
+                    _refuse(fields, f"needs at least 2 tokens (one to predict after one of context), got {n}")
+            else:
+                pw, cw = (len(tok.tokenize(t, q.pretokenized)) for t in (q.prompt, q.completion))
+                if not pw or not cw:
+                    _refuse([fields[0] if not pw else fields[1]], "needs at least one token")
+                n = pw + cw
+            if n > most:
+                _refuse(fields, f"{n} tokens: at most {most} per query (the model's context of "
+                        f"{att.spec.context} + 1)")
+            try:
+                if isinstance(q, PromptQuery):
+                    out.append(att.encode(prompt=q.prompt, completion=q.completion, pretokenized=q.pretokenized))
+                else:
+                    out.append(att.encode(text=q.text, pretokenized=q.pretokenized))
+            except QueryError as e:  # (the checks above come first; this keeps any other refusal a 422)
+                _refuse(fields, e.problem)
+        tags = [(f"text:{e.n_targets}", np.asarray(e.ids, dtype=np.int64).tobytes()) for e in out]
+        return out, tags
+
+    def take(self, rows, idx: list[int]):
+        return [rows[i] for i in idx]
+
+    def submit(self, batcher: Batcher, att, rows, n: int, output: str, examples: bool):
+        return batcher.submit_rows(att, rows, n, (id(att), "text"), examples, text_readout)
+
+    def answers(self, att: TextAttributor, req: AttributionRequest, output: str, s: Settings, r, rows) -> Answers:
+        man, docs = att.manifest, att.documents
+        ids = man.source_ids
+        names = man.extra.get("source_names") or ids
+        lps, src_rows = r.logprob.tolist(), r.sources.tolist()
+        src_top, ex_top = _tops(r, req)
+        sign = output_sign(output)
+        out = []
+        for j, q in enumerate(rows):
+            a = {"logprob": lps[j], "token_logprobs": r.token_logprobs[j], "n_tokens": len(q.ids),
+                 "n_targets": q.n_targets, "oov": q.oov, "sources": None, "examples": None, "cached": False}
+            if src_top is not None:
+                vs, ix = next(src_top)
+                a["sources"] = [{"id": ids[i], "name": names[i], "score": v} for v, i in zip(vs, ix, strict=True)]
+            if ex_top is not None:
+                vs, ix = next(ex_top)
+                a["examples"] = [_document(docs, i, v) for v, i in zip(vs, ix, strict=True)]
+            units = credit(src_rows[j], s.credit_units, s.credit_rule, sign)
+            out.append((a, {ids[i]: u for i, u in units.items()}))
+        return out
+
+
+def _document(docs: list[dict], i: int, score: float) -> dict:
+    d = docs[i]
+    out = {"index": i, "id": str(d["id"]), "source": d["source"]}
+    if d.get("genre") is not None:
+        out["genre"] = d["genre"]
+    snip = d.get("snippet", "")
+    out["snippet"] = snip if len(snip) <= SNIPPET_CHARS else snip[:SNIPPET_CHARS - 1] + "…"
+    out["score"] = score
+    return out
+
+
+def _refuse(fields: list[str], reason: str):
+    raise ApiError(422, "invalid_request", f"{fields[0]}: {reason}", [(f, reason) for f in fields])
+
+
+KINDS: dict[str, Kind] = {"mlp": VectorKind(), "gpt": TextKind()}
+
+
+def kind_of(manifest: Manifest) -> Kind:
+    """The kind serving a store version (the only ``model.kind`` dispatch of the service)."""
+    kind = getattr(manifest.model, "kind", "mlp")
+    if kind not in KINDS:
+        raise StoreError(f"store {manifest.version}: model kind {kind!r} cannot be served (have {sorted(KINDS)})")
+    return KINDS[kind]

@@ -1,0 +1,250 @@
+"""A text store (``model.kind == "gpt"``) served over a real uvicorn and a
+real Redis: text and prompt/completion queries answer with f, per-token
+log-probabilities, publishers and documents equal to ``TextAttributor.score``;
+wrong query forms and over-long queries are 422s naming the field; answers
+are bit-identical with batching on and off for a mixed-length burst; a
+recorded query credits the publishers by the credit rule."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from influence.store import open_store
+from influence.text.attributor import TextAttributor
+from service.credit import credit
+from service.settings import Settings
+
+from .util import REDIS_URL, query, serve, strip_volatile
+
+TINY = ["model.d=8", "model.heads=2", "model.layers=1", "method.rank=48", "method.curvature_subset=8",
+        "method.steps=50", "method.compress_rank=16"]
+
+
+def _corpus(path: Path) -> Path:
+    """40 documents of 300 words from 3 publishers with their own favourite words."""
+    rng = np.random.default_rng(0)
+    common = [f"w{i}" for i in range(60)]
+    lines = []
+    for d in range(40):
+        s = d % 3
+        own = [f"s{s}x{i}" for i in range(15)]
+        words = rng.choice(common + own * 3, size=300)
+        lines.append(json.dumps({"id": f"d{d:03d}", "source": f"pub-{s}", "text": " ".join(words)}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def text_store(tmp_path_factory) -> Path:
+    """A tiny text store built by the worker (read only)."""
+    from worker.config import load_config
+    from worker.lm_pipeline import build
+
+    tmp = tmp_path_factory.mktemp("text-store")
+    data = _corpus(tmp / "docs.jsonl")
+    cfg = load_config("brown", overrides=[f'data.path="{data}"', f'store.root="{tmp / "store"}"', *TINY])
+    build(cfg, progress=False)
+    return tmp / "store"
+
+
+@pytest.fixture(scope="session")
+def text_att(text_store) -> TextAttributor:
+    return TextAttributor(open_store(text_store), "cpu")
+
+
+@pytest.fixture
+def text_settings(text_store, prefix, tmp_path):
+    def make(**over) -> Settings:
+        base = dict(store=text_store, redis_url=REDIS_URL, redis_prefix=prefix, data_dir=tmp_path / "var",
+                    max_wait_ms=1.0, replay_interval_s=0.2)
+        return Settings(_env_file=None, **{**base, **over})
+
+    return make
+
+
+@pytest.fixture
+def text_server(text_settings):
+    s = text_settings()
+    with serve(s) as base:
+        yield base, s
+
+
+def _fields(r: httpx.Response) -> list[str]:
+    err = r.json()["error"]
+    assert err["status"] == r.status_code == 422 and "Traceback" not in r.text
+    return [f["path"] for f in err.get("fields", [])]
+
+
+def _words(n: int, seed: int = 0) -> str:
+    rng = np.random.default_rng(seed)
+    pool = [f"w{i}" for i in range(60)] + [f"s{s}x{i}" for s in range(3) for i in range(15)]
+    return " ".join(rng.choice(pool, size=n))
+
+
+def test_text_and_prompt_queries_match_the_library(text_server, text_att):
+    base, _ = text_server
+    ready = httpx.get(base + "/readyz").json()
+    assert ready["batch_invariant"] is True
+    info = httpx.get(base + "/v1/store").json()
+    assert info["model"]["kind"] == "gpt" and info["source_ids"] == ["pub-0", "pub-1", "pub-2"]
+    qs = [{"text": "W1 w2 zzz s0x1 w5, w7.", "client_id": "a"},
+          {"prompt": "w3 w4", "completion": "s1x2 s1x4 w9"},
+          {"text": "s2x1 s2x2 w0 w1", "pretokenized": True}]
+    r = httpx.post(base + "/v1/attributions", json={"queries": qs, "granularity": "both", "top_k": 3,
+                                                    "record": False})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["output"] == "logprob" and out["store_version"] == text_att.version
+    enc = [text_att.encode(text="W1 w2 zzz s0x1 w5, w7."), text_att.encode(prompt="w3 w4", completion="s1x2 s1x4 w9"),
+           text_att.encode(text="s2x1 s2x2 w0 w1", pretokenized=True)]
+    names = text_att.manifest.extra["source_names"]
+    for a, q, e in zip(out["attributions"], qs, enc, strict=True):
+        ref = text_att.score([e])
+        assert a["client_id"] == q.get("client_id")
+        assert a["oov"] == e.oov and a["n_targets"] == e.n_targets and a["n_tokens"] == len(e.ids)
+        assert len(a["token_logprobs"]) == e.n_targets
+        torch.testing.assert_close(torch.tensor(a["token_logprobs"]), torch.tensor(ref.token_logprobs[0]),
+                                   rtol=1e-5, atol=1e-6)
+        assert abs(a["logprob"] - float(ref.logprob[0])) < 1e-5
+        assert abs(a["logprob"] - sum(a["token_logprobs"]) / e.n_targets) < 1e-5
+        top = torch.topk(ref.sources[0], 3)
+        assert [s["id"] for s in a["sources"]] == [text_att.manifest.source_ids[i] for i in top.indices.tolist()]
+        assert [s["name"] for s in a["sources"]] == [names[i] for i in top.indices.tolist()]
+        scale = ref.sources.abs().max().item()
+        torch.testing.assert_close(torch.tensor([s["score"] for s in a["sources"]]), top.values, rtol=1e-4,
+                                   atol=1e-5 * scale)
+        topx = torch.topk(ref.examples[0], 3)
+        assert [d["index"] for d in a["examples"]] == topx.indices.tolist()
+        torch.testing.assert_close(torch.tensor([d["score"] for d in a["examples"]]), topx.values, rtol=1e-4,
+                                   atol=1e-5 * ref.examples.abs().max().item())
+        for d in a["examples"]:
+            doc = text_att.documents[d["index"]]
+            assert d["id"] == doc["id"] and d["source"] == doc["source"] and doc["snippet"].startswith(d["snippet"])
+            assert "genre" not in d  # this corpus has none
+    assert out["attributions"][0]["oov"] == 3  # "zzz", "," and "." (this corpus has no punctuation)
+    # only sources by default; a repeat is served from the cache, unchanged
+    body = {"queries": qs[:2], "top_k": 100}
+    first = httpx.post(base + "/v1/attributions", json=body).json()
+    second = httpx.post(base + "/v1/attributions", json=body).json()
+    assert first["attributions"][0]["examples"] is None and len(first["attributions"][0]["sources"]) == 3
+    assert [a["cached"] for a in second["attributions"]] == [True, True]
+    assert strip_volatile(first) == strip_volatile(second)
+
+
+def test_wrong_query_form_is_a_422_naming_the_field(text_server, server, train_x):
+    text_base, _ = text_server
+    vec_base, _ = server
+    cases = [
+        (text_base, {"queries": [{"text": "w1 w2"}, query(train_x[0])]}, "queries[1].input"),
+        (text_base, {"queries": [{"text": "w1 w2"}], "output": "margin"}, "output"),
+        (text_base, {"queries": [{"text": "w1 w2", "target": 3}]}, "queries[0].target"),
+        (text_base, {"queries": [{"text": 3}]}, "queries[0].text"),
+        (text_base, {"queries": [{"text": "w1 w2", "pretokenized": "yes"}]}, "queries[0].pretokenized"),
+        (text_base, {"queries": [{"prompt": "w1 w2"}]}, "queries[0].completion"),
+        (vec_base, {"queries": [query(train_x[0]), {"text": "w1 w2"}]}, "queries[1].text"),
+        (vec_base, {"queries": [{"prompt": "w1", "completion": "w2"}]}, "queries[0].prompt"),
+    ]
+    for base, body, path in cases:
+        r = httpx.post(base + "/v1/attributions", json=body)
+        assert r.status_code == 422, (body, r.text)
+        assert path in _fields(r), (path, r.json())
+        assert r.json()["error"]["message"].startswith(path), r.json()
+    for base in (text_base, vec_base):
+        assert httpx.get(base + "/v1/stats").json()["batches"] == 0  # nothing reached the readout
+
+
+def test_limits_tokens_characters_queries(text_settings):
+    with serve(text_settings(max_text_chars=300, max_queries=4)) as base:
+        post = lambda body: httpx.post(base + "/v1/attributions", json={**body, "record": False})  # noqa: E731
+        ok = post({"queries": [{"text": _words(65)}]})
+        assert ok.status_code == 200, ok.text
+        assert ok.json()["attributions"][0]["n_tokens"] == 65
+        long = post({"queries": [{"text": "w1 w2"}, {"text": _words(66)}]})
+        assert _fields(long) == ["queries[1].text"] and "66 tokens: at most 65" in long.json()["error"]["message"]
+        pair = post({"queries": [{"prompt": _words(40), "completion": _words(26, 1)}]})
+        assert _fields(pair) == ["queries[0].prompt", "queries[0].completion"]
+        chars = post({"queries": [{"text": "w1 " + "w2" * 200}]})
+        assert _fields(chars) == ["queries[0].text"] and "at most 300 characters" in chars.json()["error"]["message"]
+        for short in ({"text": "w1"}, {"text": "   "}, {"prompt": " ", "completion": "w1"}):
+            assert post({"queries": [short]}).status_code == 422, short
+        assert _fields(post({"queries": [{"text": "w1 w2"}] * 5})) == ["queries"]
+        assert httpx.get(base + "/v1/stats").json()["batches"] == 1  # only the good request was read out
+
+
+def _text_requests() -> list[dict]:
+    """12 requests of 1-3 text queries of 2 to 65 tokens, mixed forms and options."""
+    out, k = [], 0
+    for n in range(12):
+        qs = []
+        for _ in range(1 + n % 3):
+            k += 1
+            length = 2 + (k * 17) % 64
+            if k % 3 == 0:
+                qs.append({"prompt": _words(length // 2, k), "completion": _words(length - length // 2, 1000 + k)})
+            else:
+                qs.append({"text": _words(length, k) + (" qqq" if k % 4 == 0 else "")})
+        out.append({"queries": qs, "granularity": ("sources", "examples", "both")[n % 3], "top_k": 5,
+                    "order": ("positive", "abs", "negative")[n % 3], "record": False})
+    return out
+
+
+async def _fire(base: str, bodies: list[dict]) -> list[dict]:
+    async with httpx.AsyncClient(base_url=base, timeout=60) as c:
+        rs = await asyncio.gather(*(c.post("/v1/attributions", json=b) for b in bodies))
+    assert all(r.status_code == 200 for r in rs), [r.text for r in rs if r.status_code != 200]
+    return [r.json() for r in rs]
+
+
+def test_text_batching_on_equals_off(text_settings):
+    bodies = _text_requests()
+    lengths = {a for b in bodies for q in b["queries"] for a in [len(" ".join(q.values()).split())]}
+    assert len(lengths) > 10
+    with serve(text_settings(batching=True, max_wait_ms=40, max_batch=16, readout_block=4, cache_ttl_s=0,
+                             adaptive_wait=False)) as base:
+        on = asyncio.run(_fire(base, bodies))
+    with serve(text_settings(batching=False, readout_block=4, cache_ttl_s=0)) as base:
+        off = [asyncio.run(_fire(base, [b]))[0] for b in bodies]
+    assert any(r["timings"]["batch_queries"] > len(b["queries"]) for r, b in zip(on, bodies, strict=True))
+    assert all(r["timings"]["batch_queries"] == len(b["queries"]) for r, b in zip(off, bodies, strict=True))
+    for a, b in zip(on, off, strict=True):
+        assert json.dumps(strip_volatile(a), sort_keys=True) == json.dumps(strip_volatile(b), sort_keys=True)
+
+
+def test_recorded_query_credits_publishers(text_server, text_att):
+    base, s = text_server
+    q = {"text": "s0x1 s0x2 s0x3 w4 w5 s0x6 s0x7"}
+    assert httpx.get(base + "/v1/sources").json()["total_queries"] == 0
+    headers = {"Idempotency-Key": "text-1"}
+    r = httpx.post(base + "/v1/attributions", json={"queries": [q], "top_k": 3}, headers=headers)
+    assert r.status_code == 200 and r.json()["recorded"] is True
+    again = httpx.post(base + "/v1/attributions", json={"queries": [q], "top_k": 3}, headers=headers)
+    assert again.headers.get("idempotent-replayed") == "true"
+    v = httpx.get(base + "/v1/sources").json()
+    assert v["total_queries"] == 1  # the retry counted once
+    got = {x["id"]: x["credit_units"] for x in v["sources"] if x["credit_units"]}
+    scores = [sc["score"] for sc in sorted(r.json()["attributions"][0]["sources"],
+                                           key=lambda sc: text_att.manifest.source_ids.index(sc["id"]))]
+    want = {text_att.manifest.source_ids[i]: u for i, u in credit(scores, s.credit_units, s.credit_rule).items()}
+    assert got == want and sum(got.values()) == s.credit_units
+    ref = text_att.score([text_att.encode(text=q["text"])]).sources[0]
+    assert set(got) == {text_att.manifest.source_ids[i] for i in range(3) if ref[i] > 0}
+
+
+def test_openapi_shows_both_query_forms(text_server):
+    base, _ = text_server
+    for path in ("/v1/playground/examples", "/v1/playground/training/0"):  # vector inputs only: 404, never a 500
+        assert httpx.get(base + path).status_code == 404
+    doc = httpx.get(base + "/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+    assert {"Query", "TextQuery", "PromptQuery", "TextAttribution"} <= set(schemas)
+    assert schemas["TextQuery"]["examples"] and schemas["PromptQuery"]["examples"]
+    body = doc["paths"]["/v1/attributions"]["post"]["requestBody"]["content"]["application/json"]
+    assert {"vector", "text", "prompt"} <= set(body["examples"])
+    assert "text" in body["examples"]["text"]["value"]["queries"][0]
