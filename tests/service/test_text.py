@@ -21,24 +21,10 @@ from influence.text.attributor import TextAttributor
 from service.credit import credit
 from service.settings import Settings
 
+from ..text_corpus import TINY_GPT, write_corpus
 from .util import REDIS_URL, query, serve, strip_volatile
 
-TINY = ["model.d=8", "model.heads=2", "model.layers=1", "method.rank=48", "method.curvature_subset=8",
-        "method.steps=50", "method.compress_rank=16"]
-
-
-def _corpus(path: Path) -> Path:
-    """40 documents of 300 words from 3 publishers with their own favourite words."""
-    rng = np.random.default_rng(0)
-    common = [f"w{i}" for i in range(60)]
-    lines = []
-    for d in range(40):
-        s = d % 3
-        own = [f"s{s}x{i}" for i in range(15)]
-        words = rng.choice(common + own * 3, size=300)
-        lines.append(json.dumps({"id": f"d{d:03d}", "source": f"pub-{s}", "text": " ".join(words)}))
-    path.write_text("\n".join(lines) + "\n")
-    return path
+TINY = [*TINY_GPT, "method.compress_rank=16"]
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +34,7 @@ def text_store(tmp_path_factory) -> Path:
     from worker.lm_pipeline import build
 
     tmp = tmp_path_factory.mktemp("text-store")
-    data = _corpus(tmp / "docs.jsonl")
+    data = write_corpus(tmp / "docs.jsonl")
     cfg = load_config("brown", overrides=[f'data.path="{data}"', f'store.root="{tmp / "store"}"', *TINY])
     build(cfg, progress=False)
     return tmp / "store"

@@ -4,7 +4,6 @@ the score CLI."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -20,29 +19,16 @@ from influence.text.lm_math import gradient_scores
 from worker.config import load_config
 from worker.lm_pipeline import build
 
+from ..text_corpus import TINY_GPT, write_corpus
+
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["model.d=8", "model.heads=2", "model.layers=1", "method.rank=48", "method.curvature_subset=8",
-        "method.steps=50"]
-
-
-def _corpus(path: Path) -> Path:
-    """40 documents of 300 words from 3 sources with their own favourite words."""
-    rng = np.random.default_rng(0)
-    common = [f"w{i}" for i in range(60)]
-    lines = []
-    for d in range(40):
-        s = d % 3
-        own = [f"s{s}x{i}" for i in range(15)]
-        words = rng.choice(common + own * 3, size=300)
-        lines.append(json.dumps({"id": f"d{d:03d}", "source": f"pub-{s}", "text": " ".join(words)}))
-    path.write_text("\n".join(lines) + "\n")
-    return path
+TINY = TINY_GPT
 
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lm")
-    data = _corpus(tmp / "docs.jsonl")
+    data = write_corpus(tmp / "docs.jsonl")
     out = {}
     for name, extra in (("exact", ["method.compress_rank=0"]), ("compressed", ["method.compress_rank=36"])):
         cfg = load_config("brown", overrides=[f'data.path="{data}"', f'store.root="{tmp / name}"', *TINY, *extra])

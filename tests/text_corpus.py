@@ -1,0 +1,26 @@
+"""A tiny synthetic JSONL corpus and tiny-GPT overrides shared by the text-store tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+TINY_GPT = ["model.d=8", "model.heads=2", "model.layers=1", "method.rank=48", "method.curvature_subset=8",
+            "method.steps=50"]
+"""``--set`` overrides of the ``brown`` preset: a GPT of a few thousand parameters that builds in seconds."""
+
+
+def write_corpus(path: Path) -> Path:
+    """40 documents of 300 words from 3 publishers (``pub-0..2``) with their own favourite words."""
+    rng = np.random.default_rng(0)
+    common = [f"w{i}" for i in range(60)]
+    lines = []
+    for d in range(40):
+        s = d % 3
+        own = [f"s{s}x{i}" for i in range(15)]
+        words = rng.choice(common + own * 3, size=300)
+        lines.append(json.dumps({"id": f"d{d:03d}", "source": f"pub-{s}", "text": " ".join(words)}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
