@@ -96,6 +96,20 @@ def _orth_cols(M: torch.Tensor) -> torch.Tensor:
     return torch.linalg.qr(M).Q if M.shape[1] else M
 
 
+def _complete(R: torch.Tensor, Ud: torch.Tensor, r: int) -> torch.Tensor:
+    """Extend orthonormal ``R (n, k)`` to ``r`` columns with the top
+    eigenvectors of ``U Uᵀ`` restricted to ``span(R)⊥``: when the probes see
+    fewer than ``r`` directions, the rest of the basis keeps what is largest
+    in ``U`` itself (without this, a basis wider than the probe count is
+    filled with arbitrary null-space vectors)."""
+    if R.shape[1] >= r:
+        return R
+    Z = Ud - R @ (R.T @ Ud)  # (n, p): rows of U with span(R) taken out
+    w, V = torch.linalg.eigh(Z @ Z.T)
+    extra = V[:, w.argsort(descending=True)[: r - R.shape[1]]]
+    return _orth_cols(torch.cat([R, extra - R @ (R.T @ extra)], dim=1))
+
+
 def compress(U: torch.Tensor, doc_source: torch.Tensor, n_sources: int, rank: int,
              probe: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, CompressionStats]:
     """``U (n, p)`` -> basis ``B = Rᵀ U (r, p)`` and coefficients ``C = R
@@ -104,7 +118,8 @@ def compress(U: torch.Tensor, doc_source: torch.Tensor, n_sources: int, rank: in
     source indicators when ``S ≤ r/2`` (then ``A C B = A U``: per-source
     scores exact) and is completed by the top right singular vectors of
     ``Q Uᵀ`` for probe query gradients ``Q (m, p)`` (what a readout sees;
-    ``probe=None``: of ``U`` itself). ``r = min(rank, n)``."""
+    ``probe=None``: of ``U`` itself), then, past what the probes see, by
+    ``U``'s own largest remaining directions. ``r = min(rank, n)``."""
     n = U.shape[0]
     r = min(rank, n)
     Ud = U.double()
@@ -114,8 +129,10 @@ def compress(U: torch.Tensor, doc_source: torch.Tensor, n_sources: int, rank: in
     Rs = _orth_cols(A.T[:, A.sum(1) > 0]) if exact else torch.zeros(n, 0, dtype=torch.float64)
     M = Ud @ Ud.T if probe is None else probe.double() @ Ud.T  # (n, n) Gram or (m, n) probe scores
     M_rest = M - (M @ Rs) @ Rs.T
-    _, _, Vh = torch.linalg.svd(M_rest, full_matrices=False)
-    R = _orth_cols(torch.cat([Rs, Vh[: r - Rs.shape[1]].T], dim=1))
+    _, sv, Vh = torch.linalg.svd(M_rest, full_matrices=False)
+    seen = int((sv > 1e-10 * sv[0].clamp_min(1e-300)).sum()) if len(sv) else 0
+    R = _orth_cols(torch.cat([Rs, Vh[: min(r - Rs.shape[1], seen)].T], dim=1))
+    R = _complete(R, Ud, r)
     B, C = R.T @ Ud, R
     err = Ud - C @ B
     stats = CompressionStats(R.shape[1], exact, (err.norm() / Ud.norm()).item(),

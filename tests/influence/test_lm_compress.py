@@ -47,3 +47,20 @@ def test_score_agreement():
     x = torch.randn(4, 10, dtype=torch.float64)
     assert score_agreement(x, x)["spearman"] == 1.0 and score_agreement(x, x)["rel_error"] == 0.0
     assert abs(score_agreement(x, -x)["spearman"] + 1.0) < 1e-12
+
+
+def test_a_basis_wider_than_the_probes_see_is_completed_by_u_itself():
+    """Q has rank 5, so 3 source columns + 5 probe directions are all the
+    probes can steer; the other 4 of a rank-12 basis must be the best for U
+    (reference: explicit SVD of U with those 8 directions projected out)."""
+    U, src, Q, _ = _problem()
+    B, C, st = compress(U, src, 3, rank=12, probe=Q)
+    assert B.shape == (12, 50)
+    torch.testing.assert_close(C.T @ C, torch.eye(12, dtype=torch.float64), rtol=0, atol=1e-10)
+    assert st.rel_error_probe_scores < 1e-10
+    B8, C8, first8 = compress(U, src, 3, rank=8, probe=Q)
+    Z = U - C8 @ B8
+    s = torch.linalg.svdvals(Z)
+    best = (s[4:].square().sum().sqrt() / U.norm()).item()
+    assert abs(st.rel_error_documents - best) < 1e-10
+    assert st.rel_error_documents < first8.rel_error_documents
