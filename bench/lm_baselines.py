@@ -379,20 +379,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def evaluate_one(tau: np.ndarray, gt, genre: np.ndarray, n_genres: int = 15) -> dict[str, float]:
+    """LDS of one ``tau (m, 450)`` at the levels the ground truth has:
+    ``document``, ``genre`` (sums over each genre) and ``genre_centred``."""
+    row = {}
+    if len(gt.doc_targets) >= 2:
+        row["document"] = lds(tau, gt.doc_subsets, gt.doc_targets)
+    if len(gt.genre_targets) >= 2:
+        tg = to_sources(tau, genre, n_genres)
+        row["genre"] = lds(tg, gt.genre_subsets, gt.genre_targets)
+        row["genre_centred"] = lds(tg, gt.genre_subsets, gt.genre_targets, centred=True)
+    return row
+
+
 def evaluate(taus: dict[str, np.ndarray], gt, genre: np.ndarray, n_genres: int = 15) -> dict:
     """LDS of every baseline on what the ground truth has; prints a table."""
 
     rows = {}
     print(f"LDS on {len(gt.doc_targets)} document subsets, {len(gt.genre_targets)} genre subsets")
     for name, tau in taus.items():
-        tg = to_sources(tau, genre, n_genres)
-        row = {}
-        if len(gt.doc_targets) >= 2:
-            row["doc"] = lds(tau, gt.doc_subsets, gt.doc_targets)
-        if len(gt.genre_targets) >= 2:
-            row["genre"] = lds(tg, gt.genre_subsets, gt.genre_targets)
-            row["genre_centred"] = lds(tg, gt.genre_subsets, gt.genre_targets, centred=True)
-        rows[name] = row
+        rows[name] = row = evaluate_one(tau, gt, genre, n_genres)
         print(f"{name:18s} " + "  ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
     return rows
 

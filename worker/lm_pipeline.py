@@ -23,7 +23,7 @@ from influence.text.corpus import LMCorpus, brown_corpus
 from influence.text.gpt import GPT
 from influence.text.jsonl import load_jsonl_corpus
 from influence.text.lm_math import query_grads
-from influence.text.lm_simulate import compress, score_agreement, simulate_documents
+from influence.text.lm_simulate import compress, probe_grads, score_agreement, simulate_documents
 
 from .config import ConfigError, WorkerConfig
 from .lm_train import BATCH, BETAS, EPOCHS, EPS, LR_MAX, WEIGHT_DECAY, perplexity, train_lm
@@ -59,13 +59,6 @@ PROBES = 256  # training blocks whose output gradients steer the compression (wh
 HELDOUT_CHECK = 64  # held-out windows on which the compression's score error is measured
 
 
-def _probe(model, params, corpus: LMCorpus, seed: int) -> torch.Tensor:
-    """``(m, p)`` gradients of f on random training blocks (no held-out text)."""
-    gen = torch.Generator().manual_seed(seed + 17)
-    idx = torch.randperm(corpus.blocks.shape[0], generator=gen)[:PROBES]
-    return query_grads(model, params, corpus.blocks[idx])
-
-
 def _heldout(corpus: LMCorpus) -> torch.Tensor:
     x, _, _ = corpus.queries(HELDOUT_CHECK, seed=4242)
     return x
@@ -87,7 +80,8 @@ def _member(cfg: WorkerConfig, corpus: LMCorpus, level: str, e: int, bar) -> dic
     doc_source = torch.from_numpy(corpus.train_doc_source[level])
     n_src = len(corpus.source_ids[level])
     if m.compress_rank:
-        basis, coef, cs = compress(resp.U, doc_source, n_src, m.compress_rank, _probe(model, params, corpus, seed))
+        probe = probe_grads(model, params, corpus.blocks, PROBES, seed)
+        basis, coef, cs = compress(resp.U, doc_source, n_src, m.compress_rank, probe)
         held = _heldout(corpus)
         g = query_grads(model, params, held)
         cs.heldout = {"documents": score_agreement(g @ resp.U.T, (g @ basis.T) @ coef.T),

@@ -33,7 +33,7 @@ import torch
 from ..simulate.settings import MethodConfig
 from ..simulate.spectral import LowRankFilter, nystrom
 from .gpt import GPT
-from .lm_math import LMGaussNewton, doc_grads
+from .lm_math import LMGaussNewton, doc_grads, query_grads
 
 
 @dataclass
@@ -90,6 +90,16 @@ class CompressionStats:
     rel_error_sources: float  # |A(U − C B)| / |A U| over the source sums
     rel_error_probe_scores: float | None = None  # |Q(U − C B)ᵀ| / |Q Uᵀ| on the probe queries
     heldout: dict | None = None  # the same on held-out queries, with per-query rank agreement
+
+
+def probe_grads(model: GPT, params: dict[str, torch.Tensor], blocks: torch.Tensor, m: int, seed: int
+                ) -> torch.Tensor:
+    """``(m, p)`` output gradients ``∇f`` on ``m`` random training blocks
+    (seed ``seed + 17``): the query metric that steers ``compress``, drawn
+    from training text only, never held-out text."""
+    gen = torch.Generator().manual_seed(seed + 17)
+    idx = torch.randperm(blocks.shape[0], generator=gen)[:m]
+    return query_grads(model, params, blocks[idx])
 
 
 def _orth_cols(M: torch.Tensor) -> torch.Tensor:
