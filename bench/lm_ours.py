@@ -7,18 +7,23 @@ lm_simulate.simulate_documents``: exact ``U (450, p)``), the query
 gradients ``Q (m, p)`` of the protocol's query windows, and
 
 - ``exact``: ``tau = Q Uᵀ (m, 450)`` — what the forward readout computes
-  (``jvp_scores`` of every row of ``U``; checked here on a few queries);
+  (``jvp_scores`` of the rows of ``U``; checked here on a few queries and
+  documents);
 - ``r{r}_{dtype}``: the compressed store's readout, ``(Q B̃ᵀ) Cᵀ`` with the
-  basis ``B (r, p)`` stored in ``dtype`` (``B̃`` = B rounded to it) and the
-  coefficients ``C (450, r)`` in float32; genres are the compression's
-  sources (15 ≤ r/2: genre sums exact).
+  basis ``B (r, p)`` stored in ``dtype`` (``B̃`` = B rounded to it:
+  float32, bfloat16, or group-wise ``int8`` / ``int4`` codes of
+  ``influence.quant``) and the coefficients ``C (450, r)`` in float32;
+  genres are the compression's sources (15 ≤ r/2: genre sums exact).
 
-Cached as ``ours-e{e}.npz`` beside the ground truth (a killed run resumes).
+Cached as ``ours-e{e}.npz`` beside the ground truth, and the exact ``U`` as
+``ours-e{e}-U.npy`` (418 MB, so new variants need no new simulation).
 Sign: the protocol's (``tau > 0``: including the document raises f(q)).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from dataclasses import dataclass
 
@@ -27,6 +32,7 @@ import torch
 
 from bench.lm_groundtruth import load_full_params
 from bench.lm_protocol import DEFAULT, N_GENRES, N_TRAIN, SPEC, LMProtocol, corpus, doc_genre, queries
+from influence.quant import dequantize, quantize
 from influence.simulate.settings import MethodConfig
 from influence.store import DTYPES
 from influence.text.gpt import GPT
@@ -36,6 +42,16 @@ from worker.config import PRESETS
 
 PROBES = 256
 CHECK_QUERIES = 4
+CHECK_ROWS = 48  # forward readout == gradient dot product, checked on these documents
+QUANT_GROUP = 128
+
+
+def rounded(B: torch.Tensor, dtype: str) -> tuple[torch.Tensor, int]:
+    """``B`` as the store would hold it in ``dtype``, back in float32, and its bytes."""
+    if dtype.startswith("int"):
+        q = quantize(B, int(dtype[3:]), QUANT_GROUP)
+        return dequantize(q), q.nbytes
+    return B.to(DTYPES[dtype]).float(), B.numel() * DTYPES[dtype].itemsize
 
 
 def brown_method() -> MethodConfig:
@@ -72,16 +88,15 @@ def compute_member(e: int, ranks: list[int], dtypes: list[str], p: LMProtocol = 
     params = load_full_params(e, p)
     model = GPT(SPEC, seed=None)
     seed = p.full_seed(e)
-    t = time.perf_counter()
-    resp = simulate_documents(model, params, c.blocks, c.block_document, N_TRAIN, brown_method(), 0.0, seed)
-    secs = {"simulate_s": time.perf_counter() - t}
-    U = resp.U
+    U, diag = _responses(model, params, e, p)
+    secs = {"simulate_s": diag["simulate_s"]}
     t = time.perf_counter()
     Q = query_grads(model, params, qx)
     secs["query_grads_s"] = time.perf_counter() - t
     exact = Q @ U.T
-    fwd = jvp_scores(model, params, U, qx[:CHECK_QUERIES])
-    check = float((fwd - exact[:CHECK_QUERIES]).abs().max() / exact[:CHECK_QUERIES].abs().max())
+    fwd = jvp_scores(model, params, U[:CHECK_ROWS], qx[:CHECK_QUERIES])
+    ref = exact[:CHECK_QUERIES, :CHECK_ROWS]
+    check = float((fwd - ref).abs().max() / ref.abs().max())
     taus = {"exact": exact.double().numpy()}
     sizes = {"exact": U.numel() * 4}
     t = time.perf_counter()
@@ -96,10 +111,27 @@ def compute_member(e: int, ranks: list[int], dtypes: list[str], p: LMProtocol = 
             A = torch.zeros(N_GENRES, N_TRAIN).index_put_((genre, torch.arange(N_TRAIN)), torch.ones(N_TRAIN))
             torch.save({"sources": A @ U, "basis": B, "coef": C, "rank": r, "membership": A}, readout_path(p, e))
         for d in dtypes:
-            Bq = B.to(DTYPES[d]).float()
+            Bq, nbytes = rounded(B, d)
             taus[f"r{r}_{d}"] = ((Q @ Bq.T) @ C.T).double().numpy()
-            sizes[f"r{r}_{d}"] = B.numel() * DTYPES[d].itemsize + C.numel() * 4
-    return MemberScores(taus, secs, sizes, check, resp.diagnostics)
+            sizes[f"r{r}_{d}"] = nbytes + C.numel() * 4
+    return MemberScores(taus, secs, sizes, check, diag)
+
+
+def _responses(model: GPT, params: dict, e: int, p: LMProtocol) -> tuple[torch.Tensor, dict]:
+    """Member ``e``'s exact ``U (450, p)`` float32 (cached) and the simulation's diagnostics."""
+    path, meta = p.cache_dir() / f"ours-e{e}-U.npy", p.cache_dir() / f"ours-e{e}-U.json"
+    if path.exists() and meta.exists():
+        return torch.from_numpy(np.load(path)), json.loads(meta.read_text())
+    c = corpus()
+    t = time.perf_counter()
+    resp = simulate_documents(model, params, c.blocks, c.block_document, N_TRAIN, brown_method(), 0.0,
+                              p.full_seed(e))
+    diag = {**resp.diagnostics, "simulate_s": time.perf_counter() - t}
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, resp.U.float().numpy())
+    os.replace(tmp, path)
+    meta.write_text(json.dumps(diag))
+    return resp.U.float(), diag
 
 
 def member_scores(e: int, ranks: list[int], dtypes: list[str], p: LMProtocol = DEFAULT) -> MemberScores:

@@ -10,7 +10,7 @@ PNG. Needs the ground truth and the baselines' cached scores:
 
     python -m bench.lm_groundtruth --full 5 --doc-subsets 48 --genre-subsets 24 --seeds 2
     python -m bench.lm_baselines --members 5
-    python -m bench.lm_quality [--members 5] [--ranks 88,48,144,192] [--dtypes float32,bfloat16]
+    python -m bench.lm_quality [--members 5] [--ranks 176,88,...] [--dtypes float32,bfloat16,int8,int4]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from bench.common import RESULTS
-from bench.lm_baselines import doc_block_tensor, doc_gradients, evaluate_one, projector
+from bench.lm_baselines import doc_block_tensor, doc_gradients, evaluate_one, lds_per_query, projector
 from bench.lm_groundtruth import load_full_params, load_groundtruth, n_full_available
 from bench.lm_ours import member_scores, readout_path
 from bench.lm_protocol import DEFAULT, SPEC, corpus, doc_genre, queries
@@ -91,8 +91,10 @@ def timing(p, qx: torch.Tensor, n: int, k: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--members", type=int, default=5)
-    ap.add_argument("--ranks", default="88,48,144,192", help="compressed ranks; the first is the store's")
-    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--ranks", default="176,88,192,320,352", help="compressed ranks; the first is the store's")
+    ap.add_argument("--dtypes", default="float32,bfloat16,int8,int4",
+                    help="basis dtypes")
+    ap.add_argument("--store-variant", default="r176_int8", help="the variant the brown preset stores")
     ap.add_argument("--timing-queries", type=int, default=20)
     ap.add_argument("--k", type=int, default=2048, help="TRAK projection dimension (as bench.lm_baselines)")
     ap.add_argument("--threads", type=int, default=1)
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     gt = load_groundtruth(p)
     genre = doc_genre(corpus())
     base, brep = _baseline_taus(p)
-    store_v = f"r{ranks[0]}_{dtypes[-1]}"
+    store_v = a.store_variant
     trak1, trakE = _best_trak(base, gt, genre, "trak_m1_rel"), _best_trak(base, gt, genre, "trak_rel")
     taus1 = {"ours": members[0].taus["exact"], "trak": base[trak1], "graddot": base["grad_dot_m1"],
              "overlap": base["lexical"], "ours_store": members[0].taus[store_v]}
@@ -141,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                                "seconds": gt.seconds, "heldout_ppl": gt.heldout_ppl.tolist()},
               "diagnostics": [m.diagnostics for m in members], "exact_bytes_per_member": EXACT_BYTES,
               "threads": a.threads, "date": time.strftime("%Y-%m-%d")}
+    result["per_query_document_lds"] = {f"{k}_x{E}": lds_per_query(tausE[k], gt.doc_subsets, gt.doc_targets).tolist()
+                                        for k in ("ours", "trak", "overlap")}
     prev = json.loads(OUT.read_text()) if OUT.exists() else {}
     result["records"] += [r for r in prev.get("records", []) if "store_build_s" in r]
     OUT.write_text(json.dumps(result, indent=1, default=float))
