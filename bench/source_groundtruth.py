@@ -9,8 +9,9 @@ with the member seeds of ``e = 0 .. seeds-1``; every source removed alone
 with the same seeds; and the full-data models with the same seeds. Query
 margins of every model are stored.
 
-Training: ``train_padded`` is ``bench.groundtruth.train_many`` for index
-sets of *different* sizes. Every model keeps its own minibatch order
+Training: ``train_padded`` (``worker.retrain``, shared with the worker's
+``audit``) is ``bench.groundtruth.train_many`` for index sets of
+*different* sizes. Every model keeps its own minibatch order
 (``batch_order(n_m, …)`` over its own subset, exactly as ``worker.train``
 sees ``X[subset]``) and its own number of steps; batches are padded to
 ``batch_size`` with zero-weight slots (the loss of a model is the mean over
@@ -32,15 +33,15 @@ import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from influence.model import MLPSpec, init_params
+from influence.audit import draw_source_subsets
+from influence.model import MLPSpec
 from worker.config import TrainConfig
-from worker.train import batch_order, train
+from worker.retrain import train_padded
+from worker.train import train
 
-from .groundtruth import forward_many, margins_many
+from .groundtruth import margins_many
 from .protocol import CACHE, Data, base_config, seeds
 
 GT_VERSION = 2
@@ -67,70 +68,9 @@ QUICK = SourceProtocol(n_subsets=8, seeds=1)
 
 
 def source_subsets(p: SourceProtocol, n_sources: int) -> np.ndarray:
-    """``(n_subsets, S)`` bool: which sources each subset keeps."""
-    rng = np.random.default_rng(p.selection_seed)
-    out = []
-    while len(out) < p.n_subsets:
-        keep = rng.random(n_sources) < p.keep_prob
-        if keep.sum() >= p.min_keep:
-            out.append(keep)
-    return np.stack(out)
-
-
-def train_padded(spec: MLPSpec, X: torch.Tensor, y: torch.Tensor, index_sets: list[np.ndarray],
-                 seeds_: list[int], recipe: TrainConfig, bar=None,
-                 masks: list[np.ndarray | None] | None = None) -> dict[str, torch.Tensor]:
-    """Train ``M`` models side by side; model ``m`` on ``X[index_sets[m]]``
-    (sorted global indices, any sizes) with seed ``seeds_[m]``, the exact
-    semantics of ``worker.train.train(spec, X[idx], y[idx], recipe, seed)``
-    (SGD). ``masks[m]`` (``(n,)`` bool over all examples, or None): keep
-    model ``m``'s minibatch schedule but give the examples outside the mask
-    zero weight (their slots are skipped, the batch mean is over the rest;
-    a batch left empty still takes its momentum / weight-decay step): the
-    order-matched counterfactual. Returns stacked params ``name -> (M, *shape)``."""
-    if recipe.optimizer != "sgd":
-        raise ValueError("train_padded implements the SGD recipe only")
-    M, B = len(seeds_), recipe.batch_size
-    inits = [init_params(spec, s) for s in seeds_]
-    params = {k: torch.stack([p[k] for p in inits]).requires_grad_(True) for k in inits[0]}
-    sets = [torch.as_tensor(np.asarray(s), dtype=torch.long) for s in index_sets]
-    orders = [batch_order(len(s), B, recipe.epochs, sd + 7919) for s, sd in zip(sets, seeds_, strict=True)]
-    T = max(len(o) for o in orders)
-    # (T, M, B) global indices and slot weights; finished models: all-zero weights
-    gidx = torch.zeros((T, M, B), dtype=torch.long)
-    wts = torch.zeros((T, M, B))
-    for m, (s, o) in enumerate(zip(sets, orders, strict=True)):
-        for t, b in enumerate(o):
-            gidx[t, m, : len(b)] = s[b]
-            wts[t, m, : len(b)] = 1.0
-    active_all = wts.sum(2) > 0  # (T, M): steps in each model's schedule
-    for m, mk in enumerate(masks or []):
-        if mk is not None:
-            wts[:, m] *= torch.as_tensor(np.asarray(mk), dtype=wts.dtype)[gidx[:, m]]
-    bufs: list[torch.Tensor | None] = [None] * len(params)
-    lr, mom, wd = recipe.lr, recipe.momentum, recipe.weight_decay
-    for t in range(T):
-        g_t, w_t, act = gidx[t], wts[t], active_all[t]
-        logits = forward_many(params, spec, X[g_t])
-        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[g_t].reshape(-1), reduction="none")
-        ce = ce.view(g_t.shape)
-        loss = ((ce * w_t).sum(1) / w_t.sum(1).clamp_min(1.0)).sum()
-        grads = torch.autograd.grad(loss, list(params.values()))
-        with torch.no_grad():  # torch.optim.SGD, single-tensor path, only for models still training
-            for j, (p, g) in enumerate(zip(params.values(), grads, strict=True)):
-                shape = (M,) + (1,) * (p.dim() - 1)
-                a = act.view(shape)
-                d_p = g.add(p, alpha=wd) if wd else g
-                if bufs[j] is None:
-                    if not bool(act.all()):
-                        raise AssertionError("every model trains at step 0")
-                    bufs[j] = torch.clone(d_p).detach()
-                else:
-                    bufs[j] = torch.where(a, bufs[j].mul(mom).add_(d_p), bufs[j])
-                p.add_(bufs[j] * a.to(p.dtype), alpha=-lr)
-        if bar is not None:
-            bar.update(int(act.sum()))
-    return {k: v.detach() for k, v in params.items()}
+    """``(n_subsets, S)`` bool: which sources each subset keeps
+    (``influence.audit.draw_source_subsets``)."""
+    return draw_source_subsets(p.n_subsets, n_sources, p.keep_prob, p.min_keep, p.selection_seed)
 
 
 def check_matches_padded(data: Data, tol: float = 1e-5) -> dict[str, float]:

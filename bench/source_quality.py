@@ -42,8 +42,9 @@ import time
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 
+from influence.audit import loso, source_lds, whatif_check
+from influence.audit import truth_noise as _truth_noise
 from influence.readout import linear_stack_scores, split_layers
 from influence.simulate import Simulator
 from influence.simulate.curvature import mlp_example_grads
@@ -51,7 +52,6 @@ from influence.whatif import removal, source_scores
 
 from .common import machine
 from .groundtruth import margins_many, train_many
-from .metrics import _colcorr
 from .ours import query_grads
 from .protocol import CACHE, RESULTS, Data, base_config, load_data, seeds
 from .source_groundtruth import QUICK, SourceProtocol, check_matches_padded, load_or_compute
@@ -92,30 +92,7 @@ def member_scores(params: dict[str, torch.Tensor], cfg, data: Data, seed: int, v
     return res
 
 
-# -- metrics --------------------------------------------------------------------------------------------------
-def _nanmean(x) -> float:
-    return float(np.nanmean(x))
-
-
-def source_lds(tau: np.ndarray, keep: np.ndarray, true: np.ndarray) -> tuple[float, np.ndarray]:
-    """Per query, Spearman across subsets ``j`` between ``Σ_{s∈S_j} τ(q, s)``
-    and the true subset margin ``true (J, m)``; mean over queries."""
-    pred = keep.astype(np.float64) @ tau.T  # (J, m)
-    per = _colcorr(rankdata(pred, axis=0), rankdata(true, axis=0))
-    return _nanmean(per), per
-
-
-def loso(tau: np.ndarray, effect: np.ndarray) -> dict:
-    """``effect (S, m)``: true ``full − without s`` (seed-matched mean).
-    Per query Pearson / Spearman across sources, mean over queries; top-1:
-    fraction of queries whose largest ``τ`` is the source whose removal lowers
-    the margin most."""
-    t = tau.T  # (S, m)
-    return {"loso_pearson": _nanmean(_colcorr(t, effect)),
-            "loso_spearman": _nanmean(_colcorr(rankdata(t, axis=0), rankdata(effect, axis=0))),
-            "top1_agree": float(np.mean(t.argmax(0) == effect.argmax(0)))}
-
-
+# -- metrics (source LDS, LOSO, what-if, truth noise: influence.audit) --------------------------------------
 def credit(scores: np.ndarray, rule: str) -> np.ndarray:
     """``(S,)`` share of the credit over all queries of a score matrix
     ``(m, S)``: ``proportional`` splits each query's unit of credit over the
@@ -144,23 +121,6 @@ def compare_shares(pred: np.ndarray, ref: np.ndarray) -> dict:
     return {"pearson": float(np.corrcoef(pred, ref)[0, 1]), "tv": float(0.5 * np.abs(pred - ref).sum())}
 
 
-def whatif_check(tau: np.ndarray, n: int, actual: np.ndarray, removed: np.ndarray) -> dict:
-    """Predicted ``Δ`` (``influence.whatif.removal``) vs the actual change
-    ``actual (J, m)`` for removal masks ``removed (J, S)``: Pearson over all
-    (scenario, query) pairs, mean over scenarios of the per-scenario Pearson
-    across queries, MAE, the MAE after the best single scale factor (an
-    oracle calibration; for methods whose scores have no ``1/n`` scale), and
-    that factor."""
-    pred = removal(tau, n, removed).change  # (J, m)
-    p, a = pred.ravel(), actual.ravel()
-    k = float(p @ a / (p @ p)) if p @ p > 0 else float("nan")
-    return {"pearson": float(np.corrcoef(p, a)[0, 1]),
-            "pearson_per_scenario": _nanmean(_colcorr(pred.T, actual.T)),
-            "mae": float(np.abs(p - a).mean()), "mae_fitted": float(np.abs(k * p - a).mean()), "scale_fit": k,
-            "actual_mean_abs": float(np.abs(a).mean()),
-            "mean_change_pearson": float(np.corrcoef(pred.mean(1), actual.mean(1))[0, 1])}
-
-
 def _truth(gt: dict, suf: str) -> dict:
     """Derived truth arrays: ``effect (S, m)`` = full − without s,
     ``true_sub (J, m)`` subset margins, ``sub_change (J, m)`` = subset −
@@ -174,18 +134,9 @@ def _truth(gt: dict, suf: str) -> dict:
 
 def truth_noise(gt: dict, suf: str = "") -> dict:
     """Noise of the ground truth: the same metrics between seed 0 alone and
-    the mean of the other seeds (NaN with one seed)."""
-    E = gt["full"].shape[0]
-    if E < 2:
-        return {}
-    eff = gt["full"][None] - gt[f"loso{suf}_margins"]  # (S, E, m)
-    a, b = eff[:, 0], eff[:, 1:].mean(1)
-    sm = gt[f"subset{suf}_margins"]
-    return {"loso_pearson_seed0_vs_rest": _nanmean(_colcorr(a, b)),
-            "loso_spearman_seed0_vs_rest": _nanmean(_colcorr(rankdata(a, axis=0), rankdata(b, axis=0))),
-            "top1_seed0_vs_rest": float(np.mean(a.argmax(0) == b.argmax(0))),
-            "subset_spearman_seed0_vs_rest": _nanmean(_colcorr(rankdata(sm[:, 0], axis=0),
-                                                               rankdata(sm[:, 1:].mean(1), axis=0)))}
+    the mean of the other seeds (``influence.audit.truth_noise``; ``{}``
+    with one seed)."""
+    return _truth_noise(gt["full"], gt[f"loso{suf}_margins"], gt[f"subset{suf}_margins"])
 
 
 def _r(a: np.ndarray) -> list:

@@ -15,7 +15,8 @@ Layout of a store root::
                                is a basis and "m{e}/examples_coef" (n, r)
                                float32 the coefficients, u_i = Σ_j coef[i,j] b_j
           training.safetensors "X" (n, d) float32, "y" (n,) int64 (optional)
-          <asset files>        e.g. tokenizer.json, documents.json (text stores)
+          <asset files>        e.g. tokenizer.json, documents.json (text stores),
+                               audit.json (``fa-worker audit``: ``Store.audit``)
 
 Format 2 added the model kind (``model.kind``: ``mlp`` or ``gpt``), the
 compressed per-example responses and asset files; format 1 stores (MLP, no
@@ -24,12 +25,15 @@ compression, no assets) still load.
 Publishing writes a hidden temporary directory, fsyncs it, renames it into
 ``versions/`` and then flips ``CURRENT`` with ``os.replace``: a reader sees
 the old or the new version, never a partial one. Old versions are pruned to
-``keep`` (never the current one).
+``keep`` (never the current one). ``republish`` makes a new version that is
+an existing one plus extra assets (the files copied and re-verified, the
+manifest's ``extra`` updated): how an audit is added to a store.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import uuid
@@ -49,6 +53,7 @@ FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 _FILES = ("params.safetensors", "responses.safetensors", "training.safetensors")
+AUDIT_ASSET = "audit.json"  # the source-level audit of a version (worker/audit.py writes it)
 
 
 class Manifest(BaseModel):
@@ -89,6 +94,14 @@ class Store:
     @property
     def version(self) -> str:
         return self.manifest.version
+
+    @property
+    def audit(self) -> dict | None:
+        """The version's audit (``audit.json``, schema in ``worker/audit.py``:
+        ``audited_version``, ``created_at``, ``settings``, ``metrics``,
+        ``truth``, ``durations_s``, ...), or None when it has none."""
+        blob = (self.assets or {}).get(AUDIT_ASSET)
+        return None if blob is None else json.loads(blob)
 
 
 def _sha256(path: Path) -> str:
@@ -151,12 +164,8 @@ def publish(
         if training is not None:
             _write_tensors(tmp / "training.safetensors", {"X": training[0].float(), "y": training[1].long()})
         for name, blob in (assets or {}).items():
-            if name in _FILES or name == "manifest.json" or "/" in name or name.startswith("."):
-                raise ValueError(f"asset name {name!r} is reserved or not a plain file name")
-            with open(tmp / name, "wb") as f:
-                f.write(blob)
-                f.flush()
-                os.fsync(f.fileno())
+            _check_asset_name(name)
+            _write_asset(tmp / name, blob)
         names = [*_FILES, *(assets or {})]
         files = {f: _sha256(tmp / f) for f in names if (tmp / f).exists()}
         man = manifest.model_copy(
@@ -171,17 +180,86 @@ def publish(
                 "assets": sorted(assets or {}),
             }
         )
-        while True:  # a concurrent publisher may take the name first
-            name = _next_version(versions)
-            (tmp / "manifest.json").write_text(man.model_copy(update={"version": name}).model_dump_json(indent=1))
-            _fsync_dir(tmp)
+        name = _install(versions, tmp, man)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    set_current(root, name)
+    prune(root, keep)
+    return versions / name
+
+
+def _write_asset(path: Path, blob: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(blob)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _check_asset_name(name: str) -> None:
+    if name in _FILES or name == "manifest.json" or "/" in name or name.startswith("."):
+        raise ValueError(f"asset name {name!r} is reserved or not a plain file name")
+
+
+def _install(versions: Path, tmp: Path, man: Manifest) -> str:
+    """Write the manifest into the finished ``tmp`` dir and rename it to the
+    next free version name; returns that name."""
+    while True:  # a concurrent publisher may take the name first
+        name = _next_version(versions)
+        (tmp / "manifest.json").write_text(man.model_copy(update={"version": name}).model_dump_json(indent=1))
+        _fsync_dir(tmp)
+        try:
+            os.rename(tmp, versions / name)
+            break
+        except OSError:
+            if not (versions / name).exists():
+                raise
+    _fsync_dir(versions)
+    return name
+
+
+def republish(root: str | Path, version: str, assets: dict[str, bytes], extra: dict | None = None,
+              keep: int = 3, expect_current: bool = True) -> Path:
+    """Publish a new version that is ``version`` plus ``assets`` (name ->
+    bytes; a same-named asset is replaced) with ``extra`` merged into the
+    manifest's ``extra``, and make it current. Every file is copied and its
+    copy checked against the old manifest's sha256 (a corrupt source is
+    refused, never propagated). ``expect_current``: refuse (``StoreError``)
+    when ``version`` is no longer the current one, so a build published
+    meanwhile is not rolled back."""
+    root = Path(root)
+    versions = root / "versions"
+    src = versions / version
+    old = read_manifest(src)
+    for name in assets:
+        _check_asset_name(name)
+    tmp = versions / f".tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        files = {}
+        for name, digest in old.files.items():
+            if name in assets:
+                continue
             try:
-                os.rename(tmp, versions / name)
-                break
-            except OSError:
-                if not (versions / name).exists():
-                    raise
-        _fsync_dir(versions)
+                shutil.copyfile(src / name, tmp / name)
+            except FileNotFoundError:
+                raise StoreError(f"{src / name}: missing") from None
+            with open(tmp / name, "rb+") as f:
+                os.fsync(f.fileno())
+            if _sha256(tmp / name) != digest:
+                raise StoreError(f"{src / name}: checksum mismatch (corrupt or modified)")
+            files[name] = digest
+        for name, blob in assets.items():
+            _write_asset(tmp / name, blob)
+            files[name] = _sha256(tmp / name)
+        man = old.model_copy(update={
+            "format_version": max(old.format_version, 2) if assets else old.format_version,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"), "files": files,
+            "assets": sorted({*old.assets, *assets}), "extra": {**old.extra, **(extra or {})}})
+        if expect_current and current_version(root) != version:
+            raise StoreError(f"{root}: current version moved on from {version} to {current_version(root)}; "
+                             "nothing published")
+        name = _install(versions, tmp, man)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -297,7 +375,18 @@ def load_version(path: str | Path) -> Store:
     src = _member_blocks(resp, "sources/", man.members, layout, n_src, path) if man.has_sources else None
     train = _load(path, "training.safetensors", man)
     assets = {name: _load_asset(path, name, man) for name in man.assets}
+    if AUDIT_ASSET in assets:
+        _check_audit(path / AUDIT_ASSET, assets[AUDIT_ASSET])
     return Store(path, man, params, ex, src, train.get("X"), train.get("y"), coef, assets)
+
+
+def _check_audit(file: Path, blob: bytes) -> None:
+    try:
+        audit = json.loads(blob)
+    except ValueError as e:
+        raise StoreError(f"{file}: not valid JSON: {e}") from None
+    if not isinstance(audit, dict):
+        raise StoreError(f"{file}: must hold a JSON object")
 
 
 def _load_asset(path: Path, name: str, man: Manifest) -> bytes:

@@ -1,5 +1,6 @@
 """``python -m worker`` / ``fa-worker``: build a store, score queries offline,
-inspect a store. Errors print one line naming the file and problem, exit 2."""
+audit a store against retraining, inspect a store. Errors print one line
+naming the file and problem, exit 2."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.add_argument("--if-missing", action="store_true",
                    help="do nothing when the store root already has a published version (first runs)")
+    b.add_argument("--audit", action="store_true", help="then run `audit` with its defaults (MLP stores)")
     s = sub.add_parser("score", help="score a query file against a store (forward-only)")
     s.add_argument("--store", type=Path, required=True)
     s.add_argument("--version", help="store version (default: current)")
@@ -45,7 +47,33 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None, help="cpu or cuda (default: best available)")
     i = sub.add_parser("info", help="show a store's versions and current manifest")
     i.add_argument("--store", type=Path, required=True)
+    _audit_parser(sub)
     return p
+
+
+def _audit_parser(sub) -> None:
+    from .audit import AuditSettings
+
+    d = AuditSettings()
+    a = sub.add_parser("audit", help="retrain on source subsets with the store's recipe; publish the current "
+                                     "version plus audit.json (MLP stores)")
+    a.add_argument("--store", type=Path, required=True)
+    a.add_argument("--subsets", type=int, default=d.subsets, help=f"random source subsets (default {d.subsets})")
+    a.add_argument("--seeds", type=int, default=d.seeds, help=f"seeds per retrained model (default {d.seeds})")
+    a.add_argument("--queries", type=int, default=d.queries, help=f"held-out queries (default {d.queries})")
+    a.add_argument("--loso-sources", dest="loso", type=int, default=d.loso,
+                   help=f"leave-one-out on up to this many largest sources (default {d.loso})")
+    a.add_argument("--keep-prob", type=float, default=d.keep_prob, help="probability a subset keeps a source")
+    a.add_argument("--min-keep", type=int, default=d.min_keep, help="sources a subset keeps at least")
+    a.add_argument("--selection-seed", type=int, default=d.selection_seed)
+    a.add_argument("--query-seed", type=int, default=d.query_seed)
+    a.add_argument("--matched", action="store_true",
+                   help="also the order-matched truth (the full run's minibatches, removed slots skipped)")
+    a.add_argument("--threads", type=int, default=d.threads, help="torch threads while retraining")
+    a.add_argument("--query-file", type=Path, help="held-out labelled queries (.npz/.csv/.parquet); "
+                                                   "default: the digits test split for digits stores")
+    a.add_argument("--keep", type=int, default=3, help="versions to keep after publishing (>= 2)")
+    a.add_argument("--quiet", action="store_true")
 
 
 def _build(a) -> None:
@@ -55,6 +83,9 @@ def _build(a) -> None:
         if flag is not None:
             over.append(f"{key}={json.dumps(str(flag)) if isinstance(flag, Path) else flag}")
     cfg = load_config(a.preset, a.config, over)
+    if a.audit and cfg.model.kind != "mlp":
+        raise ConfigError(f"--audit: not supported for {cfg.model.kind!r} (text) stores yet; "
+                          "it audits MLP stores")
     if a.if_missing and (cfg.store.root / "CURRENT").is_file():
         print(f"store {cfg.store.root} already has {current_version(cfg.store.root)}; nothing to build (--if-missing)")
         return
@@ -63,6 +94,37 @@ def _build(a) -> None:
     path = build(cfg, progress=not a.quiet)
     if path is not None:  # rank 0 of a distributed run, or a plain run
         print(f"published {path.name} at {path}")
+        if a.audit:
+            from .audit import AuditSettings, run_audit
+
+            _report(*run_audit(cfg.store.root, AuditSettings(), keep=max(2, cfg.store.keep),
+                               log=_log(a.quiet)))
+
+
+def _log(quiet: bool):
+    return (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+
+
+def _report(path: Path, audit: dict) -> None:
+    m = audit["metrics"]
+
+    def f(v):
+        return "n/a" if v is None else f"{v:.3f}"
+
+    print(f"audited {audit['audited_version']}: source LDS {f(m['source_lds'])}, LOSO pearson "
+          f"{f(m['loso_pearson'])} spearman {f(m['loso_spearman'])}, top-1 {f(m['top1_agree'])}, what-if "
+          f"pearson {f(m['whatif_loso']['pearson'])} MAE {f(m['whatif_loso']['mae'])} "
+          f"({audit['settings']['models_trained']} models, {audit['durations_s']['total']:.0f}s)")
+    print(f"published {path.name} at {path} (with audit.json)")
+
+
+def _audit(a) -> None:
+    from .audit import AuditSettings, run_audit
+
+    s = AuditSettings(subsets=a.subsets, seeds=a.seeds, queries=a.queries, loso=a.loso, keep_prob=a.keep_prob,
+                      min_keep=a.min_keep, selection_seed=a.selection_seed, query_seed=a.query_seed,
+                      matched=a.matched, threads=a.threads)
+    _report(*run_audit(a.store, s, a.query_file, a.keep, _log(a.quiet)))
 
 
 def _score(a) -> None:
@@ -93,16 +155,20 @@ def _score(a) -> None:
 
 def _info(a) -> None:
     cur = current_version(a.store)
-    man = open_store(a.store).manifest
+    store = open_store(a.store)
+    man, audit = store.manifest, store.audit
     print(json.dumps({"current": cur, "versions": list_versions(a.store), "model": man.model.model_dump(),
                       "members": man.members, "n_examples": len(man.example_source),
-                      "n_sources": len(man.source_ids), "dtype": man.dtype, "method": man.method}, indent=1))
+                      "n_sources": len(man.source_ids), "dtype": man.dtype, "method": man.method,
+                      "audit": None if audit is None else {k: audit.get(k) for k in
+                                                           ("audited_version", "created_at", "metrics")}},
+                     indent=1))
 
 
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     try:
-        {"build": _build, "score": _score, "info": _info}[a.cmd](a)
+        {"build": _build, "score": _score, "info": _info, "audit": _audit}[a.cmd](a)
     except (InfluenceError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
