@@ -114,7 +114,7 @@ def write_json(name: str, payload: dict) -> Path:
     return path
 
 
-SECTION_ORDER = ("Readout speed", "Serving speed", "Reliability")
+SECTION_ORDER = ("Readout speed", "Serving speed", "Serving speed: text store", "Reliability")
 
 
 def write_section(heading: str, body: str, path: Path = BENCHMARKS) -> None:

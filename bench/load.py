@@ -23,9 +23,13 @@ alternating round by round, for ratios that a busy shared machine does not
 skew. ``--merge`` adds rows to an earlier ``--out``.
 
 Writes ``bench/results/load.json`` (one row per run, stable keys
-``concurrency, queries_per_request, batching, cache, throughput_qps, p50_ms,
-p95_ms, p99_ms, error_rate``) and ``load.png``; ``--write-md`` replaces the
-"Serving speed" section of BENCHMARKS.md.
+``store_kind, concurrency, queries_per_request, batching, cache,
+throughput_qps, p50_ms, p95_ms, p99_ms, error_rate``; ``store_kind`` is
+``vector`` here, and rows merged from before it existed get it) and
+``load.png``; ``--write-md`` replaces the "Serving speed" section of
+BENCHMARKS.md. The service, the client and the matrix/profile/side-by-side
+runners take the requests as a function (``BodiesFn``), so
+``bench.load_text`` drives a text store with the same machinery.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -131,16 +136,40 @@ def test_inputs() -> np.ndarray:
     return np.asarray(load_digits_test()[0], dtype=np.float32)
 
 
-def bodies(X: np.ndarray, qpr: int, count: int = 360, **options) -> list[bytes]:
-    """``count`` JSON bodies of ``qpr`` queries each, cycling through ``X``."""
+def request_bodies(queries: list[dict], qpr: int, count: int = 360, **options) -> list[bytes]:
+    """``count`` JSON bodies of ``qpr`` queries each, cycling through
+    ``queries`` (any store kind's query objects); options set to ``None``
+    are left out (the service's default)."""
     out, i = [], 0
     for _ in range(count):
         qs = []
         for _ in range(qpr):
-            qs.append({"input": [float(v) for v in X[i % len(X)]]})
+            qs.append(queries[i % len(queries)])
             i += 1
-        out.append(json.dumps({"queries": qs, **options}, separators=(",", ":")).encode())
+        out.append(json.dumps({"queries": qs, **{k: v for k, v in options.items() if v is not None}},
+                              separators=(",", ":")).encode())
     return out
+
+
+def bodies(X: np.ndarray, qpr: int, count: int = 360, **options) -> list[bytes]:
+    """``count`` JSON bodies of ``qpr`` digits queries each, cycling through ``X``."""
+    return request_bodies([{"input": [float(v) for v in x]} for x in X], qpr, count, **options)
+
+
+BodiesFn = Callable[[int, str], list[bytes]]
+"""``(queries per request, granularity) -> request bodies``: what a load run
+sends (the digits test inputs by default, :func:`digits_bodies`)."""
+
+
+def digits_bodies() -> BodiesFn:
+    X = test_inputs()
+    return lambda qpr, granularity: bodies(X, qpr, granularity=granularity)
+
+
+def http_requests(base: str, raw: list[bytes]) -> list[bytes]:
+    """Pre-encoded ``POST /v1/attributions`` requests of ``raw`` bodies."""
+    host, port = base.split("//")[1].split(":")
+    return [http_request(host, int(port), "/v1/attributions", b) for b in raw]
 
 
 def http_request(host: str, port: int, path: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
@@ -336,27 +365,30 @@ def analyse_profile(raw: Path) -> dict:
 # -- the matrix ---------------------------------------------------------------------------------------------------
 def run_matrix(store: Path, configs: list[dict], concurrency, qprs, duration_s: float, max_requests: int,
                log, redis_url: str = REDIS_URL, extra: dict | None = None, granularity: str = "sources",
-               threads: int = 1) -> list[dict]:
-    X = test_inputs()
+               threads: int = 1, make_bodies: BodiesFn | None = None, store_kind: str = "vector",
+               warmup_s: float = 0.5, service_log: Path | None = None) -> list[dict]:
+    """One service process per config (batching, cache), every (queries per
+    request, concurrency) point in it; ``make_bodies`` gives the requests
+    (default: the digits test inputs), ``store_kind`` tags every row."""
+    make_bodies = make_bodies or digits_bodies()
     rows = []
     for cfg in configs:
         settings = {"batching": cfg["batching"], "cache_ttl_s": 3600 if cfg["cache"] else 0,
                     "torch_threads": threads, **(extra or {})}
-        with service(store, redis_url, CACHE / "load-service.log", **settings) as (base, pid, _):
+        with service(store, redis_url, service_log or CACHE / "load-service.log", **settings) as (base, pid, _):
             for qpr in qprs:
-                host, port = base.split("//")[1].split(":")
-                reqs = [http_request(host, int(port), "/v1/attributions", b)
-                        for b in bodies(X, qpr, granularity=granularity)]
+                reqs = http_requests(base, make_bodies(qpr, granularity))
                 for c in concurrency:
-                    asyncio.run(closed_loop(base, reqs, c, 0.5, max_requests, warmup_s=0.0))  # warm-up
+                    asyncio.run(closed_loop(base, reqs, c, warmup_s, max_requests, warmup_s=0.0))  # warm-up
                     before = stats(base)
                     la = loadavg()
                     cpu0, ccpu0 = cpu_seconds(pid), cpu_seconds()
                     res = asyncio.run(closed_loop(base, reqs, c, duration_s, max_requests, warmup_s=0.0))
                     cpu1, ccpu1 = cpu_seconds(pid), cpu_seconds()
                     after = stats(base)
-                    row = {"concurrency": c, "queries_per_request": qpr, "batching": cfg["batching"],
-                           "cache": cfg["cache"], "granularity": granularity, "torch_threads": threads,
+                    row = {"store_kind": store_kind, "concurrency": c, "queries_per_request": qpr,
+                           "batching": cfg["batching"], "cache": cfg["cache"], "granularity": granularity,
+                           "torch_threads": threads,
                            "readout_block": int((extra or {}).get("readout_block", 16)),
                            **summarize(res, qpr), **_delta(before, after), "loadavg": la}
                     q = max(row["ok"] * qpr, 1)
@@ -365,7 +397,8 @@ def run_matrix(store: Path, configs: list[dict], concurrency, qprs, duration_s: 
                     bad = [s for s in res["samples"] if len(s["attributions"]) != qpr]
                     row["malformed"] = len(bad)
                     rows.append(row)
-                    log(f"batching={cfg['batching']:d} cache={cfg['cache']:d} gran={granularity} qpr={qpr} c={c:3d}: "
+                    log(f"{store_kind} batching={cfg['batching']:d} cache={cfg['cache']:d} gran={granularity} "
+                        f"qpr={qpr} c={c:3d}: "
                         f"{row['throughput_qps']:7.0f} q/s p50 {row['p50_ms'] or 0:6.1f} p99 {row['p99_ms'] or 0:7.1f}"
                         f" ms err {row['error_rate'] or 0:.3f} batch {row['queries_per_batch'] or 0:.1f} "
                         f"hit {row['cache_hit_rate'] or 0:.2f} load {la}")
@@ -373,13 +406,16 @@ def run_matrix(store: Path, configs: list[dict], concurrency, qprs, duration_s: 
 
 
 def run_profile(store: Path, seconds: float, log, redis_url: str = REDIS_URL, threads: int = 1, qpr: int = 1,
-                concurrency: int = 32, granularity: str = "sources", cache: bool = False) -> dict:
-    X = test_inputs()
-    raw = CACHE / f"load-profile-{granularity}.txt"
-    with service(store, redis_url, CACHE / "load-service.log", batching=True,
-                 cache_ttl_s=3600 if cache else 0, torch_threads=threads) as (base, pid, _):
-        host, port = base.split("//")[1].split(":")
-        reqs = [http_request(host, int(port), "/v1/attributions", b) for b in bodies(X, qpr, granularity=granularity)]
+                concurrency: int = 32, granularity: str = "sources", cache: bool = False,
+                make_bodies: BodiesFn | None = None, store_kind: str = "vector", raw: Path | None = None,
+                service_log: Path | None = None, extra: dict | None = None) -> dict:
+    """py-spy on the service during ``seconds`` of load (batching on); the
+    raw stacks go to ``raw`` (default ``bench/.cache/load-profile-GRAN.txt``)."""
+    make_bodies = make_bodies or digits_bodies()
+    raw = raw or CACHE / f"load-profile-{granularity}.txt"
+    with service(store, redis_url, service_log or CACHE / "load-service.log", batching=True,
+                 cache_ttl_s=3600 if cache else 0, torch_threads=threads, **(extra or {})) as (base, pid, _):
+        reqs = http_requests(base, make_bodies(qpr, granularity))
         asyncio.run(closed_loop(base, reqs, concurrency, 1.0, 10**6, warmup_s=0.0))  # warm
         spy = profile_service(pid, seconds, raw)
         if spy is None:
@@ -388,8 +424,10 @@ def run_profile(store: Path, seconds: float, log, redis_url: str = REDIS_URL, th
         _, err = spy.communicate(timeout=60)
     if not raw.exists():
         return {"error": (err or b"").decode()[-500:]}
-    out = {"concurrency": concurrency, "queries_per_request": qpr, "granularity": granularity, "cache": cache,
-           **analyse_profile(raw), **{k: v for k, v in summarize(res, qpr).items() if k != "failures"}}
+    where = raw.relative_to(ROOT) if raw.is_relative_to(ROOT) else raw
+    out = {"store_kind": store_kind, "concurrency": concurrency, "queries_per_request": qpr,
+           "granularity": granularity, "cache": cache, "raw": str(where), **analyse_profile(raw),
+           **{k: v for k, v in summarize(res, qpr).items() if k != "failures"}}
     log("profile: " + ", ".join(f"{k} {v:.0%}" for k, v in out["buckets"].items()))
     return out
 
@@ -420,7 +458,9 @@ def parse_variant(v: str) -> tuple[dict, str | None]:
 
 
 def run_ab(store: Path, rounds: int, duration_s: float, log, redis_url: str = REDIS_URL, threads: int = 1,
-           qprs=(1,), concurrency=(32,), variants: str = "batching=false") -> list[dict]:
+           qprs=(1,), concurrency=(32,), variants: str = "batching=false", make_bodies: BodiesFn | None = None,
+           store_kind: str = "vector", granularity: str | None = None, warmup_s: float = 0.5,
+           service_log: Path | None = None) -> list[dict]:
     """The same load points (``sources``, cache off unless a variant sets
     ``cache_ttl_s``) on the tree as it is (defaults: batching on) and on each variant, alternating round by round,
     so that a busy shared machine slows all of them alike. A variant is
@@ -436,25 +476,27 @@ def run_ab(store: Path, rounds: int, duration_s: float, log, redis_url: str = RE
             if rev:
                 trees.append(tree)
             runs.append((v, tree, settings))
-        X = test_inputs()
+        make_bodies = make_bodies or digits_bodies()
         rows = []
         for rnd in range(rounds):
             for name, tree, settings in runs:
-                with service(store, redis_url, CACHE / "load-service.log", cwd=tree,
+                with service(store, redis_url, service_log or CACHE / "load-service.log", cwd=tree,
                              **{"cache_ttl_s": 0, "torch_threads": threads, **settings}) as (base, pid, _):
-                    host, port = base.split("//")[1].split(":")
                     for qpr in qprs:
-                        reqs = [http_request(host, int(port), "/v1/attributions", b) for b in bodies(X, qpr)]
+                        reqs = http_requests(base, make_bodies(qpr, granularity))
                         for c in concurrency:
-                            asyncio.run(closed_loop(base, reqs, c, 0.5, 10**6, warmup_s=0.0))
+                            asyncio.run(closed_loop(base, reqs, c, warmup_s, 10**6, warmup_s=0.0))
                             cpu0 = cpu_seconds(pid)
                             res = asyncio.run(closed_loop(base, reqs, c, duration_s, 10**6, warmup_s=0.0))
                             cpu1 = cpu_seconds(pid)
-                            row = {"experiment": variants, "variant": name, "round": rnd, "concurrency": c,
-                                   "queries_per_request": qpr, **summarize(res, qpr), "loadavg": loadavg()}
+                            row = {"store_kind": store_kind, "experiment": variants, "variant": name,
+                                   "round": rnd, "concurrency": c, "queries_per_request": qpr,
+                                   "granularity": granularity or "sources", **summarize(res, qpr),
+                                   "loadavg": loadavg()}
                             row["service_cpu_ms_per_query"] = (cpu1 - cpu0) * 1000 / max(row["ok"] * qpr, 1)
                             rows.append(row)
-                            log(f"ab {name} c={c} qpr={qpr} round {rnd}: {row['throughput_qps']:.0f} q/s p99 "
+                            log(f"ab {store_kind} {name} c={c} qpr={qpr} round {rnd}: "
+                                f"{row['throughput_qps']:.0f} q/s p99 "
                                 f"{row['p99_ms']:.1f} ms, {row['service_cpu_ms_per_query']:.3f} CPU ms/query")
     finally:
         for t in trees:
@@ -774,6 +816,9 @@ def main(argv: list[str] | None = None) -> int:
     prev = RESULTS / a.out
     if a.merge and prev.exists():
         old = json.loads(prev.read_text())
+        for part in ("rows", "profile", "ab"):  # rows from before store_kind existed: the digits store
+            for r in old.get(part, []):
+                r.setdefault("store_kind", "vector")
         res["rows"] = old.get("rows", []) + res["rows"]
         res["profile"] = old.get("profile", []) + res.get("profile", [])
         res["ab"] = old.get("ab", []) + res.get("ab", [])

@@ -119,7 +119,8 @@ async def attribute(rt: Runtime, req: AttributionRequest, principal_id: str, ide
     timings = {"queue_ms": 0.0, "readout_ms": 0.0, "batch_queries": 0}
     if miss:
         todo = rows if len(miss) == n else kind.take(rows, miss)
-        r = await kind.submit(rt.batcher, att, todo, len(miss), output, req.granularity != "sources")
+        r = await kind.submit(rt.batcher, att, todo, len(miss), output, req.granularity != "sources",
+                              kind.block(rt.s))
         fresh = {}
         for i, (a, c) in zip(miss, kind.answers(att, req, output, rt.s, r, todo), strict=True):
             found[i] = {"a": a, "c": c}

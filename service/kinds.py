@@ -55,6 +55,10 @@ class Kind:
     def invariant(self, att, block: int) -> bool:
         raise NotImplementedError
 
+    def block(self, s: Settings) -> int:
+        """Rows per readout call for this kind."""
+        return s.readout_block
+
     def output(self, req: AttributionRequest) -> str:
         raise NotImplementedError
 
@@ -64,7 +68,7 @@ class Kind:
     def take(self, rows, idx: list[int]):
         raise NotImplementedError
 
-    def submit(self, batcher: Batcher, att, rows, n: int, output: str, examples: bool) -> Awaitable:
+    def submit(self, batcher: Batcher, att, rows, n: int, output: str, examples: bool, block: int) -> Awaitable:
         raise NotImplementedError
 
     def answers(self, att, req: AttributionRequest, output: str, s: Settings, r, rows) -> Answers:
@@ -128,7 +132,7 @@ class VectorKind(Kind):
         x, y = rows
         return x[idx], y[idx]
 
-    def submit(self, batcher: Batcher, att, rows, n: int, output: str, examples: bool):
+    def submit(self, batcher: Batcher, att, rows, n: int, output: str, examples: bool, block: int):
         return batcher.submit(att, rows[0], rows[1], output, examples)
 
     def answers(self, att: Attributor, req: AttributionRequest, output: str, s: Settings, r, rows) -> Answers:
@@ -172,17 +176,18 @@ class TextReadout:
 
 
 def text_readout_rows(att: TextAttributor, queries: list[Encoded], block: int):
-    """Score ``queries`` in calls of exactly ``block + 1`` rows of exactly
-    context + 1 tokens: each block is filled up with filler rows and always
-    ends with one of the full length, so every call has the same shape
-    (right padding with masks; causal attention keeps rows independent) and
-    a query's numbers do not depend on what it is batched with. -> CPU
-    (logprob, token log-probabilities, sources, examples)."""
-    fill = Encoded([0] * (att.spec.context + 1), 1, 0)
+    """Score ``queries`` in calls of exactly ``block`` rows of exactly
+    context + 1 tokens (right padding with masks; the last block filled up
+    with filler rows), so every call has the same shape (causal attention
+    keeps rows independent) and a query's numbers do not depend on what it
+    is batched with. -> CPU (logprob, token log-probabilities, sources,
+    examples)."""
+    length = att.spec.context + 1
+    fill = Encoded([0] * length, 1, 0)
     lp, toks, src, ex = [], [], [], []
     for s in range(0, len(queries), block):
         part = queries[s:s + block]
-        sc = att.score(part + [fill] * (block + 1 - len(part)))
+        sc = att.score(part + [fill] * (block - len(part)), length)
         k = len(part)
         lp.append(sc.logprob[:k])
         toks += sc.token_logprobs[:k]
@@ -230,6 +235,9 @@ class TextKind(Kind):
 
     def invariant(self, att: TextAttributor, block: int) -> bool:
         return text_batch_invariant(att, block)
+
+    def block(self, s: Settings) -> int:
+        return s.text_readout_block
 
     def output(self, req: AttributionRequest) -> str:
         return "logprob"
@@ -279,8 +287,11 @@ class TextKind(Kind):
     def take(self, rows, idx: list[int]):
         return [rows[i] for i in idx]
 
-    def submit(self, batcher: Batcher, att, rows, n: int, output: str, examples: bool):
-        return batcher.submit_rows(att, rows, n, (id(att), "text"), examples, text_readout)
+    def submit(self, batcher: Batcher, att, rows, n: int, output: str, examples: bool, block: int):
+        def run(a, r, ex, _vector_block):  # the batcher's block is the vector kind's
+            return text_readout(a, r, ex, block)
+
+        return batcher.submit_rows(att, rows, n, (id(att), "text", block), examples, run)
 
     def answers(self, att: TextAttributor, req: AttributionRequest, output: str, s: Settings, r, rows) -> Answers:
         man, docs = att.manifest, att.documents
@@ -291,8 +302,9 @@ class TextKind(Kind):
         sign = output_sign(output)
         out = []
         for j, q in enumerate(rows):
-            a = {"logprob": lps[j], "token_logprobs": r.token_logprobs[j], "n_tokens": len(q.ids),
-                 "n_targets": q.n_targets, "oov": q.oov, "sources": None, "examples": None, "cached": False}
+            a = {"logprob": lps[j], "token_logprobs": r.token_logprobs[j], "tokens": att.tokenizer.decode(q.ids),
+                 "n_tokens": len(q.ids), "n_targets": q.n_targets, "oov": q.oov, "sources": None, "examples": None,
+                 "cached": False}
             if src_top is not None:
                 vs, ix = next(src_top)
                 a["sources"] = [{"id": ids[i], "name": names[i], "score": v} for v, i in zip(vs, ix, strict=True)]

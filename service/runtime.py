@@ -109,7 +109,7 @@ class Runtime:
             store = await asyncio.to_thread(open_store, self.s.store, target)
             kind = kind_of(store.manifest)
             att = await asyncio.to_thread(kind.load, store, self.s.device)
-            invariant = await asyncio.to_thread(kind.invariant, att, self.s.readout_block)
+            invariant = await asyncio.to_thread(kind.invariant, att, kind.block(self.s))
             if not invariant:
                 log.warning("store %s: a query's scores depend on its position in a readout block on this host "
                             "(BLAS kernel choice): answers may differ in the last bits with concurrent traffic",

@@ -152,6 +152,9 @@ class TextAttribution(BaseModel):
     client_id: str | None = None
     logprob: float = Field(..., description="f: mean log-probability (natural log) of the scored tokens")
     token_logprobs: list[float] = Field(..., description="log p of each scored token given its prefix, in order")
+    tokens: list[str] | None = Field(None, description="every token of the query as the model reads it (`<unk>` "
+                                     "out of vocabulary), n_tokens of them; token_logprobs are those of the last "
+                                     "n_targets")
     n_tokens: int = Field(..., description="tokens of the query (prompt + completion)")
     n_targets: int = Field(..., description="tokens f is taken over")
     oov: int = Field(..., description="tokens out of the vocabulary (scored as <unk>)")
@@ -240,3 +243,39 @@ class StoreInfo(BaseModel):
     method: dict
     recipe: dict
     data: dict
+
+
+class SourceLabel(BaseModel):
+    id: str
+    name: str = Field(..., description="display name (the store's source_names; the id when it has none)")
+
+
+class SourceNames(BaseModel):
+    """The served store's sources and their display names (dashboard labels)."""
+
+    store_version: str
+    sources: list[SourceLabel]
+
+
+class Passage(BaseModel):
+    id: str = Field(..., description="heldout-<document id> or train-<document id>")
+    document: str = Field(..., description="the document the passage is cut from")
+    text: str = Field(..., description="the passage: corpus tokens joined by spaces (they encode as the corpus does)")
+    n_tokens: int = Field(..., description="tokens under the store's tokenizer (at most the context + 1)")
+    oov: int = Field(..., description="of them out of the vocabulary")
+    source: str = Field(..., description="the document's source id (publisher or genre, as the store's sources)")
+    source_name: str
+    genre: str | None = None
+
+
+class PassagesResponse(BaseModel):
+    """Passages to try on a text store. ``kind``: ``heldout`` (documents the
+    model never trained on) or ``training`` (no held-out text is available
+    for this store: the first words of training documents, which the model
+    was trained on)."""
+
+    store_version: str
+    kind: Literal["heldout", "training"]
+    note: str
+    max_tokens: int = Field(..., description="tokens a query may have: the model's context + 1")
+    passages: list[Passage]

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     adaptive_wait: bool = Field(True, description="wait only while the arrival rate says another request is due "
                                 "within the window (off: always wait max_wait_ms)")
     readout_block: int = Field(16, ge=1, description="rows per readout call; batches are padded to whole blocks")
+    text_readout_block: int = Field(4, ge=1, description="text stores: rows per readout call (each row a full-context "
+                                    "forward carrying every tangent of the store, so a lone query pays the whole "
+                                    "block; per-row cost is flat from 2-4 rows up on a CPU)")
     queue_size: int = Field(1024, ge=1, description="queries waiting for the readout; beyond it 503 + Retry-After")
     request_timeout_s: float = Field(30.0, gt=0, description="per-request limit on queueing plus readout, seconds")
     retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 503 answers, seconds")

@@ -89,18 +89,20 @@ class TextAttributor:
         ids = tok.encode(words)
         return TextQuery(ids, n_t, sum(i == 0 for i in ids))
 
-    def batch(self, queries: list[TextQuery]) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, queries: list[TextQuery], length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded ``x (Q, T+1)`` and the target mask ``(Q, T)`` (padding
-        and prompt targets 0); causal attention keeps rows independent."""
-        x, mask = pad_right([q.ids for q in queries])
+        and prompt targets 0); causal attention keeps rows independent.
+        ``length``: pad to this many tokens instead of the longest query's."""
+        x, mask = pad_right([q.ids for q in queries], length=length)
         for i, q in enumerate(queries):
             first = len(q.ids) - 1 - q.n_targets
             mask[i, :first] = False
         return x.to(self.device), mask.to(self.device)
 
     @torch.no_grad()
-    def score(self, queries: list[TextQuery]) -> TextScores:
-        x, mask = self.batch(queries)
+    def score(self, queries: list[TextQuery], length: int | None = None) -> TextScores:
+        """Score a batch, padded to ``length`` tokens (default: the longest)."""
+        x, mask = self.batch(queries, length)
         ex = torch.zeros(len(queries), self.n_examples, device=self.device, dtype=self.dtype)
         f = torch.zeros(len(queries), device=self.device, dtype=self.dtype)
         tok = torch.zeros(mask.shape, device=self.device, dtype=self.dtype)

@@ -158,10 +158,11 @@ def lm_loss(model: GPT, x: torch.Tensor, params: dict[str, torch.Tensor] | None 
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1))
 
 
-def pad_right(seqs: list[list[int]], pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x (B, Tmax+1) int64, target_mask (B, Tmax) bool)`` for sequences of
-    different lengths (each ≥ 2 tokens, ≤ context + 1)."""
-    n = max(len(s) for s in seqs)
+def pad_right(seqs: list[list[int]], pad: int = 0, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x (B, L) int64, target_mask (B, L-1) bool)`` for sequences of
+    different lengths (each ≥ 2 tokens, ≤ context + 1); ``L`` = ``length``
+    or the longest sequence's."""
+    n = max(len(s) for s in seqs) if length is None else length
     x = torch.full((len(seqs), n), pad, dtype=torch.long)
     m = torch.zeros(len(seqs), n - 1, dtype=torch.bool)
     for i, s in enumerate(seqs):

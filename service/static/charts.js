@@ -132,6 +132,13 @@ const Charts = (() => {
   }
 
   /* items: [{label, value, color, text}] top to bottom; signed values get a zero axis */
+  // s shortened with an ellipsis to at most max pixels wide
+  function clip(ctx, s, max) {
+    if (ctx.measureText(s).width <= max) return s;
+    while (s.length > 1 && ctx.measureText(s + "…").width > max) s = s.slice(0, -1);
+    return s + "…";
+  }
+
   function hbar(canvas, items, opts = {}) {
     const { ctx, w, h } = setup(canvas);
     if (!items.length) { message(canvas, opts.empty || "no data yet"); return; }
@@ -145,7 +152,7 @@ const Charts = (() => {
     items.forEach((it, i) => {
       const cy = 2 + rowH * i + rowH / 2;
       ctx.fillStyle = INK; ctx.textAlign = "right";
-      ctx.fillText(it.label, labelW - 8, cy);
+      ctx.fillText(clip(ctx, it.label, labelW - 10), labelW - 8, cy);
       const a = X(Math.min(0, it.value)), b = X(Math.max(0, it.value));
       ctx.fillStyle = it.color || PALETTE[0];
       ctx.fillRect(a, cy - barH / 2, Math.max(1, b - a), barH);

@@ -13,7 +13,7 @@
     key: sessionStorage.getItem(KEY_ITEM), open: sessionStorage.getItem(OPEN_ITEM) === "1",
     timer: null, polling: false, polls: 0, prev: null, rateHist: [], latHist: [],
     stats: null, store: null, sources: null, sourcesTag: null, denied: {}, bucketS: 3600,
-    examples: null, grid: null, image: null, brush: "pen", lastReport: null,
+    examples: null, grid: null, image: null, brush: "pen", lastReport: null, names: {}, namesVersion: null,
   };
 
   // ------------------------------------------------------------ helpers
@@ -36,6 +36,13 @@
   const num = v => (v === null || v === undefined) ? "–" : nf.format(v);
   const fix = (v, d = 1) => (v === null || v === undefined) ? "–" : Number(v).toFixed(d);
   const iso = t => new Date(t * 1000).toISOString().replace(".000Z", "Z");
+  // a source's display name (the store's source_names; the id where it has none)
+  const label = id => S.names[id] || id;
+  function nameCell(id) {
+    const td = el("td", {}, el("span", { class: "src-name", text: label(id) }));
+    if (label(id) !== id) td.appendChild(el("span", { class: "muted small", text: " " + id }));
+    return td;
+  }
   function errorText(status, body) {
     if (body && body.error && body.error.message) return body.error.message;
     return "HTTP " + status;
@@ -169,8 +176,19 @@
   // ------------------------------------------------------------ live view
   function renderStore(b) {
     S.store = b;
-    $("store-badge").textContent = `store ${b.version} · ${b.device} · ${num(b.n_examples)} examples · ${b.n_sources} sources`;
+    const rows = b.model && b.model.kind === "gpt" ? "documents" : "examples";
+    $("store-badge").textContent = `store ${b.version} · ${b.device} · ${num(b.n_examples)} ${rows} · ${b.n_sources} sources`;
     $("store-badge").dataset.version = b.version;
+    if (S.namesVersion !== b.version) loadNames(b.version);
+  }
+
+  async function loadNames(version) {
+    S.namesVersion = version;
+    const r = await api("v1/playground/names");
+    if (!r.ok) { S.namesVersion = null; return; }
+    S.names = Object.fromEntries(r.body.sources.map(s => [s.id, s.name]));
+    renderSources();
+    if (S.lastReport) renderReport(S.lastReport);
   }
 
   function renderStats(b, now) {
@@ -251,7 +269,8 @@
       bar.style.background = s.credit_units > 0 ? colorOf(i) : Charts.OTHER;
       const sw = el("span", { class: "swatch" });
       sw.style.background = s.credit_units > 0 ? colorOf(i) : Charts.OTHER;
-      const idCell = el("td", {}, sw, el("span", { text: s.id }));
+      const idCell = nameCell(s.id);
+      idCell.prepend(sw);
       if (!s.in_store) idCell.appendChild(el("span", { class: "muted small", text: " (not in this store)" }));
       const tr = el("tr", { "data-source": s.id },
         el("td", { class: "muted", text: String(i + 1) }), idCell,
@@ -272,7 +291,7 @@
     if (!v) return;
     const credited = v.sources.filter(s => s.credit_units > 0);
     const top = credited.slice(0, 10);
-    const items = top.map((s, i) => ({ label: s.id, value: s.share, color: colorOf(i),
+    const items = top.map((s, i) => ({ label: label(s.id), value: s.share, color: colorOf(i),
       text: `${pct(s.share)} · ${fix(s.credit, 1)} q` }));
     const rest = credited.slice(10);
     if (rest.length) {
@@ -280,6 +299,7 @@
       items.push({ label: `${rest.length} others`, value: share, color: Charts.OTHER, text: `${pct(share)} · ${fix(credit, 1)} q` });
     }
     $("chart-share").dataset.bars = String(items.length);
+    $("chart-share").dataset.labels = JSON.stringify(items.map(i => i.label));
     Charts.hbar($("chart-share"), items, { empty: "no credit recorded yet: send some queries" });
   }
 
@@ -297,13 +317,14 @@
     const cols = Array.from({ length: n }, (_, j) => ({ x: t0 + j * v.bucket_s, label: bucketLabel(t0 + j * v.bucket_s, v.bucket_s) }));
     const credited = v.sources.filter(s => s.credit_units > 0);
     const top = credited.slice(0, 5);
-    const stacks = top.map((s, i) => ({ name: s.id, color: colorOf(i), values: s.trend.map(u => u / v.units_per_query) }));
+    const stacks = top.map((s, i) => ({ name: label(s.id), color: colorOf(i), values: s.trend.map(u => u / v.units_per_query) }));
     const rest = credited.slice(5);
     if (rest.length) {
       stacks.push({ name: `${rest.length} others`, color: Charts.OTHER,
         values: cols.map((_, j) => rest.reduce((a, s) => a + s.trend[j], 0) / v.units_per_query) });
     }
     setText("trend-caption", `(queries' worth per ${v.bucket_s >= 3600 ? (v.bucket_s / 3600) + " h" : (v.bucket_s / 60) + " min"} bucket, UTC, top 5 sources)`);
+    $("chart-trend").dataset.labels = JSON.stringify(stacks.map(x => x.name));
     Charts.stacked($("chart-trend"), cols, stacks, { empty: "no credit in the last " + n + " buckets" });
   }
 
@@ -375,16 +396,19 @@
     const body = $("rep-body");
     body.replaceChildren();
     rep.lines.forEach((l, i) => body.appendChild(el("tr", { "data-source": l.source_id },
-      el("td", {}, (() => { const s = el("span", { class: "swatch" }); s.style.background = colorOf(i); return s; })(),
-        el("span", { text: l.source_id })),
+      (() => {
+        const td = nameCell(l.source_id), s = el("span", { class: "swatch" });
+        s.style.background = colorOf(i); td.prepend(s); return td;
+      })(),
       el("td", { class: "num", text: num(l.credit_units) }), el("td", { class: "num", text: num(l.queries) }),
       el("td", { class: "num", text: (100 * Number(l.share)).toFixed(2) + "%" }),
       el("td", { class: "num", text: money(l.payout_minor, rep) }))));
     setText("rep-total-units", num(rep.total_credit_units));
     setText("rep-total-queries", num(rep.total_queries));
     setText("rep-total-payout", money(rep.allocated_minor, rep));
-    const items = rep.lines.slice(0, 15).map((l, i) => ({ label: l.source_id, value: l.payout_minor, color: colorOf(i),
-      text: money(l.payout_minor, rep) }));
+    const items = rep.lines.slice(0, 15).map((l, i) => ({ label: label(l.source_id), value: l.payout_minor,
+      color: colorOf(i), text: money(l.payout_minor, rep) }));
+    $("chart-payout").dataset.labels = JSON.stringify(items.map(i => i.label));
     Charts.hbar($("chart-payout"), items, { empty: "no credit in this period" });
   }
 
@@ -402,7 +426,10 @@
 
   // ------------------------------------------------------------ playground
   const GRID_PX = 256;
+  const textPg = TextPlayground({ api, el, setText, fix, label });
   async function loadExamples() {
+    if (!S.store) return;  // connect() loads them once the store is known
+    if (S.store.model && S.store.model.kind === "gpt") { S.examples = await textPg.load(); return; }
     const r = await api("v1/playground/examples?n=12");
     if (!r.ok) {
       $("pg-unavailable").hidden = false;
