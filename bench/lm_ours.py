@@ -13,7 +13,9 @@ gradients ``Q (m, p)`` of the protocol's query windows, and
   basis ``B (r, p)`` stored in ``dtype`` (``B̃`` = B rounded to it:
   float32, bfloat16, or group-wise ``int8`` / ``int4`` codes of
   ``influence.quant``) and the coefficients ``C (450, r)`` in float32;
-  genres are the compression's sources (15 ≤ r/2: genre sums exact).
+  genres are the compression's sources (15 ≤ r/2: genre sums exact);
+- ``rows_{dtype}``: no compression, every row of ``U`` rounded to ``dtype``
+  (``Q Ũᵀ``: one tangent per document at readout).
 
 Cached as ``ours-e{e}.npz`` beside the ground truth, and the exact ``U`` as
 ``ours-e{e}-U.npy`` (418 MB, so new variants need no new simulation).
@@ -44,6 +46,7 @@ PROBES = 256
 CHECK_QUERIES = 4
 CHECK_ROWS = 48  # forward readout == gradient dot product, checked on these documents
 QUANT_GROUP = 128
+ROW_DTYPES = ("bfloat16", "int8", "int4", "int3", "int2")  # uncompressed rows, rounded
 
 
 def rounded(B: torch.Tensor, dtype: str) -> tuple[torch.Tensor, int]:
@@ -74,7 +77,7 @@ def _cache(p: LMProtocol, e: int):
 
 
 def variants(ranks: list[int], dtypes: list[str]) -> list[str]:
-    return ["exact"] + [f"r{r}_{d}" for r in ranks for d in dtypes]
+    return ["exact", *(f"rows_{d}" for d in ROW_DTYPES)] + [f"r{r}_{d}" for r in ranks for d in dtypes]
 
 
 def readout_path(p: LMProtocol, e: int):
@@ -103,6 +106,10 @@ def compute_member(e: int, ranks: list[int], dtypes: list[str], p: LMProtocol = 
     probe = probe_grads(model, params, c.blocks, PROBES, seed)
     secs["probe_s"] = time.perf_counter() - t
     genre = torch.from_numpy(doc_genre(c))
+    for d in ROW_DTYPES:
+        Uq, nbytes = rounded(U, d)
+        taus[f"rows_{d}"] = (Q @ Uq.T).double().numpy()
+        sizes[f"rows_{d}"] = nbytes
     for r in ranks:
         t = time.perf_counter()
         B, C, _ = compress(U, genre, N_GENRES, r, probe)

@@ -85,7 +85,8 @@ def timing(p, qx: torch.Tensor, n: int, k: int) -> dict:
     model.load_state_dict(load_full_params(0, p))
     G = doc_gradients(model, doc_block_tensor(c.blocks, c.block_document, len(c.train_tokens)))
     proj = projector(G.shape[1], k, member=0)
-    return side_by_side(model, torch.load(readout_path(p, 0), weights_only=True), G, proj, qx[:n])
+    rows = torch.from_numpy(np.load(p.cache_dir() / "ours-e0-U.npy"))
+    return side_by_side(model, torch.load(readout_path(p, 0), weights_only=True), G, proj, qx[:n], rows=rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ranks", default="176,88,192,320,352", help="compressed ranks; the first is the store's")
     ap.add_argument("--dtypes", default="float32,bfloat16,int8,int4",
                     help="basis dtypes")
-    ap.add_argument("--store-variant", default="r176_int8", help="the variant the brown preset stores")
+    ap.add_argument("--store-variant", default="rows_int3", help="the variant the brown preset stores")
     ap.add_argument("--timing-queries", type=int, default=20)
     ap.add_argument("--k", type=int, default=2048, help="TRAK projection dimension (as bench.lm_baselines)")
     ap.add_argument("--threads", type=int, default=1)
@@ -130,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         "graddot": float(np.mean(bt["doc_grads_s"])), "overlap": bt["lexical_s"] / E}
     recs = quality_records(gt, genre, taus1, tausE, E, precompute)
     tm = timing(p, queries(p), a.timing_queries, a.k)
-    per = {"ours": (tm["ours_source_s"], tm["ours_example_s"]), "ours_store": (tm["ours_source_s"],
-           tm["ours_example_s"]), "trak": (tm["trak_s"], tm["trak_s"]),
+    store_s = tm["ours_rows_s"] if store_v.startswith("rows") else tm["ours_example_s"]
+    per = {"ours": (tm["ours_source_s"], tm["ours_rows_s"]), "ours_store": (store_s, store_s),
+           "trak": (tm["trak_s"], tm["trak_s"]),
            "graddot": (tm["graddot_s"], tm["graddot_s"]),
            "overlap": (bt["lexical_s"] / len(gt.full_outputs[0]),) * 2}
     for r in recs:

@@ -5,6 +5,8 @@
   (15 tangents, no backward pass);
 - ``ours_example``: forward-only, ``r`` basis tangents then the ``(r, 450)``
   coefficient product (every document, and every source as their sums);
+- ``ours_rows``: forward-only, one tangent per document (a store of
+  quantised uncompressed rows);
 - ``trak``: a backward pass, traker's projection ``P^T g / sqrt(p)``
   (``BasicProjector``, resident ``(p, k)`` matrix) and the product with
   the finalised ``(450, k)`` features; per source it costs the same (the
@@ -30,10 +32,11 @@ from influence.text.lm_math import jvp_scores
 
 
 def side_by_side(model: GPT, readout: dict, G: torch.Tensor, proj, qx: torch.Tensor, lam_rel: float = 1.0,
-                 member: int = 0) -> dict:
+                 member: int = 0, rows: torch.Tensor | None = None) -> dict:
     """Seconds per query (medians over ``qx (n, 65)``) of every method, and
     how far the forward per-source readout is from the summed forward
-    per-document one (they must agree: genre sums are exact)."""
+    per-document one (they must agree: genre sums are exact). ``rows (n, p)``:
+    also time a store of uncompressed rows (``ours_rows``: n tangents)."""
     from trak.score_computers import BasicScoreComputer
 
     params = {k: v.detach() for k, v in model.named_parameters()}
@@ -44,7 +47,8 @@ def side_by_side(model: GPT, readout: dict, G: torch.Tensor, proj, qx: torch.Ten
     feats = sc.get_x_xtx_inv(phi_d, sc.get_xtx(phi_d))
     S, B, C = readout["sources"], readout["basis"].float(), readout["coef"].float()
     A = readout.get("membership")
-    times: dict[str, list[float]] = {k: [] for k in ("ours_source", "ours_example", "trak", "graddot", "backward")}
+    times: dict[str, list[float]] = {k: [] for k in ("ours_source", "ours_example", "ours_rows", "trak", "graddot",
+                                                   "backward")}
     gap = []
     plist = [dict(model.named_parameters())[k] for k in names]
     for x in qx:
@@ -62,13 +66,17 @@ def side_by_side(model: GPT, readout: dict, G: torch.Tensor, proj, qx: torch.Ten
         t4 = time.perf_counter()
         g @ G.T
         t5 = time.perf_counter()
+        if rows is not None:
+            jvp_scores(model, params, rows, xb)
+            times["ours_rows"].append(time.perf_counter() - t5)
         for k, v in (("ours_source", t1 - t0), ("ours_example", t2 - t1), ("trak", t4 - t2),
                      ("graddot", t3 - t2 + t5 - t4), ("backward", t3 - t2)):
             times[k].append(v)
         if A is not None:
             gap.append(float((doc @ A.T - src).abs().max() / src.abs().max()))
-    out = {f"{k}_s": float(np.median(v)) for k, v in times.items()}
+    out = {f"{k}_s": float(np.median(v)) for k, v in times.items() if v}
     out.update({"queries": int(len(qx)), "threads": torch.get_num_threads(), "basis_rank": int(B.shape[0]),
+                "rows": None if rows is None else int(rows.shape[0]),
                 "source_tangents": int(S.shape[0]), "trak_k": int(phi_d.shape[1]),
                 "source_vs_summed_documents_max_rel": max(gap) if gap else None})
     return out

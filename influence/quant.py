@@ -1,12 +1,19 @@
-"""Group-wise symmetric integer quantisation of response rows (int8, int4).
+"""Group-wise symmetric integer quantisation of response rows (8, 4, 3 or 2 bits).
 
 A matrix ``x (r, p)`` is cut along ``p`` into groups of ``group``
 consecutive entries (the last one zero-padded); each (row, group) gets one
-bfloat16 scale ``s = max|x| / qmax`` (``qmax`` = 127 for 8 bits, 7 for 4)
-and its entries are stored as ``round(x / s)`` in ``[−qmax, qmax]``. 4-bit
-codes are packed two per byte (low nibble first, offset by 8). So
+bfloat16 scale ``s = max|x| / qmax`` (``qmax`` = 127, 7, 3, 1 for 8, 4, 3,
+2 bits: 2 bits is ternary) and its entries are stored as ``round(x / s)``
+in ``[−qmax, qmax]``. Codes under 8 bits are offset to ``[0, 2·qmax]`` and
+packed little-endian, 8 codes in ``bits`` bytes. So
 ``|dequantize(quantize(x)) − x| ≤ s / 2`` entrywise (``s`` is rounded up to
 bfloat16, so no entry is clipped), and the bytes are ``r·p·bits/8 + r·⌈p/group⌉·2``.
+
+Why so few bits can do: a readout is a dot product over ~10⁵ coordinates,
+and independent rounding errors average out in it, while a low-rank
+truncation drops signal; on the Brown store 3-bit rows keep the scores'
+ranking nearly intact where a basis of the same bytes does not
+(``bench.lm_quality``).
 
 Why group-wise: the rows mix parameter tensors whose scales differ by
 orders of magnitude (embeddings, LayerNorm gains, attention); one scale
@@ -20,13 +27,13 @@ from dataclasses import dataclass
 
 import torch
 
-QMAX = {8: 127, 4: 7}
+QMAX = {8: 127, 4: 7, 3: 3, 2: 1}
 
 
 @dataclass
 class QTensor:
-    """``codes``: int8 ``(r, P)`` for 8 bits, uint8 ``(r, P/2)`` packed for 4
-    bits (``P`` = ``p`` padded to a multiple of ``group``); ``scale``
+    """``codes``: int8 ``(r, P)`` for 8 bits, uint8 ``(r, P·bits/8)`` packed
+    below (``P`` = ``p`` padded to a multiple of ``group``); ``scale``
     bfloat16 ``(r, P/group)``; ``shape = (r, p)``."""
 
     codes: torch.Tensor
@@ -44,9 +51,9 @@ def quantize(x: torch.Tensor, bits: int = 8, group: int = 128) -> QTensor:
     """``x (r, p)`` float → :class:`QTensor`."""
     if bits not in QMAX:
         raise ValueError(f"bits: {bits} is not one of {sorted(QMAX)}")
-    if x.ndim != 2 or group < 1 or (bits == 4 and group % 2):
-        raise ValueError(f"quantize: needs a 2-d tensor and a positive (for 4 bits even) group, got {tuple(x.shape)}, "
-                         f"group {group}")
+    if x.ndim != 2 or group < 1 or (bits < 8 and group % 8):
+        raise ValueError(f"quantize: needs a 2-d tensor and a positive group (a multiple of 8 below 8 bits), got "
+                         f"{tuple(x.shape)}, group {group}")
     r, p = x.shape
     P = math.ceil(p / group) * group
     xg = torch.nn.functional.pad(x.float(), (0, P - p)).reshape(r, P // group, group)
@@ -57,20 +64,33 @@ def quantize(x: torch.Tensor, bits: int = 8, group: int = 128) -> QTensor:
     scale[low] = torch.nextafter(scale[low], torch.full_like(scale[low], math.inf))
     s = scale.float().clamp_min(torch.finfo(torch.bfloat16).tiny)[..., None]
     codes = (xg / s).round().clamp_(-q, q).to(torch.int8).reshape(r, P)
-    if bits == 4:
-        u = (codes + 8).to(torch.uint8)
-        codes = u[:, 0::2] | (u[:, 1::2] << 4)
+    if bits < 8:
+        codes = _pack(codes + q, bits)
     return QTensor(codes.contiguous(), scale.contiguous(), (r, p), bits, group)
 
 
 def dequantize(t: QTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """:class:`QTensor` → ``(r, p)`` in ``dtype``."""
     r, p = t.shape
-    if t.bits == 4:
-        lo = (t.codes & 0x0F).to(torch.int8) - 8
-        hi = (t.codes >> 4).to(torch.int8) - 8
-        codes = torch.stack([lo, hi], dim=-1).reshape(r, -1)
-    else:
-        codes = t.codes
+    codes = t.codes if t.bits == 8 else _unpack(t.codes, t.bits) - QMAX[t.bits]
     x = codes.reshape(r, -1, t.group).to(dtype) * t.scale.to(dtype)[..., None]
     return x.reshape(r, -1)[:, :p]
+
+
+def _pack(u: torch.Tensor, bits: int) -> torch.Tensor:
+    """``(r, P)`` codes in ``[0, 2^bits)`` → uint8 ``(r, P·bits/8)``: each run
+    of 8 codes is one ``8·bits``-bit little-endian word."""
+    r = u.shape[0]
+    v = u.to(torch.int64).reshape(r, -1, 8)
+    word = (v << (bits * torch.arange(8))).sum(-1)  # (r, P/8): disjoint bit fields, so the sum is an OR
+    out = torch.stack([(word >> (8 * j)) & 0xFF for j in range(bits)], dim=-1)
+    return out.to(torch.uint8).reshape(r, -1)
+
+
+def _unpack(b: torch.Tensor, bits: int) -> torch.Tensor:
+    """Inverse of :func:`_pack` → int8 ``(r, P)``."""
+    r = b.shape[0]
+    y = b.to(torch.int64).reshape(r, -1, bits)
+    word = (y << (8 * torch.arange(bits))).sum(-1)
+    v = (word[..., None] >> (bits * torch.arange(8))) & ((1 << bits) - 1)
+    return v.to(torch.int8).reshape(r, -1)

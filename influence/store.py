@@ -13,7 +13,12 @@ Layout of a store root::
                                with ``examples_rank`` r the per-example part is
                                compressed: "m{e}/examples/{param}" (r, *shape)
                                is a basis and "m{e}/examples_coef" (n, r)
-                               float32 the coefficients, u_i = Σ_j coef[i,j] b_j
+                               float32 the coefficients, u_i = Σ_j coef[i,j] b_j;
+                               with ``examples_quant`` {bits, group} the
+                               per-example rows (or basis) are the flattened
+                               parameter vectors as group-wise integer codes
+                               (``influence.quant``): "m{e}/examples_q/codes"
+                               uint8/int8, "m{e}/examples_q/scale" bfloat16
           training.safetensors "X" (n, d) float32, "y" (n,) int64 (optional)
           <asset files>        e.g. tokenizer.json, documents.json (text stores),
                                audit.json (``fa-worker audit``: ``Store.audit``)
@@ -48,9 +53,10 @@ from safetensors.torch import load_file, save_file
 
 from .errors import StoreError
 from .model import ModelSpec, ParamLayout
+from .quant import QMAX, QTensor, dequantize, quantize
 
-FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)
+FORMAT_VERSION = 3  # 3: examples_quant
+READABLE_FORMATS = (1, 2, 3)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 _FILES = ("params.safetensors", "responses.safetensors", "training.safetensors")
 AUDIT_ASSET = "audit.json"  # the source-level audit of a version (worker/audit.py writes it)
@@ -72,6 +78,7 @@ class Manifest(BaseModel):
     has_examples: bool
     has_sources: bool
     examples_rank: int | None = None  # per-example responses as a rank-r basis + (n, r) coefficients
+    examples_quant: dict | None = None  # {"bits": 2|3|4|8, "group": g}: per-example rows stored as integer codes
     assets: list[str] = []  # extra files of the version (checksummed in ``files``)
     files: dict[str, str] = {}
     extra: dict = {}
@@ -144,7 +151,9 @@ def publish(
 ) -> Path:
     """Write a new version beside the old ones and make it current.
     ``example_coef`` (per member ``(n, r)``): ``examples`` are then rank-r
-    bases ``(r, *shape)``; ``assets``: extra files, name -> bytes."""
+    bases ``(r, *shape)``; ``assets``: extra files, name -> bytes;
+    ``manifest.examples_quant`` ``{"bits", "group"}``: ``examples`` stored
+    as integer codes (``influence.quant``) instead of ``manifest.dtype``."""
     root = Path(root)
     versions = root / "versions"
     versions.mkdir(parents=True, exist_ok=True)
@@ -154,13 +163,7 @@ def publish(
         dtype = DTYPES[manifest.dtype]
         tensors = {f"m{e}/{k}": v.float() for e, p in enumerate(params) for k, v in p.items()}
         _write_tensors(tmp / "params.safetensors", tensors)
-        resp = {}
-        for kind, blocks in (("examples", examples), ("sources", sources)):
-            for e, block in enumerate(blocks or []):
-                resp.update({f"m{e}/{kind}/{k}": v.to(dtype) for k, v in block.items()})
-        for e, coef in enumerate(example_coef or []):
-            resp[f"m{e}/examples_coef"] = coef.float().contiguous()
-        _write_tensors(tmp / "responses.safetensors", resp)
+        _write_tensors(tmp / "responses.safetensors", _responses(manifest, examples, sources, example_coef, dtype))
         if training is not None:
             _write_tensors(tmp / "training.safetensors", {"X": training[0].float(), "y": training[1].long()})
         for name, blob in (assets or {}).items():
@@ -187,6 +190,38 @@ def publish(
     set_current(root, name)
     prune(root, keep)
     return versions / name
+
+
+def _responses(man: Manifest, examples, sources, example_coef, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    resp = {}
+    q = man.examples_quant
+    for e, block in enumerate(examples or []):
+        if q is None:
+            resp.update({f"m{e}/examples/{k}": v.to(dtype) for k, v in block.items()})
+        else:
+            codes = quantize(man.model.layout().flatten(block).float(), int(q["bits"]), int(q["group"]))
+            resp[f"m{e}/examples_q/codes"], resp[f"m{e}/examples_q/scale"] = codes.codes, codes.scale
+    for e, block in enumerate(sources or []):
+        resp.update({f"m{e}/sources/{k}": v.to(dtype) for k, v in block.items()})
+    for e, coef in enumerate(example_coef or []):
+        resp[f"m{e}/examples_coef"] = coef.float().contiguous()
+    return resp
+
+
+def _quantized_blocks(tensors, man: Manifest, rows: int, path: Path) -> list[dict[str, torch.Tensor]]:
+    """The ``examples_quant`` rows back as float32 per-parameter blocks."""
+    q, layout = man.examples_quant, man.model.layout()
+    bits, group = int(q.get("bits", 0)), int(q.get("group", 0))
+    out = []
+    for e in range(man.members):
+        codes, scale = tensors.get(f"m{e}/examples_q/codes"), tensors.get(f"m{e}/examples_q/scale")
+        P = -(-layout.numel // group) * group if group > 0 else -1
+        want_codes = (rows, P if bits == 8 else P * bits // 8)
+        if bits not in QMAX or group <= 0 or codes is None or scale is None or tuple(codes.shape) != want_codes \
+                or tuple(scale.shape) != (rows, P // group):
+            raise StoreError(f"{path}: examples_quant {q} does not match the stored codes of member {e}")
+        out.append(layout.unflatten(dequantize(QTensor(codes, scale, (rows, layout.numel), bits, group))))
+    return out
 
 
 def _write_asset(path: Path, blob: bytes) -> None:
@@ -365,8 +400,12 @@ def load_version(path: str | Path) -> Store:
     params = _member_blocks(_load(path, "params.safetensors", man), "", man.members, layout, -1, path)
     resp = _load(path, "responses.safetensors", man)
     r = man.examples_rank
-    ex = _member_blocks(resp, "examples/", man.members, layout, n if r is None else r, path) if man.has_examples \
-        else None
+    if not man.has_examples:
+        ex = None
+    elif man.examples_quant is not None:
+        ex = _quantized_blocks(resp, man, n if r is None else r, path)
+    else:
+        ex = _member_blocks(resp, "examples/", man.members, layout, n if r is None else r, path)
     coef = None
     if man.has_examples and r is not None:
         coef = [resp.get(f"m{e}/examples_coef") for e in range(man.members)]

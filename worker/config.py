@@ -52,6 +52,9 @@ class StoreConfig(_Section):
     root: Path = Path("stores/digits")
     keep: int = Field(3, ge=1)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    quant_bits: Literal[0, 2, 3, 4, 8] = Field(0, description="per-example responses as group-wise integer codes "
+                                               "of this many bits (influence.quant); 0 = store dtype")
+    quant_group: int = Field(128, ge=8, multiple_of=8, description="entries per quantisation scale")
     include_training_data: bool = True
     checkpoint_every: int = Field(25, ge=0, description="propagation steps between checkpoints; 0 = none")
 
@@ -63,6 +66,11 @@ class WorkerConfig(_Section):
     train: TrainConfig = TrainConfig()
     method: MethodConfig = MethodConfig()
     store: StoreConfig = StoreConfig()
+
+    def quant(self) -> dict | None:
+        """The manifest's ``examples_quant`` for this config."""
+        s = self.store
+        return {"bits": s.quant_bits, "group": s.quant_group} if s.quant_bits else None
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -86,8 +94,8 @@ PRESETS: dict[str, dict] = {
         "model": {"kind": "gpt"},
         "train": {"seed": 2},
         "method": {"rank": 128, "power": 1, "curvature_subset": 64, "steps": 300, "eta": 0.0, "damping": 0.003,
-                   "compress_rank": 48},
-        "store": {"root": "stores/brown", "include_training_data": False},
+                   "compress_rank": 0},
+        "store": {"root": "stores/brown", "include_training_data": False, "quant_bits": 3},
     },
     "tiny": {
         "data": {"limit": 120, "n_sources": 5},

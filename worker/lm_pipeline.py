@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from influence.quant import dequantize, quantize
 from influence.store import Manifest, publish
 from influence.text.corpus import LMCorpus, brown_corpus
 from influence.text.gpt import GPT
@@ -69,6 +70,17 @@ def _membership(doc_source: torch.Tensor, n_src: int) -> torch.Tensor:
                                                           torch.ones(len(doc_source)))
 
 
+def _heldout_loss(model, params, corpus: LMCorpus, U: torch.Tensor, stored: torch.Tensor, coef, A: torch.Tensor
+                  ) -> dict:
+    """Score agreement, on held-out windows, of the stored responses
+    (``stored (r, p)`` with ``coef (n, r)``, or rows) with the exact ``U``:
+    per document and per source."""
+    g = query_grads(model, params, _heldout(corpus))
+    exact = g @ U.T
+    approx = g @ stored.T if coef is None else (g @ stored.T) @ coef.T
+    return {"documents": score_agreement(exact, approx), "sources": score_agreement(exact @ A, approx @ A)}
+
+
 def _member(cfg: WorkerConfig, corpus: LMCorpus, level: str, e: int, bar) -> dict:
     spec, m = cfg.model, cfg.method
     seed = cfg.train.seed + e
@@ -79,22 +91,21 @@ def _member(cfg: WorkerConfig, corpus: LMCorpus, level: str, e: int, bar) -> dic
                               0.0, seed, bar)
     doc_source = torch.from_numpy(corpus.train_doc_source[level])
     n_src = len(corpus.source_ids[level])
+    basis, coef, comp = resp.U, None, {}
     if m.compress_rank:
         probe = probe_grads(model, params, corpus.blocks, PROBES, seed)
         basis, coef, cs = compress(resp.U, doc_source, n_src, m.compress_rank, probe)
-        held = _heldout(corpus)
-        g = query_grads(model, params, held)
-        cs.heldout = {"documents": score_agreement(g @ resp.U.T, (g @ basis.T) @ coef.T),
-                      "sources": score_agreement(g @ resp.U.T @ _membership(doc_source, n_src),
-                                                 (g @ basis.T) @ coef.T @ _membership(doc_source, n_src))}
         comp = cs.__dict__
-    else:
-        basis, coef, comp = resp.U, None, None
+    q = cfg.quant()
+    stored = basis if q is None else dequantize(quantize(basis, q["bits"], q["group"]))
+    if m.compress_rank or q is not None:
+        comp["quant"] = q
+        comp["heldout"] = _heldout_loss(model, params, corpus, resp.U, stored, coef, _membership(doc_source, n_src))
     windows = torch.stack([torch.tensor(t[:65]) for t in corpus.heldout_tokens if len(t) >= 65])
     layout = spec.layout()
     return {"params": params, "basis": layout.unflatten(basis.float().contiguous()), "coef": coef,
             "stats": {"seed": seed, "final_loss": stats["final_loss"], "train_s": round(stats["seconds"], 2),
-                      "simulate_s": round(time.perf_counter() - t0, 2), "compression": comp,
+                      "simulate_s": round(time.perf_counter() - t0, 2), "compression": comp or None,
                       "heldout_perplexity": perplexity(spec, params, windows), **resp.diagnostics}}
 
 
@@ -119,7 +130,7 @@ def build(cfg: WorkerConfig, progress: bool = True) -> Path:
               "n_targets": int(corpus.blocks.shape[0] * (corpus.blocks.shape[1] - 1)), "level": level,
               "heldout_ids": corpus.heldout_ids, "short_docs": corpus.short_docs},
         classes=[], source_ids=sids, example_source=corpus.train_doc_source[level].tolist(),
-        members=m.ensemble, dtype=cfg.store.dtype, has_examples=True, has_sources=False,
+        members=m.ensemble, dtype=cfg.store.dtype, examples_quant=cfg.quant(), has_examples=True, has_sources=False,
         extra={"members": [mb["stats"] for mb in members], "preset": cfg.preset,
                "source_names": corpus.source_names[level]},
     )

@@ -153,7 +153,8 @@ def _publish(cfg: WorkerConfig, ds: Dataset, members: list[dict], X, y) -> Path:
         method=m.model_dump(mode="json"),
         data={"name": ds.name, "fingerprint": ds.fingerprint(), "n": ds.n, "dim": int(ds.X.shape[1])},
         classes=ds.classes, source_ids=ds.source_ids, example_source=ds.source.tolist(),
-        members=m.ensemble, dtype=cfg.store.dtype, has_examples=members[0]["examples"] is not None,
+        members=m.ensemble, dtype=cfg.store.dtype, examples_quant=cfg.quant(),
+        has_examples=members[0]["examples"] is not None,
         has_sources=members[0]["sources"] is not None,
         extra={"members": [mb["stats"] for mb in members], "preset": cfg.preset},
     )

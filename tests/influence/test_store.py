@@ -126,3 +126,34 @@ def test_reader_never_sees_partial_store(tmp_path):
         t.join()
     assert not errors, errors[:3]
     assert len(seen) >= 2
+
+
+def test_quantized_examples_round_trip_and_refuse_a_mismatch(tmp_path):
+    """``examples_quant``: rows stored as 3-bit codes come back within half a
+    step of every group's scale, as float32 blocks of the layout; a manifest
+    whose bits do not match the stored codes is refused."""
+    import json
+
+    from influence.model import MLPSpec
+    from influence.quant import dequantize, quantize
+    from influence.store import Manifest, StoreError, load_version, publish
+
+    spec = MLPSpec(widths=[5, 4, 3])
+    layout = spec.layout()
+    g = torch.Generator().manual_seed(0)
+    params = [{k: torch.randn(s, generator=g) for k, s in zip(layout.names, layout.shapes)}]
+    U = torch.randn(6, layout.numel, generator=g)
+    man = Manifest(format_version=3, model=spec, recipe={}, method={}, data={}, classes=["a", "b", "c"],
+                   source_ids=["s0", "s1"], example_source=[0, 1, 0, 1, 0, 1], members=1, dtype="float32",
+                   has_examples=True, has_sources=False, examples_quant={"bits": 3, "group": 8})
+    path = publish(tmp_path / "st", man, params, [layout.unflatten(U)], None)
+    st = load_version(path)
+    got = layout.flatten(st.examples[0])
+    torch.testing.assert_close(got, dequantize(quantize(U, 3, 8)), rtol=0, atol=0)
+    assert (got - U).abs().max() <= U.abs().max() / 3 / 2 * 1.01
+    mf = path / "manifest.json"
+    bad = json.loads(mf.read_text())
+    bad["examples_quant"]["bits"] = 4
+    mf.write_text(json.dumps(bad))
+    with pytest.raises(StoreError, match="examples_quant"):
+        load_version(path)

@@ -30,7 +30,9 @@ def stores(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lm")
     data = write_corpus(tmp / "docs.jsonl")
     out = {}
-    for name, extra in (("exact", ["method.compress_rank=0"]), ("compressed", ["method.compress_rank=36"])):
+    for name, extra in (("exact", ["method.compress_rank=0", "store.quant_bits=0"]),
+                        ("compressed", ["method.compress_rank=36", "store.quant_bits=0"]),
+                        ("quantized", ["method.compress_rank=0", "store.quant_bits=3"])):
         cfg = load_config("brown", overrides=[f'data.path="{data}"', f'store.root="{tmp / name}"', *TINY, *extra])
         build(cfg, progress=False)
         out[name] = open_store(tmp / name)
@@ -65,6 +67,20 @@ def test_scores_compressed_equal_exact_and_explicit(stores):
     model = GPT(exact.spec, seed=None).double()
     ref = gradient_scores(model, {k: v.double() for k, v in exact.params[0].items()}, U, x, mask)
     torch.testing.assert_close(a.examples.double(), ref, rtol=1e-3, atol=1e-4 * ref.abs().max().item())
+
+
+def test_quantized_rows_are_the_exact_rows_rounded(stores):
+    """The brown preset's form (rows as 3-bit codes): the loaded rows are the
+    exact store's rows through ``influence.quant`` (same build, same seed),
+    and the build recorded the rounding's score error on held-out text."""
+    from influence.quant import dequantize, quantize
+
+    _, _, s = stores
+    exact, quant = TextAttributor(s["exact"]), TextAttributor(s["quantized"])
+    assert s["quantized"].manifest.examples_quant == {"bits": 3, "group": 128}
+    torch.testing.assert_close(quant.basis[0], dequantize(quantize(exact.basis[0], 3, 128)), rtol=0, atol=0)
+    held = s["quantized"].manifest.extra["members"][0]["compression"]["heldout"]
+    assert 0.5 < held["documents"]["spearman"] <= 1.0 and held["documents"]["rel_error"] < 0.6
 
 
 def test_score_cli_and_bad_queries(stores, tmp_path):
