@@ -310,7 +310,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"version": m.version, "created_at": m.created_at, "root": str(_rt(request).s.store),
                 "device": str(att.device), "model": m.model.model_dump(), "classes": m.classes,
                 "n_examples": len(m.example_source), "n_sources": len(m.source_ids), "source_ids": m.source_ids,
-                "members": m.members, "dtype": m.dtype, "method": m.method, "recipe": m.recipe, "data": m.data}
+                "members": m.members, "dtype": m.dtype, "method": m.method, "recipe": m.recipe, "data": m.data,
+                "audit": _rt(request).audit}
 
     @app.get("/v1/stats")
     async def stats(request: Request, p: Principal = Depends(require("query", "report"))):

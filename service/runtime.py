@@ -38,6 +38,7 @@ class Runtime:
         self.s = settings
         self.att = None  # influence.attributor.Attributor or influence.text.attributor.TextAttributor
         self.kind: Kind | None = None
+        self.audit: dict | None = None  # of the current att's store version (influence.store.Store.audit)
         self.batch_invariant: bool | None = None  # of the current att (see batcher.batch_invariant)
         self.load_error: str | None = "loading"
         self.stats = Stats()
@@ -114,7 +115,8 @@ class Runtime:
                 log.warning("store %s: a query's scores depend on its position in a readout block on this host "
                             "(BLAS kernel choice): answers may differ in the last bits with concurrent traffic",
                             att.version)
-            self.att, self.kind, self.load_error, self.batch_invariant = att, kind, None, invariant
+            self.att, self.kind, self.load_error, self.batch_invariant, self.audit = att, kind, None, invariant, \
+                store.audit
             self.stats.m_reloads.inc()
             self._tasks = [t for t in self._tasks if not t.done()]
             if prev and self.s.cache_ttl_s:

@@ -243,6 +243,9 @@ class StoreInfo(BaseModel):
     method: dict
     recipe: dict
     data: dict
+    audit: dict | None = Field(None, description="the version's audit against retraining (fa-worker audit: "
+                               "settings, metrics such as source_lds and loso_pearson, created_at); null when "
+                               "this version has not been audited")
 
 
 class SourceLabel(BaseModel):

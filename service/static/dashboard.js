@@ -180,6 +180,12 @@
     $("store-badge").textContent = `store ${b.version} · ${b.device} · ${num(b.n_examples)} ${rows} · ${b.n_sources} sources`;
     $("store-badge").dataset.version = b.version;
     if (S.namesVersion !== b.version) loadNames(b.version);
+    const a = b.audit, m = a && a.metrics;
+    const f = x => (x === null || x === undefined ? "–" : Number(x).toFixed(2));
+    $("audit-badge").textContent = a
+      ? `audit ${String(a.created_at || "").slice(0, 10)} · source LDS ${f(m.source_lds)} · LOSO r ${f(m.loso_pearson)}`
+      : "not audited";
+    $("audit-badge").dataset.audited = a ? "1" : "0";
   }
 
   async function loadNames(version) {

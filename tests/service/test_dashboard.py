@@ -197,6 +197,8 @@ def test_live_figures_update_after_queries(dash, page, tmp_path):
     assert rows.count() == len(sources["sources"])
     assert rows.first.get_attribute("data-source") == sources["sources"][0]["id"]
     assert page.get_attribute("#store-badge", "data-version") == sources["store_version"]
+    assert page.get_attribute("#audit-badge", "data-audited") == "0"  # the tiny store has no audit.json
+    assert page.inner_text("#audit-badge") == "not audited"
     page.screenshot(path=str(tmp_path / "dashboard-live.png"), full_page=True)
 
     # the key survives a reload of the tab (sessionStorage), and is only ever sent as a header

@@ -1,0 +1,31 @@
+"""A store's audit reaches the user: ``/v1/store`` says ``audit: null`` for
+a version never audited, and after ``fa-worker audit`` (a real run on a copy
+of the tiny store) and a reload it carries the audit's metrics and date."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from .util import serve
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_store_info_shows_the_audit_or_says_there_is_none(settings_for, store_root):
+    with serve(settings_for()) as base:
+        before = httpx.get(base + "/v1/store").json()
+        assert before["audit"] is None
+        cmd = [sys.executable, "-m", "worker", "audit", "--store", str(store_root), "--subsets", "4", "--seeds", "1",
+               "--queries", "64", "--loso-sources", "3"]
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+        assert httpx.post(base + "/v1/admin/reload").status_code == 200
+        after = httpx.get(base + "/v1/store").json()
+    audit = after["audit"]
+    assert after["version"] != before["version"] and audit["audited_version"] == before["version"]
+    assert -1.0 <= audit["metrics"]["source_lds"] <= 1.0 and audit["created_at"]
+    assert audit["settings"]["subsets"] == 4
