@@ -9,7 +9,7 @@ Checks (exit status 1 if any fails):
    bfloat16 store against its own CPU readout);
 3. the service's padded blocks are batch-invariant on the device too: a
    query's scores are bit-identical whatever it is batched with
-   (``service.batcher.readout_rows``, the property batching on/off relies on).
+   (``influence.blocks.readout_rows``, the property batching on/off relies on).
 
 Then measures, with CUDA events: readout pairs/s against batch size and store
 size (the digits responses repeated up to 100x), next to the device's GEMM
@@ -107,7 +107,7 @@ def check_equal(st, dev: torch.device, Xq, yq, dtype=None, rtol: float = 1e-3, a
 
 
 def check_batch_invariance(att: Attributor, Xq, block: int) -> dict:
-    from service.batcher import batch_invariant, readout_rows
+    from influence.blocks import batch_invariant, readout_rows
 
     y = torch.full((len(Xq),), -1)
     together = readout_rows(att, Xq[:100], y[:100], "margin", True, block)
@@ -161,7 +161,7 @@ def throughput(att: Attributor, dev: torch.device, batches, mults, log) -> list[
 
 
 def service_path(att: Attributor, dev: torch.device, Xq, blocks) -> list[dict]:
-    from service.batcher import readout_rows
+    from influence.blocks import readout_rows
 
     y = torch.full((len(Xq),), -1)
     out = []

@@ -44,11 +44,11 @@ from dataclasses import dataclass, field
 import torch
 
 from influence.attributor import Attributor
+from influence.blocks import readout_rows
 
 from .errors import ApiError, unavailable
 from .tasks import cancel_and_wait
 
-_PROBE_EXAMPLE_ROWS = 2_000_000  # batch_invariant: (query rows x example responses) probed at most
 _GAP_WEIGHT = 0.25  # of the newest gap in the moving average: follows a change of load within a few requests
 
 
@@ -91,22 +91,6 @@ class _Item:
         return self.n
 
 
-def readout_rows(att: Attributor, x: torch.Tensor, y: torch.Tensor, kind: str, examples: bool,
-                 block: int) -> tuple[torch.Tensor, ...]:
-    """Score rows ``x (B, d)`` in padded blocks of ``block`` rows; ``y = -1``
-    scores the predicted class. Returns CPU (probs, pred, target, sources,
-    examples or None)."""
-    n, pad = x.shape[0], (-x.shape[0]) % block
-    xs = torch.cat([x, x.new_zeros((pad, x.shape[1]))]) if pad else x
-    ys = torch.cat([y, y.new_full((pad,), -1)]) if pad else y
-    parts = []
-    for s in range(0, xs.shape[0], block):
-        sc = att.readout(xs[s:s + block], ys[s:s + block], kind, examples=examples, sources=True)
-        parts.append((sc.probs, sc.pred, sc.target, sc.sources, sc.examples))
-    out = [torch.cat([p[i] for p in parts])[:n].cpu() if parts[0][i] is not None else None for i in range(5)]
-    return tuple(out)
-
-
 def vector_readout(att: Attributor, rows: list[tuple[torch.Tensor, torch.Tensor, str]], examples: list[bool],
                    block: int) -> list[Readout]:
     """The vector store's ``ReadoutFn``: rows are ``(x (b, d), y (b,), output
@@ -122,26 +106,6 @@ def vector_readout(att: Attributor, rows: list[tuple[torch.Tensor, torch.Tensor,
                            ex[s:e] if ex is not None and want else None))
         s = e
     return out
-
-
-def batch_invariant(att: Attributor, block: int, kind: str = "margin") -> bool:
-    """Whether a row's answer is the same at every position of a block (the
-    premise of the padded blocks above; BLAS kernels for some skinny shapes
-    break it). A probe of ``block`` random rows, read out rolled to every
-    offset: ``block`` readouts, once per store load. The per-example
-    responses join the probe while that stays cheap (``block²`` query rows
-    over all of them: well under a second for the digits store, minutes for
-    a million examples on a CPU); beyond that only the sources are probed."""
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(block, att.spec.in_dim, generator=gen)
-    y = torch.randint(-1, att.spec.n_classes, (block,), generator=gen)
-    examples = att.examples is not None and len(att.manifest.example_source) * block * block <= _PROBE_EXAMPLE_ROWS
-    base = readout_rows(att, x, y, kind, examples, block)
-    for shift in range(1, block):
-        rolled = readout_rows(att, x.roll(shift, 0), y.roll(shift, 0), kind, examples, block)
-        if not all(a is None or torch.equal(a.roll(shift, 0), b) for a, b in zip(base, rolled, strict=True)):
-            return False
-    return True
 
 
 class Batcher:

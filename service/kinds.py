@@ -26,12 +26,13 @@ import numpy as np
 import torch
 
 from influence.attributor import Attributor, top_k
+from influence.blocks import batch_invariant, text_batch_invariant, text_readout_rows
 from influence.errors import QueryError, StoreError
 from influence.store import Manifest, Store
 from influence.text.attributor import TextAttributor
 from influence.text.attributor import TextQuery as Encoded
 
-from .batcher import Batcher, batch_invariant
+from .batcher import Batcher
 from .credit import credit, output_sign
 from .errors import ApiError, invalid
 from .schemas import AttributionRequest, PromptQuery, Query, TextQuery
@@ -175,27 +176,6 @@ class TextReadout:
     batch_queries: int = 0
 
 
-def text_readout_rows(att: TextAttributor, queries: list[Encoded], block: int):
-    """Score ``queries`` in calls of exactly ``block`` rows of exactly
-    context + 1 tokens (right padding with masks; the last block filled up
-    with filler rows), so every call has the same shape (causal attention
-    keeps rows independent) and a query's numbers do not depend on what it
-    is batched with. -> CPU (logprob, token log-probabilities, sources,
-    examples)."""
-    length = att.spec.context + 1
-    fill = Encoded([0] * length, 1, 0)
-    lp, toks, src, ex = [], [], [], []
-    for s in range(0, len(queries), block):
-        part = queries[s:s + block]
-        sc = att.score(part + [fill] * (block - len(part)), length)
-        k = len(part)
-        lp.append(sc.logprob[:k])
-        toks += sc.token_logprobs[:k]
-        src.append(sc.sources[:k])
-        ex.append(sc.examples[:k])
-    return torch.cat(lp).cpu(), toks, torch.cat(src).cpu(), torch.cat(ex).cpu()
-
-
 def text_readout(att: TextAttributor, rows: list[list[Encoded]], examples: list[bool], block: int) -> list[TextReadout]:
     """The text store's ``ReadoutFn`` (``service.batcher``)."""
     lp, toks, src, ex = text_readout_rows(att, [q for r in rows for q in r], block)
@@ -205,26 +185,6 @@ def text_readout(att: TextAttributor, rows: list[list[Encoded]], examples: list[
         out.append(TextReadout(att.version, lp[s:e], toks[s:e], src[s:e], ex[s:e]))
         s = e
     return out
-
-
-def text_batch_invariant(att: TextAttributor, block: int) -> bool:
-    """``batch_invariant`` for a text store: ``block`` random queries of
-    random lengths, read out rolled to every offset of the block."""
-    gen = torch.Generator().manual_seed(0)
-    ctx, vocab = att.spec.context, att.spec.vocab
-    qs = []
-    for _ in range(block):
-        n = int(torch.randint(2, ctx + 2, (1,), generator=gen))
-        ids = torch.randint(0, vocab, (n,), generator=gen).tolist()
-        qs.append(Encoded(ids, int(torch.randint(1, n, (1,), generator=gen)), sum(i == 0 for i in ids)))
-    base = text_readout_rows(att, qs, block)
-    for shift in range(1, block):
-        rolled = text_readout_rows(att, qs[-shift:] + qs[:-shift], block)
-        lp, toks, src, ex = rolled
-        if not (torch.equal(base[0].roll(shift, 0), lp) and base[1][-shift:] + base[1][:-shift] == toks
-                and torch.equal(base[2].roll(shift, 0), src) and torch.equal(base[3].roll(shift, 0), ex)):
-            return False
-    return True
 
 
 class TextKind(Kind):

@@ -11,8 +11,8 @@ import httpx
 import torch
 
 from influence.attributor import Attributor
+from influence.blocks import batch_invariant, readout_rows
 from influence.store import open_store
-from service.batcher import batch_invariant, readout_rows
 
 from .util import query, serve, strip_volatile
 

@@ -1,0 +1,99 @@
+"""Readout in fixed-shape blocks, and the probe that it is batch invariant.
+
+A GEMM's row results can depend on how many rows it has (BLAS picks other
+kernels for skinny shapes; cuBLAS picks by shape), so a service that
+batches concurrent queries would answer a query differently depending on
+its company. Reading out in blocks of exactly ``block`` rows (the last one
+padded) makes every call the same shape; ``batch_invariant`` /
+``text_batch_invariant`` check on a given host that a row's numbers also do
+not depend on its position in the block (run once per store load; the
+service reports it on ``/readyz``). Vector stores pad rows with zeros; text
+stores pad every query to the full context with a mask and fill the last
+block with filler rows.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .attributor import Attributor
+from .text.attributor import TextAttributor, TextQuery
+
+_PROBE_EXAMPLE_ROWS = 2_000_000  # batch_invariant: (query rows x example responses) probed at most
+
+
+def readout_rows(att: Attributor, x: torch.Tensor, y: torch.Tensor, kind: str, examples: bool,
+                 block: int) -> tuple[torch.Tensor, ...]:
+    """Score rows ``x (B, d)`` in padded blocks of ``block`` rows; ``y = -1``
+    scores the predicted class. Returns CPU (probs, pred, target, sources,
+    examples or None)."""
+    n, pad = x.shape[0], (-x.shape[0]) % block
+    xs = torch.cat([x, x.new_zeros((pad, x.shape[1]))]) if pad else x
+    ys = torch.cat([y, y.new_full((pad,), -1)]) if pad else y
+    parts = []
+    for s in range(0, xs.shape[0], block):
+        sc = att.readout(xs[s:s + block], ys[s:s + block], kind, examples=examples, sources=True)
+        parts.append((sc.probs, sc.pred, sc.target, sc.sources, sc.examples))
+    out = [torch.cat([p[i] for p in parts])[:n].cpu() if parts[0][i] is not None else None for i in range(5)]
+    return tuple(out)
+
+
+def batch_invariant(att: Attributor, block: int, kind: str = "margin") -> bool:
+    """Whether a row's answer is the same at every position of a block (the
+    premise of the padded blocks above; BLAS kernels for some skinny shapes
+    break it). A probe of ``block`` random rows, read out rolled to every
+    offset: ``block`` readouts, once per store load. The per-example
+    responses join the probe while that stays cheap (``block²`` query rows
+    over all of them: well under a second for the digits store, minutes for
+    a million examples on a CPU); beyond that only the sources are probed."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(block, att.spec.in_dim, generator=gen)
+    y = torch.randint(-1, att.spec.n_classes, (block,), generator=gen)
+    examples = att.examples is not None and len(att.manifest.example_source) * block * block <= _PROBE_EXAMPLE_ROWS
+    base = readout_rows(att, x, y, kind, examples, block)
+    for shift in range(1, block):
+        rolled = readout_rows(att, x.roll(shift, 0), y.roll(shift, 0), kind, examples, block)
+        if not all(a is None or torch.equal(a.roll(shift, 0), b) for a, b in zip(base, rolled, strict=True)):
+            return False
+    return True
+
+
+def text_readout_rows(att: TextAttributor, queries: list[TextQuery], block: int):
+    """Score ``queries`` in calls of exactly ``block`` rows of exactly
+    context + 1 tokens (right padding with masks; the last block filled up
+    with filler rows), so every call has the same shape (causal attention
+    keeps rows independent) and a query's numbers do not depend on what it
+    is batched with. -> CPU (logprob, token log-probabilities, sources,
+    examples)."""
+    length = att.spec.context + 1
+    fill = TextQuery([0] * length, 1, 0)
+    lp, toks, src, ex = [], [], [], []
+    for s in range(0, len(queries), block):
+        part = queries[s:s + block]
+        sc = att.score(part + [fill] * (block - len(part)), length)
+        k = len(part)
+        lp.append(sc.logprob[:k])
+        toks += sc.token_logprobs[:k]
+        src.append(sc.sources[:k])
+        ex.append(sc.examples[:k])
+    return torch.cat(lp).cpu(), toks, torch.cat(src).cpu(), torch.cat(ex).cpu()
+
+
+def text_batch_invariant(att: TextAttributor, block: int) -> bool:
+    """``batch_invariant`` for a text store: ``block`` random queries of
+    random lengths, read out rolled to every offset of the block."""
+    gen = torch.Generator().manual_seed(0)
+    ctx, vocab = att.spec.context, att.spec.vocab
+    qs = []
+    for _ in range(block):
+        n = int(torch.randint(2, ctx + 2, (1,), generator=gen))
+        ids = torch.randint(0, vocab, (n,), generator=gen).tolist()
+        qs.append(TextQuery(ids, int(torch.randint(1, n, (1,), generator=gen)), sum(i == 0 for i in ids)))
+    base = text_readout_rows(att, qs, block)
+    for shift in range(1, block):
+        rolled = text_readout_rows(att, qs[-shift:] + qs[:-shift], block)
+        lp, toks, src, ex = rolled
+        if not (torch.equal(base[0].roll(shift, 0), lp) and base[1][-shift:] + base[1][:-shift] == toks
+                and torch.equal(base[2].roll(shift, 0), src) and torch.equal(base[3].roll(shift, 0), ex)):
+            return False
+    return True
