@@ -63,10 +63,15 @@ def plot(res: dict) -> None:
     ax[0].plot([lo, 1], [lo, 1], "k--", lw=0.8)
     ax[0].set(xlabel=f"TRAK-{E} document LDS (per query)", ylabel=f"ours-{E} document LDS (per query)",
               title="per-query document LDS, 100 held-out windows")
-    comp = sorted(res["compression"], key=lambda c: c["bytes_per_member"])
-    ax[1].plot([c["bytes_per_member"] / 1e6 for c in comp], [c["lds_document_E"] for c in comp], "o-")
-    for c in comp:
-        ax[1].annotate(c["variant"], (c["bytes_per_member"] / 1e6, c["lds_document_E"]), fontsize=7)
+    families: dict[str, list] = {}
+    for c in res["compression"]:
+        families.setdefault(c["variant"].split("_")[0], []).append(c)
+    for fam, cs in families.items():  # one line per rank (or the rows), over the storage dtypes
+        cs = sorted(cs, key=lambda c: c["bytes_per_member"])
+        ax[1].plot([c["bytes_per_member"] / 1e6 for c in cs], [c["lds_document_E"] for c in cs], "o-", label=fam)
+        for c in cs:
+            ax[1].annotate(c["variant"].split("_", 1)[-1], (c["bytes_per_member"] / 1e6, c["lds_document_E"]),
+                           fontsize=6)
     ax[1].axvline(res["exact_bytes_per_member"] / 10e6, color="grey", ls=":", label="10x smaller than exact")
     ax[1].set(xscale="log", xlabel="per-document store, MB per member", ylabel=f"document LDS, {E} models",
               title="compression: size against quality")
@@ -83,14 +88,17 @@ def render(res: dict) -> str:
              f"{gt['doc_subsets']} document subsets x 2 seeds, {gt['genre_subsets']} genre subsets, "
              f"{fmt(gt['seconds'] / 60)} min of training; the full-data models (seeds 2..) have held-out "
              f"perplexity {', '.join(fmt(x) for x in gt['heldout_ppl'])}. TRAK's λ is the best of its sweep on "
-             f"this ground truth ({res['trak_lambda']}), in TRAK's favour. `ours_store` is the compressed store "
-             f"({res['store_variant']}).", "", *lds_table(res), "",
+             f"this ground truth ({res['trak_lambda']}), in TRAK's favour. `ours` reads exact float32 "
+             f"responses, `ours_store` what the brown store holds ({res['store_variant']}); precompute is per model "
+             f"(simulation, and for TRAK gradients + projection), times the models.", "", *lds_table(res), "",
              f"Per-query readout, one query at a time, side by side in one loop ({t['queries']} queries, medians): "
-             f"ours per source {fmt(t['ours_source_s'])} s ({t['source_tangents']} forward tangents), ours per "
-             f"document {fmt(t['ours_example_s'])} s ({t['basis_rank']} tangents), TRAK {fmt(t['trak_s'])} s "
+             f"ours per source {fmt(t['ours_source_s'])} s ({t['source_tangents']} forward tangents, the genres), ours "
+             f"per document {fmt(t['ours_rows_s'])} s (one tangent per document, {t['rows']}; a rank-"
+             f"{t['basis_rank']} basis: {fmt(t['ours_example_s'])} s), TRAK {fmt(t['trak_s'])} s "
              f"(backward {fmt(t['backward_s'])} s + projection to k={t['trak_k']} + product): ours / TRAK = "
-             f"{fmt(t['ours_source_s'] / t['trak_s'])} per source, {fmt(t['ours_example_s'] / t['trak_s'])} per "
-             f"document. Forward readout vs gradient dot product: max relative difference "
+             f"{fmt(t['ours_source_s'] / t['trak_s'])} per source, {fmt(t['ours_rows_s'] / t['trak_s'])} per "
+             f"document (the store's publishers are sums of its documents: they cost the same). "
+             f"Forward readout vs gradient dot product: max relative difference "
              f"{fmt(res['forward_check_max_rel'])}.", "", "Compression of the per-document responses "
              f"(exact float32: {fmt(res['exact_bytes_per_member'] / 1e6)} MB per member):", "",
              *compression_table(res), "", f"![LDS and compression]({PNG.name})"]
