@@ -23,25 +23,12 @@ from tqdm.auto import tqdm
 from influence.model import MLPSpec, init_params
 from influence.outputs import output
 from worker.config import TrainConfig
+from worker.retrain import forward_stacked
 from worker.train import batch_order, train
 
 from .protocol import CACHE, Data, Protocol, base_config, loo_examples, seeds, subsets
 
-_ACT = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "gelu": F.gelu}
-
-
-def forward_many(params: dict[str, torch.Tensor], spec: MLPSpec, x: torch.Tensor) -> torch.Tensor:
-    """Stacked params ``(M, o, i)`` / ``(M, o)``; x ``(M, B, d)`` or shared
-    ``(B, d)`` -> logits ``(M, B, C)``."""
-    n_layers = len(spec.widths) - 1
-    m = params["0.weight"].shape[0]
-    a = x if x.dim() == 3 else x.expand(m, *x.shape)
-    for l in range(n_layers):
-        w, b = params[f"{2 * l}.weight"], params[f"{2 * l}.bias"]
-        a = torch.baddbmm(b[:, None, :], a, w.transpose(1, 2))
-        if l < n_layers - 1:
-            a = _ACT[spec.activation](a)
-    return a
+forward_many = forward_stacked  # one stacked forward for the bench and the audit (worker/retrain.py)
 
 
 def train_many(spec: MLPSpec, X: torch.Tensor, y: torch.Tensor, index_sets: np.ndarray, seeds_: list[int],

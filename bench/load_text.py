@@ -414,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
            "requests": {"passages": len(texts), "window_tokens": a.window, "granularity": a.granularity,
                         "top_k": a.top_k, "mean_tokens": statistics.mean(len(att.tokenizer.tokenize(t))
                                                                          for t in texts)},
-           "settings": {"torch_threads": a.threads, "readout_block": block, **extra}, "rows": [], "ab": [],
+           "settings": {"torch_threads": a.threads, "readout_block": block,
+                        "text_readout_block": int(extra.get("text_readout_block", 4)), **extra}, "rows": [], "ab": [],
            "profile": []}
     s = res["store"]
     res["flops"] = {"readout": readout_flops(att.spec, [b.shape[0] for b in att.basis], s["documents"],

@@ -19,6 +19,12 @@ SRC = RESULTS / "load_text.json"
 GOAL_QPS, GOAL_P99_MS, GOAL_C = 50.0, 250.0, 32
 
 
+
+def _svc_block(res: dict) -> int:
+    """Rows per service readout call for a text store: ``text_readout_block``
+    (4 when the run did not record it: the service's default then)."""
+    return int(res.get("settings", {}).get("text_readout_block", 4))
+
 def _pick(rows: list[dict], **kw) -> dict | None:
     return next((r for r in rows if all(r.get(k) == v for k, v in kw.items())), None)
 
@@ -106,7 +112,7 @@ def cost_table(res: dict) -> list[str]:
     if ip:
         row("readout in process, one row (`TextAttributor.score`)", ip.get("ours_row_qps"), ro and ro / 1e9)
         if ip.get("ours_block_qps"):
-            row(f"readout in process, one block: {block} queries + 1 filler row, as the service runs it",
+            row(f"readout in process, one block: {block} queries + 1 filler row",
                 ip["ours_block_qps"], ro and ro * (block + 1) / block / 1e9)
         row("TRAK, one query at a time (backward + projection + product)", ip.get("trak_qps"), tr and tr / 1e9)
         row(f"TRAK, {ip['trak_batch']} queries per projection GEMM", ip.get("trak_batched_qps"), tr and tr / 1e9)
@@ -131,10 +137,9 @@ def flops_lines(res: dict) -> list[str]:
                    f"{r['shared'] / 1e6:.0f} MFLOP shared by the row's tangents (primal passes, the tied head, "
                    f"the two plain forwards of f and the token log-probabilities), {r['products'] / 1e6:.2f} "
                    f"MFLOP of products with the coefficients and the {st['sources']} sources: "
-                   f"**{r['total'] / 1e9:.2f} GFLOP per query**. A readout call is always a block of "
-                   f"{res['settings'].get('readout_block', 16)} + 1 full-length rows, so a lone query executes "
-                   f"{res['settings'].get('readout_block', 16) + 1}x that, a full block "
-                   f"{(res['settings'].get('readout_block', 16) + 1) / res['settings'].get('readout_block', 16):.2f}x.")
+                   f"**{r['total'] / 1e9:.2f} GFLOP per query**. The service's readout call is always a block of "
+                   f"{_svc_block(res)} full-length rows (`text_readout_block`), so a lone query executes "
+                   f"{_svc_block(res)}x that, a full block 1x.")
     if t:
         out.append(f"- TRAK per query: backward pass ≈ {t['backward'] / 1e6:.0f} MFLOP (3 forwards), projection "
                    f"{t['projection'] / 1e6:.0f} MFLOP ({st['params']:,} × k = "
@@ -231,7 +236,7 @@ def findings(res: dict) -> list[str]:
             out.append(f"- Side by side, as is vs `{v}`, alternating round by round: " + "; ".join(cells) + ".")
     sizes = [r for r in rows if r["batching"] and r["queries_per_request"] == 1 and r.get("queries_per_batch")]
     if sizes:
-        blk = res.get("settings", {}).get("readout_block", 16)
+        blk = _svc_block(res)
         out.append("- Readout batch sizes, batching on, 1 q/req: "
                    + ", ".join(f"{r['queries_per_batch']:.1f} queries per batch at c = {r['concurrency']}"
                                for r in sorted(sizes, key=lambda r: r["concurrency"]))
@@ -241,8 +246,9 @@ def findings(res: dict) -> list[str]:
     lone = _pick(rows, batching=True, concurrency=1, queries_per_request=1)
     if ip.get("ours_row_s") and ip.get("ours_block_s"):
         out.append(f"- Padding: in process one row costs {ip['ours_row_s'] * 1000:.0f} ms, a full block "
-                   f"{ip['ours_block_s'] * 1000:.0f} ms per query; the service reads a lone query out as a whole "
-                   f"block of {ip['readout_block'] + 1} rows (fixed shapes keep answers batch invariant), "
+                   f"{ip['ours_block_s'] * 1000:.0f} ms per query (block of {ip['readout_block']} + 1 rows); the "
+                   f"service reads a lone query out as a whole block of {_svc_block(res)} rows "
+                   "(`text_readout_block`: fixed shapes keep answers batch invariant), "
                    + (f"so at c = 1 it serves {_num(lone['throughput_qps'], 2)} q/s against "
                       f"{ip['ours_row_qps']:.2f} q/s for one unpadded row." if lone and lone.get("ok") else
                       "so below a full block per batch most of the arithmetic is on filler rows."))
