@@ -40,6 +40,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
@@ -70,10 +71,11 @@ class Readout:
     batch_queries: int = 0
 
 
-ReadoutFn = Callable[[object, list, list[bool], int], list]
-"""``run(att, rows of each request, examples wanted by each, block)`` -> one
+ReadoutFn = Callable[[object, list, list[bool]], list]
+"""``run(att, rows of each request, examples wanted by each)`` -> one
 result per request (with ``queue_s``, ``readout_s``, ``batch_queries``);
-runs in the readout thread. Each store kind has its own (``service.kinds``)."""
+runs in the readout thread. Each store kind has its own (``service.kinds``),
+bound to its block size."""
 
 
 @dataclass
@@ -111,10 +113,10 @@ def vector_readout(att: Attributor, rows: list[tuple[torch.Tensor, torch.Tensor,
 class Batcher:
     """See the module doc. ``on_batch(queries, seconds)`` is told of each readout."""
 
-    def __init__(self, max_batch: int, max_wait_s: float, block: int, queue_size: int, enabled: bool = True,
+    def __init__(self, max_batch: int, max_wait_s: float, queue_size: int, enabled: bool = True,
                  timeout_s: float = 30.0, retry_after_s: int = 1, on_batch: Callable[[int, float], None] | None = None,
                  adaptive: bool = True):
-        self.max_batch, self.max_wait_s, self.block = max_batch, max_wait_s, block
+        self.max_batch, self.max_wait_s = max_batch, max_wait_s
         self.queue_size, self.enabled, self.timeout_s = queue_size, enabled, timeout_s
         self.retry_after_s, self.on_batch, self.adaptive = retry_after_s, on_batch, adaptive
         self._last_arrival = -math.inf
@@ -141,10 +143,12 @@ class Batcher:
                 item.future.set_exception(unavailable("shutting down", self.retry_after_s))
         self._pool.shutdown(wait=True)
 
-    async def submit(self, att: Attributor, x: torch.Tensor, y: torch.Tensor, kind: str, examples: bool) -> Readout:
+    async def submit(self, att: Attributor, x: torch.Tensor, y: torch.Tensor, kind: str, examples: bool,
+                     block: int) -> Readout:
         """A vector store's request: rows ``x (b, d)``, targets ``y`` (-1 =
-        predicted) scored on output ``kind``."""
-        return await self.submit_rows(att, (x, y, kind), x.shape[0], (id(att), kind), examples, vector_readout)
+        predicted) scored on output ``kind``, read out in blocks of ``block`` rows."""
+        return await self.submit_rows(att, (x, y, kind), x.shape[0], (id(att), kind, block), examples,
+                                      partial(vector_readout, block=block))
 
     async def submit_rows(self, att, rows, n: int, group: tuple, examples: bool, run: ReadoutFn):
         """Queue one request's ``n`` queries and wait for its readout (503
@@ -220,4 +224,4 @@ class Batcher:
                         item.future.set_result(r)
 
     def _readout(self, items: list[_Item]) -> list:
-        return items[0].run(items[0].att, [i.rows for i in items], [i.examples for i in items], self.block)
+        return items[0].run(items[0].att, [i.rows for i in items], [i.examples for i in items])

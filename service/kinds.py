@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -134,7 +135,7 @@ class VectorKind(Kind):
         return x[idx], y[idx]
 
     def submit(self, batcher: Batcher, att, rows, n: int, output: str, examples: bool, block: int):
-        return batcher.submit(att, rows[0], rows[1], output, examples)
+        return batcher.submit(att, rows[0], rows[1], output, examples, block)
 
     def answers(self, att: Attributor, req: AttributionRequest, output: str, s: Settings, r, rows) -> Answers:
         """Top-k runs once over the batch's rows, tensors become lists once."""
@@ -248,10 +249,7 @@ class TextKind(Kind):
         return [rows[i] for i in idx]
 
     def submit(self, batcher: Batcher, att, rows, n: int, output: str, examples: bool, block: int):
-        def run(a, r, ex, _vector_block):  # the batcher's block is the vector kind's
-            return text_readout(a, r, ex, block)
-
-        return batcher.submit_rows(att, rows, n, (id(att), "text", block), examples, run)
+        return batcher.submit_rows(att, rows, n, (id(att), "text", block), examples, partial(text_readout, block=block))
 
     def answers(self, att: TextAttributor, req: AttributionRequest, output: str, s: Settings, r, rows) -> Answers:
         man, docs = att.manifest, att.documents

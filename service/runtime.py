@@ -78,7 +78,7 @@ class Runtime:
             log.warning("redis at %s not reachable at startup: credit goes to the journal until it is",
                         url.rsplit("@", 1)[-1])
         self.ledger.start()
-        self.batcher = Batcher(s.max_batch, s.max_wait_ms / 1000, s.readout_block, s.queue_size, s.batching,
+        self.batcher = Batcher(s.max_batch, s.max_wait_ms / 1000, s.queue_size, s.batching,
                                s.request_timeout_s, s.retry_after_s, self.stats.batch, s.adaptive_wait)
         self.batcher.start()
         loop = asyncio.get_running_loop()
