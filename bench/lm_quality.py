@@ -47,8 +47,7 @@ def _baseline_taus(p) -> tuple[dict, dict]:
 def _best_trak(taus: dict, gt, genre: np.ndarray, prefix: str) -> str:
     """The λ of the sweep with the best document-level LDS (in TRAK's favour:
     chosen on the ground truth itself)."""
-    names = [k for k in taus if k.startswith(prefix) and k[len(prefix):].replace(".", "").replace("-", "")
-             .replace("e", "").isdigit()]
+    names = [k for k in taus if k.startswith(prefix)]  # the λ sweep: "<prefix><λ relative>"
     return max(names, key=lambda k: evaluate_one(taus[k], gt, genre)["document"])
 
 

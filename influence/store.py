@@ -42,6 +42,7 @@ import json
 import os
 import shutil
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -138,6 +139,19 @@ def _next_version(versions: Path) -> str:
     return f"v{max(nums, default=0) + 1:06d}"
 
 
+@contextmanager
+def _staging(versions: Path):
+    """A hidden directory to write a version into; removed if anything fails
+    before it is installed (``_install`` renames it into place)."""
+    tmp = versions / f".tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def publish(
     root: str | Path,
     manifest: Manifest,
@@ -157,9 +171,7 @@ def publish(
     root = Path(root)
     versions = root / "versions"
     versions.mkdir(parents=True, exist_ok=True)
-    tmp = versions / f".tmp-{uuid.uuid4().hex}"
-    tmp.mkdir()
-    try:
+    with _staging(versions) as tmp:
         dtype = DTYPES[manifest.dtype]
         tensors = {f"m{e}/{k}": v.float() for e, p in enumerate(params) for k, v in p.items()}
         _write_tensors(tmp / "params.safetensors", tensors)
@@ -184,9 +196,6 @@ def publish(
             }
         )
         name = _install(versions, tmp, man)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     set_current(root, name)
     prune(root, keep)
     return versions / name
@@ -268,9 +277,7 @@ def republish(root: str | Path, version: str, assets: dict[str, bytes], extra: d
     old = read_manifest(src)
     for name in assets:
         _check_asset_name(name)
-    tmp = versions / f".tmp-{uuid.uuid4().hex}"
-    tmp.mkdir()
-    try:
+    with _staging(versions) as tmp:
         files = {}
         for name, digest in old.files.items():
             if name in assets:
@@ -295,9 +302,6 @@ def republish(root: str | Path, version: str, assets: dict[str, bytes], extra: d
             raise StoreError(f"{root}: current version moved on from {version} to {current_version(root)}; "
                              "nothing published")
         name = _install(versions, tmp, man)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     set_current(root, name)
     prune(root, keep)
     return versions / name
