@@ -1,7 +1,9 @@
 """Reliability scenarios under load: Redis restarted, store hot-swapped,
 bad input fuzzed, overload shed. The service fixtures are those of
 ``tests/service`` (a private copy of the tiny store, a real Redis under a
-unique key prefix, uvicorn on loopback).
+unique key prefix, uvicorn on loopback). ``target`` runs a scenario on a
+vector store (the tiny digits MLP) and on a text store (a tiny GPT built by
+the worker from a synthetic corpus) alike.
 
 Each scenario reports its figures (``scenario, requests, lost,
 double_counted, failed_requests`` and more) to the ``figures`` fixture; with
@@ -12,11 +14,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from service.settings import Settings
 from tests.service.conftest import (  # noqa: F401  (fixtures, re-exported for these tests)
     built_store,
     prefix,
@@ -25,6 +30,10 @@ from tests.service.conftest import (  # noqa: F401  (fixtures, re-exported for t
     store_root,
     train_x,
 )
+from tests.service.util import REDIS_URL
+
+from ..text_corpus import TINY_GPT, write_corpus
+from . import load
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +48,47 @@ def figures():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "loadavg": list(os.getloadavg()),
                                     "scenarios": keep + rows}, indent=1) + "\n")
+
+
+@pytest.fixture(scope="session")
+def built_text_store(tmp_path_factory) -> Path:
+    """A tiny text store (3 publishers, 40 documents, rank-16 responses), read only."""
+    from worker.config import load_config
+    from worker.lm_pipeline import build
+
+    tmp = tmp_path_factory.mktemp("reliability-text")
+    data = write_corpus(tmp / "docs.jsonl")
+    cfg = load_config("brown", overrides=[f'data.path="{data}"', f'store.root="{tmp / "store"}"', *TINY_GPT,
+                                          "method.compress_rank=16"])
+    build(cfg, progress=False)
+    return tmp / "store"
+
+
+@dataclass
+class Target:
+    """One store kind under load: ``root`` a private copy (a test may
+    publish into it), ``settings(**over)``, ``bodies(count)`` recorded requests."""
+
+    kind: str
+    root: Path
+    settings: object
+    bodies: object
+
+
+@pytest.fixture(params=["vector", "text"])
+def target(request, tmp_path) -> Target:
+    kind, fixture = request.param, request.getfixturevalue
+    src = fixture("built_store" if kind == "vector" else "built_text_store")
+    key_prefix = fixture("prefix")
+    root = tmp_path / "store"
+    shutil.copytree(src, root)
+
+    def settings(**over) -> Settings:
+        base = dict(store=root, redis_url=REDIS_URL, redis_prefix=key_prefix, data_dir=tmp_path / "var",
+                    max_wait_ms=1.0, replay_interval_s=0.2)
+        return Settings(_env_file=None, **{**base, **over})
+
+    def bodies(count: int = 40) -> list[dict]:
+        return load.text_bodies(count) if kind == "text" else load.bodies(fixture("train_x"), count)
+
+    return Target(kind, root, settings, bodies)

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import httpx
+import numpy as np
 
 from service.credit import credit, output_sign
 
@@ -74,19 +75,31 @@ def bodies(train_x, count: int = 40, output: str = "margin") -> list[dict]:
     return out
 
 
+def text_bodies(count: int = 40) -> list[dict]:
+    """``count`` recorded text requests of 1-3 queries (2-40 tokens), top_k covering every publisher."""
+    rng = np.random.default_rng(0)
+    pool = [f"w{i}" for i in range(60)] + [f"s{s}x{i}" for s in range(3) for i in range(15)]
+    text = lambda: " ".join(rng.choice(pool, size=int(rng.integers(2, 41))))  # noqa: E731
+    return [{"queries": [{"text": text()} for _ in range(1 + n % 3)], "top_k": 100, "output": "logprob",
+             "record": True} for n in range(count)]
+
+
 async def run_load(base: str, tally: Tally, requests: list[dict], concurrency: int, seconds: float,
                    max_requests: int, events: list[tuple[float, Callable[[], Awaitable[None]]]] = (),
-                   idem_every: int = 7, keep: bool = False) -> None:
+                   idem_every: int = 7, keep: bool = False, after_events_s: float = 0.0) -> None:
     """``concurrency`` closed-loop clients for ``seconds`` (at most
     ``max_requests`` requests); ``events``: ``(at_seconds, coroutine fn)``
     run meanwhile (stop Redis, swap the store...). Every ``idem_every``-th
-    request carries an ``Idempotency-Key`` and is sent twice."""
+    request carries an ``Idempotency-Key`` and is sent twice. ``after_events_s``:
+    go on at least this long after the last event has finished (a store swap
+    takes as long as it takes on a busy machine; the load must outlast it)."""
     sent = 0
     t0 = time.perf_counter()
+    end = [t0 + seconds, not events]  # (the time to stop, the events are done)
 
     async def client(c: httpx.AsyncClient, k: int):
         nonlocal sent
-        while sent < max_requests and time.perf_counter() - t0 < seconds:
+        while sent < max_requests and (time.perf_counter() < end[0] or not end[1]):
             i = sent
             sent += 1
             body = requests[i % len(requests)]
@@ -98,6 +111,7 @@ async def run_load(base: str, tally: Tally, requests: list[dict], concurrency: i
         for at, fn in events:
             await asyncio.sleep(max(0.0, at - (time.perf_counter() - t0)))
             await fn()
+        end[:] = [max(end[0], time.perf_counter() + after_events_s), True]
 
     limits = httpx.Limits(max_connections=concurrency + 4)
     async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as c:

@@ -1,7 +1,8 @@
 """Store hot swap during recorded load: zero failed requests; every answer
 comes whole from one of the two versions (its scores are exactly that
 version's: the new one's responses are twice the old ones); and the
-aggregates equal the sum over versions of what each version answered."""
+aggregates equal the sum over versions of what each version answered. On a
+vector store and on a text store (``target``)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,16 @@ from collections import Counter
 import httpx
 
 from ..service.util import publish_scaled, serve
-from .load import Tally, bodies, compare, run_load
+from .load import Tally, compare, run_load
 
 
 def _scores(out: dict) -> list[list[tuple[str, float]]]:
     return [sorted((s["id"], s["score"]) for s in a["sources"]) for a in out["attributions"]]
 
 
-def test_hot_swap_under_recorded_load(settings_for, store_root, train_x, figures):
-    s = settings_for(cache_ttl_s=60, max_wait_ms=2)
-    reqs = bodies(train_x, count=30)
+def test_hot_swap_under_recorded_load(target, figures):
+    s = target.settings(cache_ttl_s=60, max_wait_ms=2)
+    reqs = target.bodies(30)
     swapped = {}
 
     with serve(s) as base:
@@ -29,13 +30,13 @@ def test_hot_swap_under_recorded_load(settings_for, store_root, train_x, figures
         ref = [httpx.post(base + "/v1/attributions", json={**b, "record": False}).json() for b in reqs]
 
         async def swap():
-            swapped["new"] = await asyncio.to_thread(publish_scaled, store_root)
+            swapped["new"] = await asyncio.to_thread(publish_scaled, target.root)
             async with httpx.AsyncClient(base_url=base, timeout=60) as c:
                 swapped["reload"] = (await c.post("/v1/admin/reload")).json()
 
         tally = Tally(st["source_ids"], s.credit_units, s.credit_rule)
         asyncio.run(run_load(base, tally, reqs, concurrency=6, seconds=3.0, max_requests=3000,
-                             events=[(1.2, swap)], keep=True))
+                             events=[(1.2, swap)], keep=True, after_events_s=1.0))
         result = compare(tally, base)
 
     new = swapped["new"]
@@ -55,6 +56,7 @@ def test_hot_swap_under_recorded_load(settings_for, store_root, train_x, figures
     assert total_credit == tally.credit
     assert result["lost"] == result["double_counted"] == 0, result
     assert result["credit_units_lost"] == result["credit_units_double"] == result["hits_mismatch"] == 0, result
-    figures.append({"scenario": "store hot swap under load", **result, "answers_per_version": dict(seen),
+    figures.append({"scenario": f"store hot swap under load ({target.kind} store)", "store_kind": target.kind,
+                    **result, "answers_per_version": dict(seen),
                     "recorded_queries_per_version": dict(tally.versions), "answers_not_matching_their_version": mixed,
                     "concurrency": 6})

@@ -1,7 +1,8 @@
 """Redis stopped and restarted during load: no request fails because of it,
 and afterwards every answered, recorded query is counted exactly once in the
 aggregates (the client's own count, and its own credit per source computed
-from the scores it was served, match the service's totals exactly)."""
+from the scores it was served, match the service's totals exactly). On a
+vector store and on a text store (``target``)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 import redis
 
 from ..service.util import free_port, redis_binary, serve
-from .load import Tally, bodies, compare, run_load, wait_drained
+from .load import Tally, compare, run_load, wait_drained
 
 
 class RedisProcess:
@@ -44,12 +45,12 @@ class RedisProcess:
 
 
 @pytest.mark.parametrize("how", ["kill", "shutdown"])
-def test_redis_restart_under_load_counts_every_query_once(how, settings_for, train_x, tmp_path, figures):
+def test_redis_restart_under_load_counts_every_query_once(how, target, tmp_path, figures):
     workdir = tmp_path / "redis"
     workdir.mkdir()
     rs = RedisProcess(workdir)
     rs.start()
-    s = settings_for(redis_url=f"redis://127.0.0.1:{rs.port}/0", redis_prefix="fa:", cache_ttl_s=60,
+    s = target.settings(redis_url=f"redis://127.0.0.1:{rs.port}/0", redis_prefix="fa:", cache_ttl_s=60,
                      replay_interval_s=0.2, redis_timeout_s=1.0)
     sig = signal.SIGKILL if how == "kill" else signal.SIGTERM
     down_at, up_at, seconds = 1.0, 2.5, 4.0
@@ -67,7 +68,7 @@ def test_redis_restart_under_load_counts_every_query_once(how, settings_for, tra
         with serve(s) as base:
             st = httpx.get(base + "/v1/store").json()
             tally = Tally(st["source_ids"], s.credit_units, s.credit_rule)
-            asyncio.run(run_load(base, tally, bodies(train_x), concurrency=6, seconds=seconds, max_requests=3000,
+            asyncio.run(run_load(base, tally, target.bodies(), concurrency=6, seconds=seconds, max_requests=3000,
                                  events=[(down_at, stop), (up_at, restart)]))
             ready = wait_drained(base)
             result = compare(tally, base)
@@ -76,7 +77,8 @@ def test_redis_restart_under_load_counts_every_query_once(how, settings_for, tra
         if rs.proc and rs.proc.poll() is None:
             rs.proc.kill()
             rs.proc.wait()
-    figures.append({"scenario": f"redis {how} + restart under load", **result, "journal_replayed": journaled,
+    figures.append({"scenario": f"redis {how} + restart under load ({target.kind} store)", "store_kind": target.kind,
+                    **result, "journal_replayed": journaled,
                     "outage_s": round(outage["restarted"] - outage["stopped"], 2), "concurrency": 6})
     assert ready["redis"] and ready["journal_entries"] == 0
     assert journaled > 0, "the outage must have sent records to the journal"

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import uvicorn
 
-from influence.store import open_store, publish
+from influence.store import AUDIT_ASSET, open_store, publish
 from service.app import create_app
 from service.settings import Settings
 
@@ -24,10 +24,15 @@ REDIS_URL = os.environ.get("FA_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 def publish_scaled(root: Path, factor: float = 2.0) -> str:
     """Publish a new version whose responses are ``factor`` times the current
-    ones: its scores are exactly ``factor`` times (a power of two is exact)."""
+    ones: its scores are exactly ``factor`` times (a power of two is exact).
+    Vector or text store: a rank-r store's basis is scaled, its coefficients
+    and assets (tokenizer, documents) are kept."""
     st = open_store(root)
     scale = lambda blocks: [{k: v * factor for k, v in b.items()} for b in blocks] if blocks else None  # noqa: E731
-    path = publish(root, st.manifest, st.params, scale(st.examples), scale(st.sources), (st.X, st.y), keep=5)
+    training = None if st.X is None else (st.X, st.y)
+    path = publish(root, st.manifest, st.params, scale(st.examples), scale(st.sources), training, keep=5,
+                   example_coef=st.example_coef,
+                   assets={k: v for k, v in (st.assets or {}).items() if k != AUDIT_ASSET})  # (not its audit)
     return path.name
 
 
