@@ -137,7 +137,8 @@ def _trunk_flops(spec) -> int:
     return spec.layers * (2 * T * 12 * d * d + 2 * 2 * T * T * d)
 
 
-def readout_flops(spec, tangents: list[int], n_docs: int, n_sources: int, chunk: int = 16) -> dict:
+def readout_flops(spec, tangents: list[int], n_docs: int, n_sources: int, chunk: int = 16, docs: bool = True
+                  ) -> dict:
     """Multiply-adds × 2 of ``TextAttributor.score`` for one query row of
     full length (``context`` positions), from the shapes, per member ``e``
     with ``tangents[e]`` basis rows (``lm_math.jvp_scores`` with the tied
@@ -149,7 +150,8 @@ def readout_flops(spec, tangents: list[int], n_docs: int, n_sources: int, chunk:
       the head, the head's three ``T × d × V`` products (logits, ``g W``,
       ``Σ_t g_t a_tᵀ``), and the two plain forwards of ``score``
       (``sequence_logprob`` and ``token_logprobs``: trunk + logits each);
-    - products: ``τ_B Cᵀ`` and the sums per source.
+    - products: ``τ_B Cᵀ`` and the sums per source (``docs`` False: a
+      sources-only read of per-source rows, ``tangents`` = their count: none).
 
     Elementwise work (LayerNorm, GELU, softmax) is not counted."""
     T, d, V = spec.context, spec.d, spec.vocab
@@ -160,8 +162,8 @@ def readout_flops(spec, tangents: list[int], n_docs: int, n_sources: int, chunk:
     for r in tangents:
         tang += r * per_tangent
         shared += (math.ceil(r / chunk) + 1) * trunk + 3 * logits + 2 * (trunk + logits)
-        prod += 2 * r * n_docs
-    prod += 2 * n_docs * n_sources
+        prod += 2 * r * n_docs if docs else 0
+    prod += 2 * n_docs * n_sources if docs else 0
     return {"per_tangent": per_tangent, "per_tangent_with_head": per_tangent + 2 * logits, "tangents": tang,
             "shared": shared, "products": prod, "total": tang + shared + prod,
             "tangents_per_query": int(sum(tangents)), "positions": T}
@@ -254,11 +256,15 @@ def trak_setup(att, k: int, threads: int, docs: int | None = None) -> dict:
             "precompute": t}
 
 
-def in_process(att, texts: list[str], setup: dict, n_queries: int, batch: int, block: int, threads: int) -> dict:
+def in_process(att, texts: list[str], setup: dict, n_queries: int, batch: int, block: int, threads: int,
+               examples: bool = True) -> dict:
     """Seconds per query (medians) of TRAK one at a time and ``batch`` at a
     time, and of the store's readout on one row and on one full readout
-    block, interleaved query by query (see the module doc)."""
-    from influence.text.attributor import TextQuery
+    block of ``block`` full-length rows (``influence.blocks.text_readout_rows``,
+    as the service runs it), interleaved query by query (see the module
+    doc). ``examples`` False: the sources-only read (per-source rows when
+    the store has them)."""
+    from influence.blocks import text_readout_rows
     from influence.text.gpt import sequence_logprob, token_logprobs
     from influence.text.lm_math import jvp_scores
 
@@ -267,7 +273,7 @@ def in_process(att, texts: list[str], setup: dict, n_queries: int, batch: int, b
     plist = list(model.parameters())
     p = sum(q.numel() for q in plist)
     enc = [att.encode(text=t) for t in texts]
-    fill = TextQuery([0] * (att.spec.context + 1), 1, 0)
+    rows_only = not examples and att.source_rows is not None
 
     def grad_of(q) -> torch.Tensor:
         model.zero_grad(set_to_none=True)
@@ -279,12 +285,12 @@ def in_process(att, texts: list[str], setup: dict, n_queries: int, batch: int, b
                                                      "trak_batched", "ours_row", "ours_block", "block_tangents",
                                                      "block_forwards", "block_products")}
     with torch.no_grad():
-        att.score([enc[0]])  # warm
+        att.score([enc[0]], examples=examples)  # warm
     for i in range(n_queries):
         q = enc[i % len(enc)]
         t0 = time.perf_counter()
         with torch.no_grad():
-            att.score([q])
+            att.score([q], examples=examples)
         t1 = time.perf_counter()
         g = grad_of(q).unsqueeze(0)
         t2 = time.perf_counter()
@@ -302,21 +308,23 @@ def in_process(att, texts: list[str], setup: dict, n_queries: int, batch: int, b
             ((proj.project(Gq, model_id=0) / math.sqrt(p)) @ feats.T) @ A
             times["trak_batched"].append((time.perf_counter() - t0) / batch)
         if (i + 1) % block == 0:
-            qs = [enc[(i + 1 - block + j) % len(enc)] for j in range(block)] + [fill]
+            qs = [enc[(i + 1 - block + j) % len(enc)] for j in range(block)]
             with torch.no_grad():
                 t0 = time.perf_counter()
-                att.score(qs)
+                text_readout_rows(att, qs, block, examples)
                 times["ours_block"].append((time.perf_counter() - t0) / block)
                 # the same block's time, piece by piece (member 0: the brown store has one)
-                x, mask = att.batch(qs)
-                params, B, C = att.params[0], att.basis[0], att.coef[0]
+                x, mask = att.batch(qs, att.spec.context + 1)
+                params = att.params[0]
+                B = att.source_rows[0] if rows_only else att.basis[0]
                 t0 = time.perf_counter()
                 tau = jvp_scores(att.model, params, B, x, mask)
                 t1 = time.perf_counter()
                 sequence_logprob(att.model, x, params, mask)
                 token_logprobs(att.model, x, params)
                 t2 = time.perf_counter()
-                (tau @ C.T) @ att.membership
+                if not rows_only:
+                    (tau @ att.coef[0].T) @ att.membership
                 t3 = time.perf_counter()
             for k, v in (("block_tangents", t1 - t0), ("block_forwards", t2 - t1), ("block_products", t3 - t2)):
                 times[k].append(v / block)
@@ -358,6 +366,7 @@ def store_info(att, root: Path) -> dict:
     return {"root": str(root.relative_to(ROOT) if root.is_relative_to(ROOT) else root), "version": att.version,
             "params": int(att.spec.n_params()), "context": att.spec.context, "vocab": att.spec.vocab,
             "members": len(att.params), "tangents_per_query": int(att.tangents_per_query),
+            "source_rows": att.source_rows is not None, "tangents_sources_only": int(att.tangents(examples=False)),
             "documents": att.n_examples, "sources": att.n_sources,
             "source_level": (man.extra or {}).get("source_level")}
 
@@ -418,8 +427,9 @@ def main(argv: list[str] | None = None) -> int:
                         "text_readout_block": int(extra.get("text_readout_block", 4)), **extra}, "rows": [], "ab": [],
            "profile": []}
     s = res["store"]
-    res["flops"] = {"readout": readout_flops(att.spec, [b.shape[0] for b in att.basis], s["documents"],
-                                             s["sources"]),
+    docs = a.granularity != "sources" or att.source_rows is None
+    rows = [b.shape[0] for b in (att.basis if docs else att.source_rows)]
+    res["flops"] = {"readout": readout_flops(att.spec, rows, s["documents"], s["sources"], docs=docs),
                     "trak": trak_flops(att.spec, s["params"], a.trak_k, s["documents"], s["sources"])}
     log(f"store {s['version']}: {s['params']:,} parameters, {s['tangents_per_query']} tangents per query, "
         f"{s['documents']} documents, {s['sources']} sources; {len(texts)} passages; readout "
@@ -447,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"TRAK: document gradients, projector (k = {a.trak_k}) and features...")
         setup = trak_setup(att, a.trak_k, a.threads, a.trak_docs)
         res["trak_precompute"] = {**setup["precompute"], "docs": setup["docs"], "k": a.trak_k}
-        res["in_process"] = in_process(att, texts, setup, a.trak_queries, a.trak_batch, block, a.threads)
+        res["in_process"] = in_process(att, texts, setup, a.trak_queries, a.trak_batch,
+                                       res["settings"]["text_readout_block"], a.threads, docs)
         del setup
         ip = res["in_process"]
         log(f"in process: TRAK {ip['trak_qps']:.2f} q/s one at a time, {ip['trak_batched_qps']:.2f} q/s "

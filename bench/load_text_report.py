@@ -86,12 +86,20 @@ def matrix_tables(rows: list[dict]) -> list[str]:
     return out
 
 
+def _tangent_kind(res: dict) -> str:
+    st = res["store"]
+    if st.get("source_rows") and res.get("requests", {}).get("granularity") == "sources":
+        return f"one per stored per-source row ({st['sources']} sources; the documents are not read)"
+
+    return "the store's `TextAttributor.tangents_per_query` (its document rows or basis rows)"
+
+
 def cost_table(res: dict) -> list[str]:
     """q/s, ms and GFLOP per query, and the fraction of the GEMM rate, per way of scoring."""
     fl, ip, peak = res.get("flops", {}), res.get("in_process"), gemm_peak(res)
     ro = fl.get("readout", {}).get("total")
     tr = fl.get("trak", {}).get("total")
-    block = res.get("settings", {}).get("readout_block", 16)
+    block = (ip or {}).get("readout_block") or _svc_block(res)
     lines = ["| scoring | queries/s | ms per query | GFLOP per query (counted) | GFLOP/s reached | of GEMM peak |",
              "| --- | --- | --- | --- | --- | --- |"]
 
@@ -112,14 +120,13 @@ def cost_table(res: dict) -> list[str]:
     if ip:
         row("readout in process, one row (`TextAttributor.score`)", ip.get("ours_row_qps"), ro and ro / 1e9)
         if ip.get("ours_block_qps"):
-            row(f"readout in process, one block: {block} queries + 1 filler row",
-                ip["ours_block_qps"], ro and ro * (block + 1) / block / 1e9)
+            row(f"readout in process, one block of {block} queries (as the service)", ip["ours_block_qps"],
+                ro and ro / 1e9)
         row("TRAK, one query at a time (backward + projection + product)", ip.get("trak_qps"), tr and tr / 1e9)
         row(f"TRAK, {ip['trak_batch']} queries per projection GEMM", ip.get("trak_batched_qps"), tr and tr / 1e9)
     lines += ["", "Served and one-row figures count each query's own row only (the filler rows of a padded block "
-              "are not counted: the fraction is that of useful arithmetic); the block row counts the block's "
-              f"{block} + 1 rows. Served q/s share the machine with the load generator; the in-process figures "
-              "ran after the load, in the benchmark's process."]
+              "are not counted: the fraction is that of useful arithmetic). Served q/s share the machine with the "
+              "load generator; the in-process figures ran after the load, in the benchmark's process."]
     return lines
 
 
@@ -129,8 +136,8 @@ def flops_lines(res: dict) -> list[str]:
     out = []
     if r:
         out.append(f"- Flops per query of the readout (counted from the shapes, `bench.load_text.readout_flops`; "
-                   f"one row of {r['positions']} positions, {r['tangents_per_query']} tangents = the store's "
-                   f"`TextAttributor.tangents_per_query`): {r['tangents_per_query']} × "
+                   f"one row of {r['positions']} positions, {r['tangents_per_query']} tangents = "
+                   f"{_tangent_kind(res)}): {r['tangents_per_query']} × "
                    f"{r['per_tangent'] / 1e6:.1f} MFLOP of forward tangents (through the trunk: the tied head is "
                    f"contracted once per row, not carried per tangent, which would make it "
                    f"{r.get('per_tangent_with_head', 0) / 1e6:.1f} MFLOP) = {r['tangents'] / 1e9:.2f} GFLOP, "
@@ -163,7 +170,7 @@ def time_lines(res: dict) -> list[str]:
                  "plain forwards (f and token log-probabilities)": ip["block_forwards_s"],
                  "products (coefficients, sources)": ip["block_products_s"]}
         tot = sum(parts.values())
-        out.append(f"- One readout block in process ({ip['readout_block']} queries + 1 filler row, "
+        out.append(f"- One readout block in process ({ip['readout_block']} queries, "
                    f"{ip['samples']['ours_block']} blocks, medians per query): "
                    + ", ".join(f"{k} {v * 1000:.1f} ms ({v / tot:.0%})" for k, v in parts.items()) + ".")
     if ip and ip.get("trak_s"):

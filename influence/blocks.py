@@ -58,25 +58,26 @@ def batch_invariant(att: Attributor, block: int, kind: str = "margin") -> bool:
     return True
 
 
-def text_readout_rows(att: TextAttributor, queries: list[TextQuery], block: int):
+def text_readout_rows(att: TextAttributor, queries: list[TextQuery], block: int, examples: bool = True):
     """Score ``queries`` in calls of exactly ``block`` rows of exactly
     context + 1 tokens (right padding with masks; the last block filled up
     with filler rows), so every call has the same shape (causal attention
     keeps rows independent) and a query's numbers do not depend on what it
     is batched with. -> CPU (logprob, token log-probabilities, sources,
-    examples)."""
+    examples or None: ``examples`` False on a store with per-source rows)."""
     length = att.spec.context + 1
     fill = TextQuery([0] * length, 1, 0)
     lp, toks, src, ex = [], [], [], []
     for s in range(0, len(queries), block):
         part = queries[s:s + block]
-        sc = att.score(part + [fill] * (block - len(part)), length)
+        sc = att.score(part + [fill] * (block - len(part)), length, examples)
         k = len(part)
         lp.append(sc.logprob[:k])
         toks += sc.token_logprobs[:k]
         src.append(sc.sources[:k])
-        ex.append(sc.examples[:k])
-    return torch.cat(lp).cpu(), toks, torch.cat(src).cpu(), torch.cat(ex).cpu()
+        ex.append(None if sc.examples is None else sc.examples[:k])
+    exs = None if ex[0] is None else torch.cat(ex).cpu()
+    return torch.cat(lp).cpu(), toks, torch.cat(src).cpu(), exs
 
 
 def text_batch_invariant(att: TextAttributor, block: int) -> bool:
@@ -90,6 +91,10 @@ def text_batch_invariant(att: TextAttributor, block: int) -> bool:
         ids = torch.randint(0, vocab, (n,), generator=gen).tolist()
         qs.append(TextQuery(ids, int(torch.randint(1, n, (1,), generator=gen)), sum(i == 0 for i in ids)))
     base = text_readout_rows(att, qs, block)
+    if att.source_rows is not None:  # a sources-only read must give the very same source scores
+        alone = text_readout_rows(att, qs, block, examples=False)
+        if not (torch.equal(alone[0], base[0]) and torch.equal(alone[2], base[2])):
+            return False
     for shift in range(1, block):
         rolled = text_readout_rows(att, qs[-shift:] + qs[:-shift], block)
         lp, toks, src, ex = rolled

@@ -165,25 +165,28 @@ class VectorKind(Kind):
 @dataclass
 class TextReadout:
     """One request's rows of a batched text readout (CPU): ``logprob (b,)``,
-    ``token_logprobs`` per query, ``sources (b, S)``, ``examples (b, n)``."""
+    ``token_logprobs`` per query, ``sources (b, S)``, ``examples (b, n)``
+    (None when no request of the batch asked for documents)."""
 
     version: str
     logprob: torch.Tensor
     token_logprobs: list[list[float]]
     sources: torch.Tensor
-    examples: torch.Tensor
+    examples: torch.Tensor | None
     queue_s: float = 0.0
     readout_s: float = 0.0
     batch_queries: int = 0
 
 
 def text_readout(att: TextAttributor, rows: list[list[Encoded]], examples: list[bool], block: int) -> list[TextReadout]:
-    """The text store's ``ReadoutFn`` (``service.batcher``)."""
-    lp, toks, src, ex = text_readout_rows(att, [q for r in rows for q in r], block)
+    """The text store's ``ReadoutFn`` (``service.batcher``). Documents are
+    read when any request of the batch wants them (a store with per-source
+    rows reads its sources from those either way: the same numbers)."""
+    lp, toks, src, ex = text_readout_rows(att, [q for r in rows for q in r], block, any(examples))
     out, s = [], 0
     for r in rows:
         e = s + len(r)
-        out.append(TextReadout(att.version, lp[s:e], toks[s:e], src[s:e], ex[s:e]))
+        out.append(TextReadout(att.version, lp[s:e], toks[s:e], src[s:e], None if ex is None else ex[s:e]))
         s = e
     return out
 

@@ -56,6 +56,10 @@ class StoreConfig(_Section):
                                                "of this many bits (influence.quant); 0 = store dtype")
     quant_group: int = Field(128, ge=8, multiple_of=8, description="entries per quantisation scale")
     include_training_data: bool = True
+    source_rows: Literal["auto", "always", "never"] = Field(
+        "auto", description="text stores: also store each source's response (the exact sum of its documents' "
+        "rows) as a row of its own, so a sources-only answer costs one tangent per source instead of one per "
+        "document (or basis row); auto: when that cuts the tangents at least 4x")
     checkpoint_every: int = Field(25, ge=0, description="propagation steps between checkpoints; 0 = none")
 
 

@@ -7,6 +7,9 @@ Member ``e`` trains with seed ``train.seed + e`` (``--preset brown --seed N``
 is the protocol's full-data model for seed N). Sources are the corpus's
 ``data.sources`` level (``publication`` or ``genre`` for Brown, ``source``
 for a JSONL file); per-source scores are the sums of their documents'.
+With few sources (``store.source_rows``) each source's response, the exact
+sum of its documents' rows, is also stored as a row of its own: a
+sources-only answer then costs one tangent per source.
 """
 
 from __future__ import annotations
@@ -81,6 +84,13 @@ def _heldout_loss(model, params, corpus: LMCorpus, U: torch.Tensor, stored: torc
     return {"documents": score_agreement(exact, approx), "sources": score_agreement(exact @ A, approx @ A)}
 
 
+def wants_source_rows(setting: str, n_sources: int, tangents: int) -> bool:
+    """Store per-source rows: ``always``, ``never``, or ``auto`` when the
+    ``n_sources`` tangents of a sources-only answer are at most a quarter of
+    the ``tangents`` (document rows or basis rows) it costs without them."""
+    return setting == "always" or (setting == "auto" and 4 * n_sources <= tangents)
+
+
 def _member(cfg: WorkerConfig, corpus: LMCorpus, level: str, e: int, bar) -> dict:
     spec, m = cfg.model, cfg.method
     seed = cfg.train.seed + e
@@ -98,12 +108,17 @@ def _member(cfg: WorkerConfig, corpus: LMCorpus, level: str, e: int, bar) -> dic
         comp = cs.__dict__
     q = cfg.quant()
     stored = basis if q is None else dequantize(quantize(basis, q["bits"], q["group"]))
+    A = _membership(doc_source, n_src)
     if m.compress_rank or q is not None:
         comp["quant"] = q
-        comp["heldout"] = _heldout_loss(model, params, corpus, resp.U, stored, coef, _membership(doc_source, n_src))
-    windows = torch.stack([torch.tensor(t[:65]) for t in corpus.heldout_tokens if len(t) >= 65])
+        comp["heldout"] = _heldout_loss(model, params, corpus, resp.U, stored, coef, A)
     layout = spec.layout()
+    src_rows = None
+    if wants_source_rows(cfg.store.source_rows, n_src, basis.shape[0]):
+        src_rows = layout.unflatten((A.T @ resp.U).contiguous())  # (S, p): exact sums, before any rounding
+    windows = torch.stack([torch.tensor(t[:65]) for t in corpus.heldout_tokens if len(t) >= 65])
     return {"params": params, "basis": layout.unflatten(basis.float().contiguous()), "coef": coef,
+            "sources": src_rows,
             "stats": {"seed": seed, "final_loss": stats["final_loss"], "train_s": round(stats["seconds"], 2),
                       "simulate_s": round(time.perf_counter() - t0, 2), "compression": comp or None,
                       "heldout_perplexity": perplexity(spec, params, windows), **resp.diagnostics}}
@@ -137,5 +152,6 @@ def build(cfg: WorkerConfig, progress: bool = True) -> Path:
     assets = {"tokenizer.json": corpus.tokenizer.to_json().encode(),
               "documents.json": json.dumps(documents_asset(corpus, level), ensure_ascii=False).encode()}
     coef = [mb["coef"] for mb in members] if m.compress_rank else None
+    src = [mb["sources"] for mb in members] if members[0]["sources"] is not None else None
     return publish(cfg.store.root, manifest, [mb["params"] for mb in members], [mb["basis"] for mb in members],
-                   None, keep=cfg.store.keep, example_coef=coef, assets=assets)
+                   src, keep=cfg.store.keep, example_coef=coef, assets=assets)

@@ -5,7 +5,11 @@ Per member, the stored per-document responses are a basis ``B (r, p)`` and
 coefficients ``C (n, r)`` (or exact rows, ``r = n``). One query batch costs
 ``r`` forward tangents per member (``lm_math.jvp_scores``) and two small
 products: documents ``τ_B Cᵀ`` ``(Q, n)`` and sources, the sums of their
-documents' scores, ``(Q, S)``. Members are averaged.
+documents' scores, ``(Q, S)``. A store with per-source rows ``U_S (S, p)``
+(``has_sources``: each the exact sum of its documents' responses) reads
+sources from those instead, ``S`` tangents per member whether or not the
+documents are read too (so a query's source scores never depend on the
+granularity asked for, nor on what it is batched with). Members are averaged.
 """
 
 from __future__ import annotations
@@ -36,13 +40,13 @@ class TextQuery:
 @dataclass
 class TextScores:
     """``logprob (Q,)`` = f(q), ``token_logprobs`` per query (its targets),
-    ``examples (Q, n)`` and ``sources (Q, S)``: τ in units of f per unit
+    ``examples (Q, n)`` (None for a sources-only read) and ``sources (Q, S)``: τ in units of f per unit
     up-weighting of a document's token losses (removing a document moves
     f by about ``−τ / N_tok``, ``N_tok`` the store's training targets)."""
 
     logprob: torch.Tensor
     token_logprobs: list[list[float]]
-    examples: torch.Tensor
+    examples: torch.Tensor | None
     sources: torch.Tensor
 
 
@@ -61,6 +65,8 @@ class TextAttributor:
         n = len(man.example_source)
         self.coef = [c.to(self.device, dtype) for c in store.example_coef] if store.example_coef else \
             [torch.eye(n, device=self.device, dtype=dtype) for _ in store.examples]
+        self.source_rows = [layout.flatten(b).to(self.device, dtype) for b in store.sources] if store.sources \
+            else None
         self.n_examples, self.n_sources = n, len(man.source_ids)
         src = torch.tensor(man.example_source, device=self.device)
         self.membership = torch.zeros(n, self.n_sources, device=self.device, dtype=dtype).index_put_(
@@ -68,7 +74,16 @@ class TextAttributor:
 
     @property
     def tangents_per_query(self) -> int:
-        return sum(b.shape[0] for b in self.basis)
+        """Forward tangents of one query row with its documents (all members)."""
+        return self.tangents(examples=True)
+
+    def tangents(self, examples: bool) -> int:
+        """Forward tangents of one query row: ``examples`` False is a
+        sources-only answer (per-source rows when stored)."""
+        docs = sum(b.shape[0] for b in self.basis)
+        if self.source_rows is None:
+            return docs
+        return sum(b.shape[0] for b in self.source_rows) + (docs if examples else 0)
 
     def encode(self, text: str | None = None, prompt: str | None = None, completion: str | None = None,
                pretokenized: bool = False) -> TextQuery:
@@ -100,17 +115,26 @@ class TextAttributor:
         return x.to(self.device), mask.to(self.device)
 
     @torch.no_grad()
-    def score(self, queries: list[TextQuery], length: int | None = None) -> TextScores:
-        """Score a batch, padded to ``length`` tokens (default: the longest)."""
+    def score(self, queries: list[TextQuery], length: int | None = None, examples: bool = True) -> TextScores:
+        """Score a batch, padded to ``length`` tokens (default: the longest).
+        ``examples`` False: sources only (``examples`` is then None when the
+        store has per-source rows; without them the documents are read anyway)."""
         x, mask = self.batch(queries, length)
-        ex = torch.zeros(len(queries), self.n_examples, device=self.device, dtype=self.dtype)
-        f = torch.zeros(len(queries), device=self.device, dtype=self.dtype)
+        Q, E = len(queries), len(self.params)
+        docs = examples or self.source_rows is None
+        ex = torch.zeros(Q, self.n_examples, device=self.device, dtype=self.dtype) if docs else None
+        src = torch.zeros(Q, self.n_sources, device=self.device, dtype=self.dtype) if self.source_rows else None
+        f = torch.zeros(Q, device=self.device, dtype=self.dtype)
         tok = torch.zeros(mask.shape, device=self.device, dtype=self.dtype)
-        for params, B, C in zip(self.params, self.basis, self.coef, strict=True):
-            ex += jvp_scores(self.model, params, B, x, mask) @ C.T
+        for e, (params, B, C) in enumerate(zip(self.params, self.basis, self.coef, strict=True)):
+            if docs:
+                ex += jvp_scores(self.model, params, B, x, mask) @ C.T
+            if src is not None:
+                src += jvp_scores(self.model, params, self.source_rows[e], x, mask)
             f += sequence_logprob(self.model, x, params, mask)
             tok += token_logprobs(self.model, x, params)
-        E = len(self.params)
-        ex, f, tok = ex / E, f / E, tok / E
-        toks = [tok[i][mask[i]].tolist() for i in range(len(queries))]
-        return TextScores(f, toks, ex, ex @ self.membership)
+        ex = ex / E if docs else None
+        src = src / E if src is not None else ex @ self.membership
+        f, tok = f / E, tok / E
+        toks = [tok[i][mask[i]].tolist() for i in range(Q)]
+        return TextScores(f, toks, ex, src)

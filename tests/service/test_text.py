@@ -203,6 +203,18 @@ def test_text_batching_on_equals_off(text_settings):
         assert json.dumps(strip_volatile(a), sort_keys=True) == json.dumps(strip_volatile(b), sort_keys=True)
 
 
+def test_sources_only_equals_sources_of_a_full_answer(text_server, text_att):
+    """A store with per-source rows reads a sources-only request with 3
+    tangents, not the documents', and answers the very same source scores."""
+    base, _ = text_server
+    assert text_att.tangents(examples=False) < text_att.tangents(examples=True)
+    qs = [{"text": _words(n, n)} for n in (3, 17, 40)]
+    got = {g: httpx.post(base + "/v1/attributions", json={"queries": qs, "granularity": g, "top_k": 3,
+                                                            "record": False}).json() for g in ("sources", "both")}
+    for a, b in zip(got["sources"]["attributions"], got["both"]["attributions"], strict=True):
+        assert a["sources"] == b["sources"] and a["examples"] is None and b["examples"]
+
+
 def test_recorded_query_credits_publishers(text_server, text_att):
     base, s = text_server
     q = {"text": "s0x1 s0x2 s0x3 w4 w5 s0x6 s0x7"}

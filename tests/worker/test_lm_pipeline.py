@@ -83,6 +83,37 @@ def test_quantized_rows_are_the_exact_rows_rounded(stores):
     assert 0.5 < held["documents"]["spearman"] <= 1.0 and held["documents"]["rel_error"] < 0.6
 
 
+def test_source_rows_are_the_exact_sums_and_read_alone(stores):
+    """Per-source rows (``store.source_rows`` auto: 3 sources, 36 documents):
+    each is the exact sum of its documents' rows (before any rounding: the
+    3-bit store holds the exact store's very sums), a sources-only read
+    costs 3 tangents instead of 36 and gives bit for bit the source scores
+    of a full read, equal to the documents' sums up to float32 rounding."""
+    _, _, s = stores
+    exact, quant = TextAttributor(s["exact"]), TextAttributor(s["quantized"])
+    assert s["exact"].manifest.has_sources and exact.source_rows[0].shape == (3, exact.basis[0].shape[1])
+    torch.testing.assert_close(exact.source_rows[0], exact.membership.T @ exact.basis[0], rtol=1e-5,
+                               atol=1e-6 * exact.basis[0].abs().max().item())
+    torch.testing.assert_close(quant.source_rows[0], exact.source_rows[0], rtol=0, atol=0)
+    assert (exact.tangents(examples=False), exact.tangents(examples=True)) == (3, 39)
+    qs = [exact.encode("w1 w2 s0x3 w5 w7 s0x1"), exact.encode(prompt="w3 w4", completion="s1x2 s1x4 w9")]
+    full, alone = exact.score(qs), exact.score(qs, examples=False)
+    assert alone.examples is None and torch.equal(alone.sources, full.sources)
+    assert torch.equal(alone.logprob, full.logprob)
+    by_docs = full.examples @ exact.membership
+    torch.testing.assert_close(full.sources, by_docs, rtol=1e-4, atol=1e-5 * by_docs.abs().max().item())
+    # the 3-bit store's sources come from the exact sums, not from its rounded rows
+    torch.testing.assert_close(quant.score(qs, examples=False).sources, full.sources, rtol=1e-5, atol=1e-6)
+
+
+def test_wants_source_rows():
+    from worker.lm_pipeline import wants_source_rows
+
+    assert wants_source_rows("auto", 15, 450) and not wants_source_rows("auto", 312, 450)
+    assert wants_source_rows("auto", 12, 48) and not wants_source_rows("auto", 13, 48)
+    assert wants_source_rows("always", 312, 450) and not wants_source_rows("never", 3, 450)
+
+
 def test_score_cli_and_bad_queries(stores, tmp_path):
     root, _, _ = stores
     q = tmp_path / "q.jsonl"
