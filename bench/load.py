@@ -84,6 +84,8 @@ def service(store: Path, redis_url: str = REDIS_URL, log: Path | None = None, cw
     env.update(env_extra or {})
     cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port), "--store", str(store),
            "--data-dir", data, "--redis-url", redis_url, "--log-level", "warning"]
+    if log:
+        Path(log).parent.mkdir(parents=True, exist_ok=True)  # (a fresh checkout has no bench/.cache yet)
     out = open(log, "ab") if log else subprocess.DEVNULL
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
