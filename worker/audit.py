@@ -1,5 +1,6 @@
 """``fa-worker audit``: check a store's per-source scores against real
-retraining, and write the result into the store.
+retraining, and write the result into the store. Text stores: the same
+metrics with language models retrained (``worker.audit_text``).
 
 For the current version of an MLP store: draw ``subsets`` random subsets of
 the sources (each kept with probability ``keep_prob``), take the ``loso``
@@ -284,10 +285,16 @@ def run_audit(root: str | Path, s: AuditSettings, query_file: Path | None = None
         raise StoreError(f"{root}: no such store directory")
     version = current_version(root)
     kind = read_manifest(root / "versions" / version).model.kind
-    if kind != "mlp":
-        raise StoreError(f"{root}: audit is not supported for {kind!r} (text) stores yet; it audits MLP stores")
+    if kind == "gpt" and (query_file is not None or s.matched):
+        raise ConfigError(f"--{'query-file' if query_file is not None else 'matched'}: not supported for text "
+                          "stores (they are audited on the Brown corpus's held-out windows)")
     store = open_store(root, version)
-    audit = compute_audit(store, s, query_file, log)
+    if kind == "gpt":
+        from .audit_text import compute_text_audit
+
+        audit = compute_text_audit(store, s, log, progress=False)
+    else:
+        audit = compute_audit(store, s, query_file, log)
     blob = (json.dumps(audit, indent=1, allow_nan=False) + "\n").encode()
     note = {k: audit[k] for k in ("audited_version", "content_version", "created_at")}
     path = republish(root, version, {AUDIT_ASSET: blob}, {"audit": {**note, "file": AUDIT_ASSET}}, keep=keep)

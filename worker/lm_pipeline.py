@@ -14,6 +14,7 @@ sources-only answer then costs one tangent per source.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -124,6 +125,14 @@ def _member(cfg: WorkerConfig, corpus: LMCorpus, level: str, e: int, bar) -> dic
                       "heldout_perplexity": perplexity(spec, params, windows), **resp.diagnostics}}
 
 
+def _data_file(cfg: WorkerConfig) -> dict:
+    """A user corpus's file and its sha256 (the audit retrains on it, if unchanged)."""
+    if cfg.data.path is None:
+        return {}
+    return {"path": str(Path(cfg.data.path).resolve()), "sha256": hashlib.sha256(Path(cfg.data.path).read_bytes())
+            .hexdigest()}
+
+
 def build(cfg: WorkerConfig, progress: bool = True) -> Path:
     corpus, level = load_corpus(cfg)
     block = int(corpus.blocks.shape[1]) - 1
@@ -141,7 +150,8 @@ def build(cfg: WorkerConfig, progress: bool = True) -> Path:
         format_version=2, model=cfg.model, method=m.model_dump(mode="json"),
         recipe={"optimizer": "adamw", "lr_max": LR_MAX, "betas": list(BETAS), "eps": EPS, "weight_decay": WEIGHT_DECAY,
                 "batch": BATCH, "epochs": EPOCHS, "seed": cfg.train.seed, "schedule": "warmup 5% + cosine"},
-        data={"name": corpus.name, "n": len(corpus.train_ids), "n_blocks": int(corpus.blocks.shape[0]),
+        data={"name": corpus.name, **_data_file(cfg), "n": len(corpus.train_ids),
+              "n_blocks": int(corpus.blocks.shape[0]),
               "n_targets": int(corpus.blocks.shape[0] * (corpus.blocks.shape[1] - 1)), "level": level,
               "heldout_ids": corpus.heldout_ids, "short_docs": corpus.short_docs},
         classes=[], source_ids=sids, example_source=corpus.train_doc_source[level].tolist(),

@@ -120,16 +120,56 @@ def test_a_non_number_option_is_an_argparse_error(tiny_store, capsys):
     assert e.value.code == 2 and "--subsets: invalid int value" in capsys.readouterr().err
 
 
-def test_text_stores_are_refused_for_now(tiny_store, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def text_store(tmp_path_factory):
+    """A tiny text store built from a JSONL corpus (3 publishers, 36 training documents)."""
+    from worker.config import load_config
+    from worker.lm_pipeline import build
+
+    from ..text_corpus import TINY_TEXT_STORE, write_corpus
+
+    tmp = tmp_path_factory.mktemp("text-audit")
+    data = write_corpus(tmp / "docs.jsonl")
+    build(load_config("brown", overrides=[f'data.path="{data}"', f'store.root="{tmp / "s"}"', *TINY_TEXT_STORE]),
+          progress=False)
+    return tmp / "s", data
+
+
+def test_text_store_audit_retrains_language_models(text_store, tmp_path):
+    """Every source left out in turn (3 of 3), 3 subsets, 1 seed: 7 GPTs
+    retrained on the store's corpus; the full-data retrain reproduces the
+    store's own model; the audit is published like an MLP store's."""
+    src, _ = text_store
     root = tmp_path / "s"
-    shutil.copytree(tiny_store, root)
-    man = root / "versions" / current_version(root) / "manifest.json"
-    data = json.loads(man.read_text())
-    man.write_text(json.dumps({**data, "model": {"kind": "gpt"}}))
-    _refused(["audit", "--store", str(root)], capsys, "not supported for 'gpt' (text) stores yet")
-    _refused(["build", "--preset", "brown", "--store", str(tmp_path / "b"), "--audit"], capsys,
-             "--audit: not supported for 'gpt'")
-    assert not (tmp_path / "b").exists()
+    shutil.copytree(src, root)
+    v1 = current_version(root)
+    args = ["audit", "--store", str(root), "--subsets", "3", "--seeds", "1", "--queries", "12",
+            "--loso-sources", "3", "--quiet"]
+    assert main(args) == 0
+    st = open_store(root)
+    audit = st.audit
+    assert st.manifest.version != v1 and audit["audited_version"] == v1 and audit["store_kind"] == "gpt"
+    assert audit["settings"]["loso_sources"] == ["pub-0", "pub-1", "pub-2"] and audit["settings"]["models_trained"] == 7
+    assert audit["settings"]["n_train_targets"] == st.manifest.data["n_targets"]
+    assert audit["truth"]["full_vs_store_output_max_abs"] < 1e-3
+    m = audit["metrics"]
+    assert -1 <= m["source_lds"] <= 1 and -1 <= m["loso_pearson"] <= 1 and 0 <= m["top1_agree"] <= 1
+    assert m["whatif_loso"]["mae"] >= 0 and m["whatif_subsets"]["actual_mean_abs"] > 0
+
+
+def test_text_store_audit_refuses_a_changed_corpus_and_matched(text_store, tmp_path, capsys):
+    src, data = text_store
+    root = tmp_path / "s"
+    shutil.copytree(src, root)
+    before = _hashes(root)
+    _refused(["audit", "--store", str(root), "--matched"], capsys, "--matched: not supported for text stores")
+    keep = data.read_bytes()
+    try:
+        data.write_bytes(keep + b"\n")
+        _refused(["audit", "--store", str(root)], capsys, str(data), "gone or has changed")
+    finally:
+        data.write_bytes(keep)
+    assert _hashes(root) == before
 
 
 def test_user_file_store_needs_held_out_queries(tmp_path, capsys):
