@@ -10,6 +10,8 @@ import numpy as np
 TINY_GPT = ["model.d=8", "model.heads=2", "model.layers=1", "method.rank=48", "method.curvature_subset=8",
             "method.steps=50"]
 """``--set`` overrides of the ``brown`` preset: a GPT of a few thousand parameters that builds in seconds."""
+TINY_TEXT_STORE = [*TINY_GPT, "method.compress_rank=16"]
+"""The service tests' text store: the tiny GPT with rank-16 responses (and per-source rows: 3 sources)."""
 
 
 def write_corpus(path: Path) -> Path:

@@ -12,8 +12,10 @@ import pytest
 import redis
 
 from influence.store import open_store
+from influence.text.attributor import TextAttributor
 from service.settings import Settings
 
+from ..text_corpus import TINY_TEXT_STORE, write_corpus
 from .util import REDIS_URL, serve
 
 
@@ -74,3 +76,31 @@ def server(settings_for):
     s = settings_for()
     with serve(s) as base:
         yield base, s
+
+
+@pytest.fixture(scope="session")
+def text_store(tmp_path_factory) -> Path:
+    """A tiny text store built by the worker (read only)."""
+    from worker.config import load_config
+    from worker.lm_pipeline import build
+
+    tmp = tmp_path_factory.mktemp("text-store")
+    data = write_corpus(tmp / "docs.jsonl")
+    cfg = load_config("brown", overrides=[f'data.path="{data}"', f'store.root="{tmp / "store"}"', *TINY_TEXT_STORE])
+    build(cfg, progress=False)
+    return tmp / "store"
+
+
+@pytest.fixture(scope="session")
+def text_att(text_store) -> TextAttributor:
+    return TextAttributor(open_store(text_store), "cpu")
+
+
+@pytest.fixture
+def text_settings(text_store, prefix, tmp_path):
+    def make(**over) -> Settings:
+        base = dict(store=text_store, redis_url=REDIS_URL, redis_prefix=prefix, data_dir=tmp_path / "var",
+                    max_wait_ms=1.0, replay_interval_s=0.2)
+        return Settings(_env_file=None, **{**base, **over})
+
+    return make
