@@ -310,14 +310,15 @@ SPECIFIC = [
     ("answer: JSON encode", ("starlette/responses.py", "json/encoder")),
     ("check(): JSON lists to a tensor", ("check (service/attribute.py",)),
     ("answer building: top-k", ("_answer (service/attribute.py",)),
-    ("cache keys", ("_cache_key",)),
+    ("result cache and idempotency (Python side)", ("service/answers.py",)),
     ("stats", ("service/stats.py", "prometheus_client")),
     ("micro-batcher (event loop side)", ("service/batcher.py",)),
     ("ledger (Python side)", ("service/ledger.py",)),
     ("attribute() itself", ("service/attribute.py",)),
     ("thread pool hand-off", ("concurrent/futures", "threading.py")),
 ]
-SHELL = ("service/app.py", "service/__main__.py", "<frozen runpy>")
+SHELL = ("service/app.py", "service/middleware.py", "service/routes/", "service/deps.py", "service/__main__.py",
+         "<frozen runpy>")
 GENERIC = [
     ("starlette/fastapi layers", ("starlette/", "fastapi/", "contextlib.py", "anyio/")),
     ("uvicorn + h11 (HTTP/1.1, pure Python)", ("uvicorn/", "h11/")),
@@ -336,7 +337,7 @@ def _bucket(frames: list[str]) -> str:
         if lib is None:
             lib = next((name for name, keys in GENERIC if any(k in f for k in keys)), None)
     if lib is None and frames and any(k in frames[-1] for k in SHELL):
-        return "app routes and middleware (app.py)"
+        return "app routes and middleware (service/routes, middleware.py)"
     return lib or "other"
 
 

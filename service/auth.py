@@ -11,7 +11,7 @@ the same body either way, so nothing tells which keys exist. With no key of
 any kind configured the service is open (logged at startup).
 
 The key is checked before anything else of a request: ``RequestGate`` (in
-``app.py``) calls ``authorize`` with the roles of the matched route (the
+``middleware.py``) calls ``authorize`` with the roles of the matched route (the
 ``roles`` of its ``require`` dependency) before the body is read, its size
 checked or it is parsed, so a request without a valid key gets its 401/403
 whatever its body.

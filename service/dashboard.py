@@ -35,26 +35,25 @@ from __future__ import annotations
 
 import asyncio
 import math
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from influence.errors import DataError, StoreError
-from influence.store import Manifest, open_store
+from influence.errors import StoreError
+from influence.store import open_store
 from influence.text.attributor import TextAttributor
-from influence.text.tokenizer import Tokenizer
 
-from .auth import Principal, require
+from .deps import AnyKey, QueryReportKey, RuntimeDep, ServedDep
 from .errors import invalid, unavailable
+from .heldout import digits_test, is_digits, names, passages, spread
+from .runtime import Runtime, Served
 from .schemas import PassagesResponse, SourceNames
 
 STATIC_DIR = Path(__file__).parent / "static"
 DIGITS_SCALE = 16  # the built-in digits: pixel intensities 0..16, the model sees pixels / 16
-PASSAGE_TOKENS = 48  # corpus tokens per held-out passage (fewer if the store's tokenizer reads more tokens)
 
 # The page loads only its own files and talks only to its own origin.
 PAGE_HEADERS = {
@@ -88,22 +87,14 @@ class _Training:
             return self.X, self.y
 
 
-def _ready(request: Request):
-    """The served (attributor, kind), or 503 while the store is loading."""
-    rt = request.app.state.rt
-    att, kind = rt.att, rt.kind
-    if att is None:
-        raise unavailable("the store is still loading", rt.s.retry_after_s, "not_ready")
-    return att, kind
-
-
-def _att(request: Request):
-    att, kind = _ready(request)
+def _att(served: Served):
+    """The served vector store's attributor (404 for another kind)."""
+    kind = served.kind
     if not kind.playground:
         raise invalid("store", f"the playground's examples are model inputs of a vector store; this store is of "
                       f"kind {kind.name} (its passages: GET /v1/playground/passages; send its text queries to "
                       "POST /v1/attributions)", "path", 404)
-    return att
+    return served.att
 
 
 def _image(in_dim: int, digits: bool) -> dict | None:
@@ -111,28 +102,6 @@ def _image(in_dim: int, digits: bool) -> dict | None:
     if side * side != in_dim:
         return None
     return {"height": side, "width": side, "scale": DIGITS_SCALE if digits else 1}
-
-
-def _is_digits(att) -> bool:
-    return att.manifest.data.get("name") == "digits" and att.spec.in_dim == 64
-
-
-@lru_cache(maxsize=1)
-def _digits_test() -> tuple[np.ndarray, np.ndarray]:
-    from influence.data import load_digits_test
-
-    return load_digits_test()
-
-
-def _spread(y: np.ndarray, n: int) -> list[int]:
-    """Up to ``n`` row indices, one per class first (in class order), then the rest in order."""
-    first: dict[int, int] = {}
-    for i, c in enumerate(y.tolist()):
-        first.setdefault(int(c), i)
-    picked = [first[c] for c in sorted(first)][:n]
-    taken = set(picked)
-    rest = [i for i in range(len(y)) if i not in taken]
-    return picked + rest[: n - len(picked)]
 
 
 @router.get("/dashboard", include_in_schema=False)
@@ -147,45 +116,45 @@ async def dashboard_slash():
 
 
 @router.get("/v1/playground/examples", tags=["playground"])
-async def playground_examples(request: Request, n: int = Query(10, ge=1, le=50),
-                              p: Principal = Depends(require("query", "report"))):
+async def playground_examples(request: Request, p: QueryReportKey, rt: RuntimeDep, served: ServedDep,
+                              n: int = Query(10, ge=1, le=50)):
     """A few inputs to try: held-out digits test examples (one per class
     first) for a store of the built-in digits data, else the first rows of the
     store's training data. ``image`` gives the grid to draw inputs on (null
     when the input is not square); ``scale``: the model sees pixels / scale."""
-    att = _att(request)
-    man, digits = att.manifest, _is_digits(att)
+    att = _att(served)
+    man, digits = att.manifest, is_digits(att)
     if digits:
-        X, y = await asyncio.to_thread(_digits_test)
+        X, y = await asyncio.to_thread(digits_test)
         kind, prefix = "digits-test", "test"
     else:
-        X, y = await _training(request, att)
+        X, y = await _training(request, rt, att)
         if X is None:
             raise invalid("store", "this store holds no training data to offer as examples", "path", 404)
         kind, prefix = "training", "train"
-    rows = _spread(y, n) if y is not None else list(range(min(n, len(X))))
+    rows = spread(y, n) if y is not None else list(range(min(n, len(X))))
     return {"store_version": att.version, "kind": kind, "in_dim": att.spec.in_dim, "classes": man.classes,
             "image": _image(att.spec.in_dim, digits),
             "examples": [{"id": f"{prefix}-{i}", "label": None if y is None else man.classes[int(y[i])],
                           "input": [float(v) for v in X[i]]} for i in rows]}
 
 
-async def _training(request: Request, att) -> tuple[np.ndarray | None, np.ndarray | None]:
+async def _training(request: Request, rt: Runtime, att) -> tuple[np.ndarray | None, np.ndarray | None]:
     state: _Training = request.app.state.playground_training
     try:
-        return await state.get(request.app.state.rt.s.store, att.version)
+        return await state.get(rt.s.store, att.version)
     except StoreError:
         raise unavailable(f"store version {att.version} cannot be read from disk", 2) from None
 
 
 @router.get("/v1/playground/training/{index}", tags=["playground"])
-async def playground_training(index: int, request: Request, p: Principal = Depends(require("query", "report"))):
+async def playground_training(index: int, request: Request, p: QueryReportKey, rt: RuntimeDep, served: ServedDep):
     """Training example ``index`` (a row of the served store, as in the
     ``examples`` of an attribution): its input, label and source."""
-    att = _att(request)
+    att = _att(served)
     if not 0 <= index < att.n_examples:
         raise invalid("index", f"must be in [0, {att.n_examples})", "path", 404)
-    X, y = await _training(request, att)
+    X, y = await _training(request, rt, att)
     if X is None:
         raise invalid("index", "this store holds no training data (store.include_training_data was off)", "path",
                       404)
@@ -193,106 +162,29 @@ async def playground_training(index: int, request: Request, p: Principal = Depen
     return {"store_version": att.version, "index": index,
             "label": None if y is None else man.classes[int(y[index])],
             "source": man.source_ids[man.example_source[index]],
-            "image": _image(att.spec.in_dim, _is_digits(att)),
+            "image": _image(att.spec.in_dim, is_digits(att)),
             "input": [float(v) for v in X[index]]}
 
 
-def _names(man: Manifest) -> dict[str, str]:
-    """Source id -> display name (the id where the store names none)."""
-    return dict(zip(man.source_ids, man.extra.get("source_names") or man.source_ids, strict=True))
-
-
 @router.get("/v1/playground/names", tags=["playground"], response_model=SourceNames)
-async def playground_names(request: Request, p: Principal = Depends(require("query", "report", "publisher"))):
+async def playground_names(p: AnyKey, served: ServedDep):
     """The served store's sources and their display names (what the dashboard
     labels credit shares, trends and reports with)."""
-    att, _ = _ready(request)
+    att = served.att
     return {"store_version": att.version,
-            "sources": [{"id": i, "name": n} for i, n in _names(att.manifest).items()]}
-
-
-def _window(tokens, length: int) -> list[str]:
-    """``length`` tokens from the start of a sample's second sentence, cut
-    after the window's last full stop when that is in its second half."""
-    toks = list(tokens)
-    start = next((i + 1 for i, t in enumerate(toks[: max(0, len(toks) - length)]) if t == "."), 0)
-    w = toks[start : start + length]
-    ends = [i for i, t in enumerate(w) if t == "." and i >= length // 2]
-    return w[: ends[-1] + 1] if ends else w
-
-
-def _brown_heldout(man: Manifest, n: int) -> list[tuple] | None:
-    """Up to ``n`` held-out Brown samples (the store's ``data.heldout_ids``),
-    one per genre first -> ``(document id, words, source id, genre name)``;
-    None when the store was not built from the shipped Brown corpus."""
-    ids = man.data.get("heldout_ids") or []
-    if man.data.get("name") != "brown" or not ids:
-        return None
-    from influence.text.brown import GENRE_IDS, GENRE_NAMES, load_brown
-
-    try:
-        by_id = {x.id: x for x in load_brown()}
-    except DataError:
-        return None
-    if not all(i in by_id for i in ids):
-        return None
-    samples = [by_id[i] for i in ids]
-    genre_level = man.data.get("level") == "genre"
-    pick = _spread(np.array([GENRE_IDS.index(x.genre) for x in samples]), n)
-    return [(x.id, _window(x.tokens, PASSAGE_TOKENS), x.genre if genre_level else x.publisher_id,
-             GENRE_NAMES[x.genre]) for x in (samples[i] for i in pick)]
-
-
-def _training_starts(docs: list[dict], n: int) -> list[tuple]:
-    """The first words of up to ``n`` training documents, one per source
-    first (``<unk>`` dropped) -> ``(document id, words, source id, genre)``."""
-    order = {v: i for i, v in enumerate(sorted({d["source"] for d in docs}))}
-    pick = _spread(np.array([order[d["source"]] for d in docs]), n)
-    return [(str(d["id"]), [w for w in d.get("snippet", "").split() if w != "<unk>"], d["source"], d.get("genre"))
-            for d in (docs[i] for i in pick)]
-
-
-def _fit(words: list[str], tok: Tokenizer, most: int) -> tuple[str, list[str]]:
-    """The longest prefix of ``words`` that the tokenizer reads as at most
-    ``most`` tokens -> (its text, its tokens)."""
-    while True:
-        text = " ".join(words)
-        toks = tok.tokenize(text)
-        if len(toks) <= most or len(words) <= 1:
-            return text, toks
-        words = words[:-1]
-
-
-def _passages(att: TextAttributor, n: int) -> dict:
-    man, tok, most = att.manifest, att.tokenizer, att.spec.context + 1
-    names = _names(man)
-    rows = _brown_heldout(man, n)
-    kind = "heldout" if rows is not None else "training"
-    if rows is None:
-        rows = _training_starts(att.documents, n)
-    out = []
-    for doc, words, source, genre in rows:
-        text, toks = _fit(words, tok, most)
-        if len(toks) >= 2:
-            out.append({"id": f"{'heldout' if kind == 'heldout' else 'train'}-{doc}", "document": doc, "text": text,
-                        "n_tokens": len(toks), "oov": sum(i == 0 for i in tok.encode(toks)), "source": source,
-                        "source_name": names.get(source, source), "genre": genre})
-    note = ("windows of held-out Brown samples: the model never trained on them" if kind == "heldout" else
-            "no held-out text in this store: the first words of training documents (the model trained on them)")
-    return {"store_version": att.version, "kind": kind, "note": note, "max_tokens": most, "passages": out}
+            "sources": [{"id": i, "name": n} for i, n in names(att.manifest).items()]}
 
 
 @router.get("/v1/playground/passages", tags=["playground"], response_model=PassagesResponse)
-async def playground_passages(request: Request, n: int = Query(8, ge=1, le=50),
-                              p: Principal = Depends(require("query", "report"))):
+async def playground_passages(p: QueryReportKey, served: ServedDep, n: int = Query(8, ge=1, le=50)):
     """A text store's passages to try (see ``PassagesResponse``): held-out
     windows for a store of the shipped Brown corpus, one per genre first;
     else the first words of training documents, one per source first."""
-    att, kind = _ready(request)
+    att, kind = served.att, served.kind
     if not isinstance(att, TextAttributor):
         raise invalid("store", f"passages are text for a text store; this store is of kind {kind.name} (its "
                       "examples: GET /v1/playground/examples)", "path", 404)
-    return await asyncio.to_thread(_passages, att, n)
+    return await asyncio.to_thread(passages, att, n)
 
 
 def install(app: FastAPI) -> None:

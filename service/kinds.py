@@ -76,6 +76,11 @@ class Kind:
     def answers(self, att, req: AttributionRequest, output: str, s: Settings, r, rows) -> Answers:
         raise NotImplementedError
 
+    def whatif_scale(self, manifest: Manifest) -> tuple[int, str]:
+        """The ``n`` of the what-if's ``−τ/n`` (``influence.whatif``): what the
+        mean training loss averages over, and its unit."""
+        raise NotImplementedError
+
 
 def _wrong_form(i: int, q) -> str:
     return f"queries[{i}]." + ("input" if isinstance(q, Query) else "text" if isinstance(q, TextQuery) else "prompt")
@@ -103,6 +108,9 @@ class VectorKind(Kind):
 
     def invariant(self, att: Attributor, block: int) -> bool:
         return batch_invariant(att, block)
+
+    def whatif_scale(self, manifest: Manifest) -> tuple[int, str]:
+        return len(manifest.example_source), "training examples"
 
     def output(self, req: AttributionRequest) -> str:
         return req.output or "margin"
@@ -199,6 +207,9 @@ class TextKind(Kind):
 
     def invariant(self, att: TextAttributor, block: int) -> bool:
         return text_batch_invariant(att, block)
+
+    def whatif_scale(self, manifest: Manifest) -> tuple[int, str]:
+        return int(manifest.data["n_targets"]), "training target tokens"
 
     def block(self, s: Settings) -> int:
         return s.text_readout_block

@@ -282,3 +282,62 @@ class PassagesResponse(BaseModel):
     note: str
     max_tokens: int = Field(..., description="tokens a query may have: the model's context + 1")
     passages: list[Passage]
+
+
+class WhatIfRequest(_Strict):
+    """A what-if: the first-order change of each query's output if sources
+    were removed or re-weighted in training (no retraining; see
+    ``influence.whatif``). Queries inline (the forms of ``POST
+    /v1/attributions``) or ``sample``: that many of the store's held-out
+    queries; ``remove`` and ``weights`` name source ids."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"sample": 50, "remove": ["new-york-times"]},
+        {"queries": [{"text": "The jury said the election was conducted fairly."}],
+         "weights": {"new-york-times": 0.5, "time": 2.0}}]})
+
+    queries: list[AnyQuery] | None = Field(None, min_length=1, description="queries of the served store's form; "
+                                           "omit to use sample")
+    sample: int | None = Field(None, ge=1, description="instead of queries: the first N of the store's held-out "
+                               "query sample (digits test split, held-out Brown passages)")
+    remove: list[str] = Field([], description="source ids removed from training (weight 0)")
+    weights: dict[str, float] = Field({}, description="source id -> weight in training (1 = as trained, 0 = "
+                                      "removed, 2 = counted twice); at least 0")
+    output: OutputKind | None = Field(None, description="model output; default margin (vector store), logprob "
+                                      "(text store: the only one)")
+
+
+class WhatIfQuery(BaseModel):
+    client_id: str | None = Field(None, description="the inline query's client_id, or the sample item's id")
+    change: float = Field(..., description="predicted change of the output: after minus before, output units")
+
+
+class WhatIfAccuracy(BaseModel):
+    """How well this store's first-order what-if predicted real retraining,
+    measured by its audit (``fa-worker audit``) for a scenario like this one."""
+
+    scenario: Literal["one_source_removed", "half_the_sources_removed"]
+    pearson: float | None = Field(None, description="predicted vs real change over the audit's (scenario, query) "
+                                  "pairs")
+    mae: float | None = Field(None, description="mean absolute error of the predicted change, output units")
+    actual_mean_abs: float | None = Field(None, description="mean |real change|: the scale mae compares with")
+    scale_fit: float | None = Field(None, description="real / predicted change, least squares: how much the "
+                                    "first order under- (>1) or over-states (<1) the change")
+    output: str = Field(..., description="the output the audit measured (margin of the true class)")
+    audited_version: str | None = None
+    created_at: str | None = None
+
+
+class WhatIfResponse(BaseModel):
+    store_version: str
+    output: OutputKind
+    formula: str = Field(..., description="how change is computed from the scores")
+    n: int = Field(..., description="the n of the formula: training examples (vector store) or training target "
+                   "tokens (text store) behind the mean training loss")
+    n_unit: str
+    weights: dict[str, float] = Field(..., description="every source whose weight changes (removed: 0)")
+    queries: list[WhatIfQuery]
+    mean_change: float = Field(..., description="mean of change over the queries")
+    accuracy: WhatIfAccuracy | None = Field(None, description="from the store's audit; null when it has none "
+                                            "(see accuracy_note)")
+    accuracy_note: str

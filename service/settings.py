@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_000_000, ge=1024, description="request body size, bytes")
     max_top_k: int = Field(100, ge=1, description="largest top_k a request may ask for")
     max_text_chars: int = Field(4000, ge=1, description="characters per text query (text, or prompt + completion)")
+    max_whatif_sample: int = Field(512, ge=1, description="held-out queries a what-if may ask for (sample)")
 
     # micro-batcher
     batching: bool = Field(True, description="merge concurrent requests into one readout (off: one per request)")

@@ -14,7 +14,7 @@ import hashlib
 import time
 
 from .reports import iso
-from .runtime import Runtime
+from .runtime import Runtime, Served
 
 MAX_CACHED_VIEWS = 8
 
@@ -45,9 +45,9 @@ async def current(rt: Runtime) -> tuple[int, int]:
     return await rt.ledger.rev(), now_bucket
 
 
-async def view(rt: Runtime, rev: int, now_bucket: int) -> dict:
-    """All sources (current store's plus any with recorded credit)."""
-    version = rt.att.version
+async def view(rt: Runtime, served: Served, rev: int, now_bucket: int) -> dict:
+    """All sources (``served``'s plus any with recorded credit)."""
+    version = served.version
     ck = (rev, version, now_bucket)
     if ck in rt.sources_cache:
         return rt.sources_cache[ck]
@@ -55,7 +55,7 @@ async def view(rt: Runtime, rev: int, now_bucket: int) -> dict:
     credit, hits, queries = await ledger.totals()
     starts = [now_bucket - s.bucket_s * k for k in range(s.trend_buckets - 1, -1, -1)]
     per_bucket = await ledger.buckets(starts)
-    in_store = set(rt.att.manifest.source_ids)
+    in_store = set(served.att.manifest.source_ids)
     ids = sorted(in_store | set(credit), key=lambda i: (-credit.get(i, 0), i))
     total = sum(credit.values())
     out = {

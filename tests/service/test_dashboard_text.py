@@ -24,11 +24,10 @@ from influence.text.attributor import TextAttributor
 from service.settings import Settings
 
 from . import test_dashboard as dash
-from . import test_text
 from .test_dashboard import ADMIN, PUB, QUERY, REPORT, _h, _login, _value
 from .util import REDIS_URL, serve
 
-browser, page, text_store = dash.browser, dash.page, test_text.text_store  # their fixtures, used here too
+browser, page = dash.browser, dash.page  # their fixtures, used here too
 
 NAMES = {"pub-0": "Zero Street Gazette", "pub-1": "One Lane Books", "pub-2": "Two Rivers Review"}
 # pixels of a token chip's background: hsl(0..120, 70%, 86%), green (expected) .. red (surprising)

@@ -1,0 +1,118 @@
+"""The two ASGI middlewares in front of every route, outermost first:
+``RequestGate`` (API key and content type of the matched route, before any
+of the body is read) and ``BodyLimit`` (413 for a body over the limit,
+before the app reads any of it)."""
+
+from __future__ import annotations
+
+from starlette.datastructures import Headers
+from starlette.routing import Match
+
+from .auth import PRINCIPAL_SCOPE_KEY, authorize
+from .errors import ApiError, error_response
+
+try:  # FastAPI >= 0.16x keeps an included router as one route of the app; this lists the routes in it
+    from fastapi.routing import iter_route_contexts as _leaf_routes
+except ImportError:  # older versions copy an included router's routes into the app's list
+    def _leaf_routes(routes):
+        return iter(routes)
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body over ``max_bytes`` (declared or sent),
+    before the app reads any of it."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        too_big = error_response(ApiError(413, "too_large", f"body: at most {self.max_bytes} bytes",
+                                          [("body", f"at most {self.max_bytes} bytes")]))
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            return await too_big(scope, receive, send)
+        chunks, size = [], 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            chunks.append(msg.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                return await too_big(scope, receive, send)
+            if not msg.get("more_body"):
+                break
+        body, sent = b"".join(chunks), False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+JSON_BODY = "application/json"
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == JSON_BODY or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _needs(route) -> tuple[tuple[str, ...] | None, bool]:
+    """(roles of the route's key check or None, takes a JSON body)."""
+    roles, stack = None, [getattr(route, "dependant", None)]
+    while stack:
+        dep = stack.pop()
+        if dep is None:
+            continue
+        roles = getattr(dep.call, "roles", None) or roles
+        stack += dep.dependencies
+    return roles, getattr(route, "body_field", None) is not None
+
+
+class RequestGate:
+    """ASGI middleware, outside ``BodyLimit``: for the route a request
+    matches, first the API key (401/403, with the roles of the route's
+    ``require`` dependency), then, for a route that takes a JSON body, the
+    ``Content-Type`` (415 unless ``application/json`` or ``application/*+json``;
+    a body without any content type is refused too) -- all before any of the
+    body is read. Routes of included routers count one by one."""
+
+    def __init__(self, app):
+        self.app = app
+        self._table: list[tuple[object, tuple[str, ...] | None, bool]] = []  # (route, roles, JSON body)
+        self._built_for = -1  # len(app.router.routes) when the table was built
+
+    def _route_table(self, app) -> list[tuple[object, tuple[str, ...] | None, bool]]:
+        # Built on the first request, when every route is registered; again if the app gains some.
+        if self._built_for != len(app.router.routes):
+            self._table = [(r, *_needs(r)) for r in _leaf_routes(app.router.routes)]
+            self._built_for = len(app.router.routes)
+        return self._table
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        app = scope["app"]
+        roles, json_body = next(((ro, js) for r, ro, js in self._route_table(app) if r.matches(scope)[0] is Match.FULL),
+                                (None, False))
+        headers = Headers(scope=scope)
+        try:
+            if roles is not None and app.state.keys.enabled:
+                scope[PRINCIPAL_SCOPE_KEY] = (roles, authorize(app.state.keys, headers, roles))
+            if json_body:
+                ctype = headers.get("content-type")
+                has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+                if (ctype is None and has_body) or (ctype is not None and not _is_json(ctype)):
+                    reason = f"expected {JSON_BODY}" + (f", not {ctype[:100]}" if ctype else "")
+                    raise ApiError(415, "unsupported_media_type", f"content-type: {reason}",
+                                   [("content-type", reason)], "header")
+        except ApiError as e:
+            return await error_response(e)(scope, receive, send)
+        await self.app(scope, receive, send)

@@ -1,0 +1,62 @@
+"""``POST /v1/attributions`` (the flow itself: ``service.attribute``) and
+its OpenAPI examples, one per query form."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Request
+
+from ..attribute import attribute
+from ..deps import QueryKey, RuntimeDep, ServedDep
+from ..errors import ApiError
+from ..schemas import AttributionRequest, AttributionResponse
+from .base import JSONResponse
+
+router = APIRouter()
+
+ATTRIBUTION_EXAMPLES = {
+    "vector": {"summary": "vector store (kind mlp): numbers",
+               "description": "A flattened input of the store's in_dim finite numbers (64 for digits); "
+                              "target: the class to attribute (default: the predicted one).",
+               "value": {"queries": [{"input": [0.0] * 64, "target": 3, "client_id": "q1"}], "top_k": 5,
+                         "granularity": "both", "output": "margin"}},
+    "text": {"summary": "text store (kind gpt): a text",
+             "description": "f = mean log-probability of the text's tokens, each given the ones before it; "
+                            "2 to 65 tokens (the model's context + 1), at most max_text_chars characters.",
+             "value": {"queries": [{"text": "The jury said the election was conducted fairly."}], "top_k": 5,
+                       "granularity": "both"}},
+    "prompt": {"summary": "text store (kind gpt): prompt and completion",
+               "description": "f = mean log-probability of the completion's tokens given the prompt; "
+                              "pretokenized: whitespace-separated corpus tokens.",
+               "value": {"queries": [{"prompt": "the jury said", "completion": "the election was fair .",
+                                      "pretokenized": True}], "granularity": "sources"}},
+}
+
+
+@router.post("/v1/attributions", response_model=AttributionResponse)
+async def attributions(req: Annotated[AttributionRequest, Body(openapi_examples=ATTRIBUTION_EXAMPLES)],
+                       request: Request, p: QueryKey, rt: RuntimeDep, served: ServedDep):
+    """Attribute one or many queries; see ``service/attribute.py``.
+
+    The served store decides the query form: a vector store (``model.kind``
+    ``mlp``) takes ``{"input": [...], "target": c}``, a text store
+    (``gpt``) ``{"text": "..."}`` or ``{"prompt": "...", "completion":
+    "..."}`` (optional ``"pretokenized": true``), at most 65 tokens (the
+    model's context + 1) and ``max_text_chars`` characters per query; the
+    other form is a 422 naming the field. Text answers carry ``logprob``
+    (f), ``token_logprobs``, ``oov``, publishers (id, name) and documents
+    (id, genre, snippet)."""
+    status, t0 = 500, time.perf_counter()
+    try:
+        fingerprint = hashlib.sha256(await request.body()).hexdigest()
+        body, replayed = await attribute(rt, served, req, p.id, request.headers.get("idempotency-key"), fingerprint)
+        status = 200
+        return JSONResponse(body, headers={"Idempotent-Replayed": "true"} if replayed else None)
+    except ApiError as e:
+        status = e.status
+        raise
+    finally:
+        rt.stats.request(status, len(req.queries), time.perf_counter() - t0)

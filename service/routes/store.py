@@ -1,0 +1,46 @@
+"""The served store and the service's own figures: ``GET /v1/store``,
+``GET /v1/stats``, and ``POST /v1/admin/reload`` (hot swap:
+``Runtime.reload``)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from influence.errors import StoreError
+
+from ..deps import AdminKey, AnyKey, QueryReportKey, RuntimeDep, ServedDep
+from ..errors import invalid
+from ..schemas import ReloadResponse, StoreInfo
+
+router = APIRouter()
+
+
+@router.get("/v1/store", response_model=StoreInfo)
+async def store(p: AnyKey, rt: RuntimeDep, served: ServedDep):
+    """The store version being served and what it was built from."""
+    att, m = served.att, served.att.manifest
+    return {"version": m.version, "created_at": m.created_at, "root": str(rt.s.store),
+            "device": str(att.device), "model": m.model.model_dump(), "classes": m.classes,
+            "n_examples": len(m.example_source), "n_sources": len(m.source_ids), "source_ids": m.source_ids,
+            "members": m.members, "dtype": m.dtype, "method": m.method, "recipe": m.recipe, "data": m.data,
+            "audit": served.audit}
+
+
+@router.get("/v1/stats")
+async def stats(p: QueryReportKey, rt: RuntimeDep):
+    """Throughput, latency percentiles (ms), batch sizes, cache hit rate."""
+    return {**rt.stats.snapshot(), "store_version": rt.serving(), "queue_queries": rt.batcher.queued,
+            "redis": rt.ledger.healthy, "journal_entries": rt.ledger.journal.entries,
+            "journal_replayed": rt.ledger.replayed}
+
+
+@router.post("/v1/admin/reload", response_model=ReloadResponse)
+async def reload(p: AdminKey, rt: RuntimeDep, version: str | None = None):
+    """Load the store's CURRENT version (or ``version``) and switch to it;
+    in-flight requests finish on the version they started with."""
+    try:
+        return await rt.reload(version)
+    except StoreError:
+        if version:
+            raise invalid("version", "no such store version", "query", 404) from None
+        raise
