@@ -113,6 +113,7 @@ def compute_text_audit(store: Store, s, log=lambda msg: None, progress: bool = T
             else:
                 out[kind][r, e] = f
             bar.update()
+            log(f"retrained {bar.n}/{bar.total}: {kind} {r}, seed {seed}")
     bar.close()
     t_train = time.perf_counter()
     att = TextAttributor(store, "cpu")
