@@ -21,7 +21,7 @@ import torch
 
 from ..errors import QueryError
 from ..store import Store
-from .gpt import GPT, pad_right, sequence_logprob, token_logprobs
+from .gpt import GPT, pad_right
 from .lm_math import jvp_scores
 from .tokenizer import Tokenizer
 
@@ -126,13 +126,17 @@ class TextAttributor:
         src = torch.zeros(Q, self.n_sources, device=self.device, dtype=self.dtype) if self.source_rows else None
         f = torch.zeros(Q, device=self.device, dtype=self.dtype)
         tok = torch.zeros(mask.shape, device=self.device, dtype=self.dtype)
+        m = mask.to(self.dtype)
         for e, (params, B, C) in enumerate(zip(self.params, self.basis, self.coef, strict=True)):
+            lp = None  # (Q, T) token log-probabilities, from the readout's own primal pass
             if docs:
-                ex += jvp_scores(self.model, params, B, x, mask) @ C.T
+                t, lp = jvp_scores(self.model, params, B, x, mask, logprobs=True)
+                ex += t @ C.T
             if src is not None:
-                src += jvp_scores(self.model, params, self.source_rows[e], x, mask)
-            f += sequence_logprob(self.model, x, params, mask)
-            tok += token_logprobs(self.model, x, params)
+                t, lp = jvp_scores(self.model, params, self.source_rows[e], x, mask, logprobs=True)
+                src += t
+            f += (lp * m).sum(-1) / m.sum(-1).clamp_min(1.0)  # sequence_logprob's masked mean
+            tok += lp
         ex = ex / E if docs else None
         src = src / E if src is not None else ex @ self.membership
         f, tok = f / E, tok / E

@@ -161,7 +161,8 @@ def _query_fn(model: GPT, x: torch.Tensor, target_mask: torch.Tensor | None):
 
 def jvp_scores(model: GPT, params: Params, U: torch.Tensor, x: torch.Tensor,
                target_mask: torch.Tensor | None = None, chunk: int | None = None, head: bool = True,
-               impl: Literal["manual", "func"] = "manual") -> torch.Tensor:
+               impl: Literal["manual", "func"] = "manual", logprobs: bool = False
+               ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Forward-only readout ``τ(q, r) = d/dh f(q; θ + h u_r)|₀``: ``(B, R)``.
 
     ``U (R, p)`` responses (cast to the parameters' dtype), ``x (B, T+1)``
@@ -189,7 +190,11 @@ def jvp_scores(model: GPT, params: Params, U: torch.Tensor, x: torch.Tensor,
       reference).
 
     ``head=False``: the plain ``torch.func`` jvp of ``sequence_logprob``
-    through the logits (the reference; ``impl`` ignored)."""
+    through the logits (the reference; ``impl`` ignored).
+
+    ``logprobs=True`` (``head=True``): also return the primal's token
+    log-probabilities ``(B, T)`` (``token_logprobs`` of the same pass: the
+    head's logits are computed once for both)."""
     if impl not in ("manual", "func"):
         raise ValueError(f"impl must be 'manual' or 'func', not {impl!r}")
     params = _detached(params)
@@ -198,6 +203,8 @@ def jvp_scores(model: GPT, params: Params, U: torch.Tensor, x: torch.Tensor,
     manual = head and impl == "manual"
     chunk = chunk or (MANUAL_CHUNK if manual else 16)
     if not head:
+        if logprobs:
+            raise ValueError("logprobs=True needs head=True")
         f = _query_fn(model, x, target_mask)
         one = lambda u: jvp(f, (params,), (u,))[1]  # noqa: E731
         return vmap(one, chunk_size=chunk)(tangents).T
@@ -206,7 +213,9 @@ def jvp_scores(model: GPT, params: Params, U: torch.Tensor, x: torch.Tensor,
     primal = trunk_primal(params, model.spec, inp) if manual else None
     a = primal.a if manual else trunk(params)  # (B, T, d)
     W = params["tok_emb.weight"]  # (V, d)
-    g = -torch.softmax(a @ W.T, dim=-1)  # (B, T, V): d log p(y_t) / d logits = e_y − p
+    lp = torch.log_softmax(a @ W.T, dim=-1)  # (B, T, V)
+    tok = lp.gather(-1, tgt[..., None])[..., 0]  # (B, T): log p(y_t | y_<t)
+    g = lp.exp_().neg_()  # d log p(y_t) / d logits = e_y − p (the scatter below adds e_y)
     g.scatter_add_(-1, tgt[..., None], torch.ones_like(tgt[..., None], dtype=g.dtype))
     m = torch.ones_like(tgt, dtype=g.dtype) if target_mask is None else target_mask.to(g.dtype)
     g.mul_((m / m.sum(-1, keepdim=True).clamp_min(1.0))[..., None])
@@ -218,9 +227,11 @@ def jvp_scores(model: GPT, params: Params, U: torch.Tensor, x: torch.Tensor,
         for s in range(0, U.shape[0], chunk):
             part = {k: v[s : s + chunk] for k, v in tangents.items()}
             out[s : s + chunk] = (trunk_tangents(params, model.spec, inp, part, primal)[1] * gw).sum((-1, -2))
-        return (out + direct).T
-    one = lambda u: (jvp(trunk, (params,), (u,))[1] * gw).sum((-1, -2))  # noqa: E731  (B,)
-    return (vmap(one, chunk_size=chunk)(tangents) + direct).T
+        scores = (out + direct).T
+    else:
+        one = lambda u: (jvp(trunk, (params,), (u,))[1] * gw).sum((-1, -2))  # noqa: E731  (B,)
+        scores = (vmap(one, chunk_size=chunk)(tangents) + direct).T
+    return (scores, tok) if logprobs else scores
 
 
 def _trunk(model: GPT, params: Params, inp: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 
 from influence.store import open_store
 from influence.text.attributor import TextAttributor
-from influence.text.gpt import GPT
+from influence.text.gpt import GPT, sequence_logprob, token_logprobs
 from influence.text.lm_math import gradient_scores
 from worker.config import load_config
 from worker.lm_pipeline import build
@@ -100,6 +100,13 @@ def test_source_rows_are_the_exact_sums_and_read_alone(stores):
     full, alone = exact.score(qs), exact.score(qs, examples=False)
     assert alone.examples is None and torch.equal(alone.sources, full.sources)
     assert torch.equal(alone.logprob, full.logprob)
+    # f and the token log-probabilities come from the readout's own primal pass: the model's forward
+    x, mask = exact.batch(qs)
+    model = GPT(exact.spec, seed=None)
+    torch.testing.assert_close(full.logprob, sequence_logprob(model, x, exact.params[0], mask), rtol=1e-5, atol=1e-5)
+    ref = token_logprobs(model, x, exact.params[0])
+    for i, t in enumerate(full.token_logprobs):
+        torch.testing.assert_close(torch.tensor(t), ref[i][mask[i]], rtol=1e-5, atol=1e-5)
     by_docs = full.examples @ exact.membership
     torch.testing.assert_close(full.sources, by_docs, rtol=1e-4, atol=1e-5 * by_docs.abs().max().item())
     # the 3-bit store's sources come from the exact sums, not from its rounded rows
