@@ -31,9 +31,9 @@ them text requests and adds what only a text store needs:
   time with one projection GEMM (``trak_batched``, TRAK's best case on a
   CPU). Interleaved with them, query by query, the store's own readout in
   process: ``TextAttributor.score`` on one row (``ours_row``) and on one
-  full readout block as the service runs it (``readout_block`` queries +
-  one filler row, ``ours_block``), plus the split of that block's time into
-  forward tangents, plain forwards and products.
+  full readout block as the service runs it (``text_readout_block``
+  queries, ``ours_block``), plus the split of that block's time into
+  forward tangents (with the primal pass) and products.
 - **Flops** (``readout_flops``, ``trak_flops``): counted from the model's
   shapes and the store's ``tangents_per_query``; ``--parts gemm`` measures
   ``torch.matmul`` float32 rates (a square GEMM and the readout's own
@@ -41,7 +41,7 @@ them text requests and adds what only a text store needs:
   the GEMM rate reached.
 - **Profile** (``--parts profile``): py-spy on the service at concurrency
   32, 1 query per request, batching on (``bench.load.run_profile``), with
-  the readout's samples split into tangents / plain forwards / other.
+  the readout's samples split into tangents / other.
 
 Writes ``bench/results/load_text.json`` (its own file: the text rows need
 the TRAK, flops and GEMM figures beside them, and ``load.json`` stays the
@@ -137,19 +137,17 @@ def _trunk_flops(spec) -> int:
     return spec.layers * (2 * T * 12 * d * d + 2 * 2 * T * T * d)
 
 
-def readout_flops(spec, tangents: list[int], n_docs: int, n_sources: int, chunk: int = 16, docs: bool = True
-                  ) -> dict:
+def readout_flops(spec, tangents: list[int], n_docs: int, n_sources: int, docs: bool = True) -> dict:
     """Multiply-adds × 2 of ``TextAttributor.score`` for one query row of
     full length (``context`` positions), from the shapes, per member ``e``
-    with ``tangents[e]`` basis rows (``lm_math.jvp_scores`` with the tied
-    head contracted analytically, ``chunk`` tangents per vmapped pass):
+    with ``tangents[e]`` rows (``lm_math.jvp_scores``: hand-derived trunk
+    tangents, the tied head contracted analytically):
 
     - tangents: per tangent the trunk's jvp (every product twice, ẋW and
       xẆ; QKᵀ and AV twice), the contraction with ``g W`` and ``⟨Ẇ, M⟩``;
-    - shared per row: one primal trunk per chunk of tangents plus one for
-      the head, the head's three ``T × d × V`` products (logits, ``g W``,
-      ``Σ_t g_t a_tᵀ``), and the two plain forwards of ``score``
-      (``sequence_logprob`` and ``token_logprobs``: trunk + logits each);
+    - shared per row: the primal trunk (once for all tangents; f and the
+      token log-probabilities come from it) and the head's three
+      ``T × d × V`` products (logits, ``g W``, ``Σ_t g_t a_tᵀ``);
     - products: ``τ_B Cᵀ`` and the sums per source (``docs`` False: a
       sources-only read of per-source rows, ``tangents`` = their count: none).
 
@@ -161,7 +159,7 @@ def readout_flops(spec, tangents: list[int], n_docs: int, n_sources: int, chunk:
     tang = shared = prod = 0
     for r in tangents:
         tang += r * per_tangent
-        shared += (math.ceil(r / chunk) + 1) * trunk + 3 * logits + 2 * (trunk + logits)
+        shared += trunk + 3 * logits
         prod += 2 * r * n_docs if docs else 0
     prod += 2 * n_docs * n_sources if docs else 0
     return {"per_tangent": per_tangent, "per_tangent_with_head": per_tangent + 2 * logits, "tangents": tang,
@@ -265,7 +263,7 @@ def in_process(att, texts: list[str], setup: dict, n_queries: int, batch: int, b
     doc). ``examples`` False: the sources-only read (per-source rows when
     the store has them)."""
     from influence.blocks import text_readout_rows
-    from influence.text.gpt import sequence_logprob, token_logprobs
+    from influence.text.gpt import sequence_logprob
     from influence.text.lm_math import jvp_scores
 
     torch.set_num_threads(threads)
@@ -283,7 +281,7 @@ def in_process(att, texts: list[str], setup: dict, n_queries: int, batch: int, b
 
     times: dict[str, list[float]] = {k: [] for k in ("trak", "trak_backward", "trak_projection", "trak_product",
                                                      "trak_batched", "ours_row", "ours_block", "block_tangents",
-                                                     "block_forwards", "block_products")}
+                                                     "block_products")}
     with torch.no_grad():
         att.score([enc[0]], examples=examples)  # warm
     for i in range(n_queries):
@@ -318,15 +316,12 @@ def in_process(att, texts: list[str], setup: dict, n_queries: int, batch: int, b
                 params = att.params[0]
                 B = att.source_rows[0] if rows_only else att.basis[0]
                 t0 = time.perf_counter()
-                tau = jvp_scores(att.model, params, B, x, mask)
+                tau, _ = jvp_scores(att.model, params, B, x, mask, logprobs=True)
                 t1 = time.perf_counter()
-                sequence_logprob(att.model, x, params, mask)
-                token_logprobs(att.model, x, params)
-                t2 = time.perf_counter()
                 if not rows_only:
                     (tau @ att.coef[0].T) @ att.membership
-                t3 = time.perf_counter()
-            for k, v in (("block_tangents", t1 - t0), ("block_forwards", t2 - t1), ("block_products", t3 - t2)):
+                t2 = time.perf_counter()
+            for k, v in (("block_tangents", t1 - t0), ("block_products", t2 - t1)):
                 times[k].append(v / block)
         if (i + 1) % 8 == 0:
             log(f"in process: {i + 1}/{n_queries} queries")
@@ -340,7 +335,6 @@ def in_process(att, texts: list[str], setup: dict, n_queries: int, batch: int, b
 
 # -- profile: the readout's share, split -------------------------------------------------------------------------
 READOUT_SPLIT = [("forward tangents (jvp_scores)", ("jvp_scores (",)),
-                 ("plain forwards (f, token log-probs)", ("sequence_logprob (", "token_logprobs (")),
                  ("readout, other (blocks, products, tensors to lists)", ("influence/",))]
 
 
@@ -463,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
         ip = res["in_process"]
         log(f"in process: TRAK {ip['trak_qps']:.2f} q/s one at a time, {ip['trak_batched_qps']:.2f} q/s "
             f"{a.trak_batch} at a time; readout {ip['ours_row_qps']:.2f} q/s on one row, "
-            + (f"{ip['ours_block_qps']:.2f} q/s in blocks of {block}" if ip["ours_block_qps"] else "no full block"))
+            + (f"{ip['ours_block_qps']:.2f} q/s in blocks of {ip['readout_block']}" if ip["ours_block_qps"]
+               else "no full block"))
     res["load_end"] = loadavg()
     prev = RESULTS / a.out
     if a.merge and prev.exists():

@@ -86,6 +86,14 @@ def matrix_tables(rows: list[dict]) -> list[str]:
     return out
 
 
+def _tangents(res: dict) -> str:
+    st = res["store"]
+    if st.get("source_rows") and res.get("requests", {}).get("granularity") == "sources":
+        return (f"{st['tangents_sources_only']} (one per stored per-source row; {st['tangents_per_query']} with "
+                "documents)")
+    return str(st["tangents_per_query"])
+
+
 def _tangent_kind(res: dict) -> str:
     st = res["store"]
     if st.get("source_rows") and res.get("requests", {}).get("granularity") == "sources":
@@ -142,7 +150,7 @@ def flops_lines(res: dict) -> list[str]:
                    f"contracted once per row, not carried per tangent, which would make it "
                    f"{r.get('per_tangent_with_head', 0) / 1e6:.1f} MFLOP) = {r['tangents'] / 1e9:.2f} GFLOP, "
                    f"{r['shared'] / 1e6:.0f} MFLOP shared by the row's tangents (primal passes, the tied head, "
-                   f"the two plain forwards of f and the token log-probabilities), {r['products'] / 1e6:.2f} "
+                   f"from which f and the token log-probabilities come), {r['products'] / 1e6:.2f} "
                    f"MFLOP of products with the coefficients and the {st['sources']} sources: "
                    f"**{r['total'] / 1e9:.2f} GFLOP per query**. The service's readout call is always a block of "
                    f"{_svc_block(res)} full-length rows (`text_readout_block`), so a lone query executes "
@@ -167,7 +175,6 @@ def time_lines(res: dict) -> list[str]:
     ip = res.get("in_process")
     if ip and ip.get("block_tangents_s"):
         parts = {"forward tangents (`jvp_scores`)": ip["block_tangents_s"],
-                 "plain forwards (f and token log-probabilities)": ip["block_forwards_s"],
                  "products (coefficients, sources)": ip["block_products_s"]}
         tot = sum(parts.values())
         out.append(f"- One readout block in process ({ip['readout_block']} queries, "
@@ -253,7 +260,7 @@ def findings(res: dict) -> list[str]:
     lone = _pick(rows, batching=True, concurrency=1, queries_per_request=1)
     if ip.get("ours_row_s") and ip.get("ours_block_s"):
         out.append(f"- Padding: in process one row costs {ip['ours_row_s'] * 1000:.0f} ms, a full block "
-                   f"{ip['ours_block_s'] * 1000:.0f} ms per query (block of {ip['readout_block']} + 1 rows); the "
+                   f"{ip['ours_block_s'] * 1000:.0f} ms per query (block of {ip['readout_block']} rows); the "
                    f"service reads a lone query out as a whole block of {_svc_block(res)} rows "
                    "(`text_readout_block`: fixed shapes keep answers batch invariant), "
                    + (f"so at c = 1 it serves {_num(lone['throughput_qps'], 2)} q/s against "
@@ -270,9 +277,9 @@ def render(res: dict) -> str:
              f"below; the load generator runs on the same cores). Service: `python -m service` on loopback "
              f"with the text store `{st['root']}` (version `{st['version']}`: the `brown` preset, a "
              f"{st['params']:,}-parameter GPT, context {st['context']}, {st['members']} member(s), "
-             f"{st['tangents_per_query']} basis tangents per query, {st['documents']} training documents, "
+             f"{_tangents(res)} tangents per query, {st['documents']} training documents, "
              f"{st['sources']} sources = publishers), Redis at `{res['redis_url']}` under a fresh key prefix, "
-             f"`FA_TORCH_THREADS={s.get('torch_threads', 1)}`, readout_block {s.get('readout_block', 16)}, "
+             f"`FA_TORCH_THREADS={s.get('torch_threads', 1)}`, "
              "cache off, other settings at their defaults"
              + (" except " + ", ".join(f"`{k}={v}`" for k, v in s.items() if k not in ("torch_threads",
                                                                                        "readout_block"))

@@ -73,7 +73,7 @@ def accuracy(audit: dict | None, which: str, output: str) -> tuple[dict | None, 
            "created_at": audit.get("created_at"),
            **{k: m.get(k) for k in ("pearson", "mae", "actual_mean_abs", "scale_fit")}}
     note = (f"measured by this store's audit ({audit.get('created_at')}) on its held-out queries: predicted vs "
-            f"real change after retraining, {which.replace('_', ' ')}")
+            f"real change after retraining, for the audited scenario closest to this one: {which.replace('_', ' ')}")
     if output != measured:
         note += f"; the audit measured the {measured}, this answer is of the {output}"
     return acc, note
