@@ -10,7 +10,7 @@ import numpy as np
 TINY_GPT = ["model.d=8", "model.heads=2", "model.layers=1", "method.rank=48", "method.curvature_subset=8",
             "method.steps=50"]
 """``--set`` overrides of the ``brown`` preset: a GPT of a few thousand parameters that builds in seconds."""
-TINY_TEXT_STORE = [*TINY_GPT, "method.compress_rank=16"]
+TINY_TEXT_STORE = ["method.compress_rank=16"]
 """The service tests' text store: the tiny GPT with rank-16 responses (and per-source rows: 3 sources)."""
 
 
@@ -26,3 +26,15 @@ def write_corpus(path: Path) -> Path:
         lines.append(json.dumps({"id": f"d{d:03d}", "source": f"pub-{s}", "text": " ".join(words)}))
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def build_text_store(tmp: Path, *overrides: str) -> Path:
+    """Build a text store from ``write_corpus`` under ``tmp`` with the tiny
+    GPT (``TINY_GPT``) and ``overrides``; returns the store root."""
+    from worker.config import load_config
+    from worker.lm_pipeline import build
+
+    data = write_corpus(tmp / "docs.jsonl")
+    build(load_config("brown", overrides=[f'data.path="{data}"', f'store.root="{tmp / "store"}"', *TINY_GPT,
+                                          *overrides]), progress=False)
+    return tmp / "store"

@@ -32,7 +32,7 @@ from tests.service.conftest import (  # noqa: F401  (fixtures, re-exported for t
 )
 from tests.service.util import REDIS_URL
 
-from ..text_corpus import TINY_GPT, write_corpus
+from ..text_corpus import build_text_store
 from . import load
 
 
@@ -53,15 +53,7 @@ def figures():
 @pytest.fixture(scope="session")
 def built_text_store(tmp_path_factory) -> Path:
     """A tiny text store (3 publishers, 40 documents, rank-16 responses), read only."""
-    from worker.config import load_config
-    from worker.lm_pipeline import build
-
-    tmp = tmp_path_factory.mktemp("reliability-text")
-    data = write_corpus(tmp / "docs.jsonl")
-    cfg = load_config("brown", overrides=[f'data.path="{data}"', f'store.root="{tmp / "store"}"', *TINY_GPT,
-                                          "method.compress_rank=16"])
-    build(cfg, progress=False)
-    return tmp / "store"
+    return build_text_store(tmp_path_factory.mktemp("reliability-text"), "method.compress_rank=16")
 
 
 @dataclass

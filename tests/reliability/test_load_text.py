@@ -14,20 +14,12 @@ from bench import load
 from bench.load_text import readout_flops, text_bodies
 
 from ..service.util import REDIS_URL
-from ..text_corpus import TINY_GPT, write_corpus
+from ..text_corpus import build_text_store
 
 
 @pytest.fixture(scope="module")
 def tiny_text_store(tmp_path_factory):
-    from worker.config import load_config
-    from worker.lm_pipeline import build
-
-    tmp = tmp_path_factory.mktemp("load-text-store")
-    data = write_corpus(tmp / "docs.jsonl")
-    cfg = load_config("brown", overrides=[f'data.path="{data}"', f'store.root="{tmp / "store"}"', *TINY_GPT,
-                                          "method.compress_rank=8"])
-    build(cfg, progress=False)
-    return tmp / "store"
+    return build_text_store(tmp_path_factory.mktemp("load-text-store"), "method.compress_rank=8")
 
 
 @pytest.mark.slow

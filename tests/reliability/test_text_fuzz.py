@@ -19,22 +19,16 @@ from hypothesis import strategies as st
 
 from service.settings import Settings
 
-from ..service.test_text import TINY
 from ..service.util import REDIS_URL, drop_prefix, serve
-from ..text_corpus import write_corpus
+from ..text_corpus import TINY_TEXT_STORE, build_text_store
 
 MAX_EXAMPLES = 60
 
 
 @pytest.fixture(scope="module")
 def text_live(tmp_path_factory):
-    from worker.config import load_config
-    from worker.lm_pipeline import build
-
     root = tmp_path_factory.mktemp("text-fuzz")
-    data = write_corpus(root / "docs.jsonl")
-    cfg = load_config("brown", overrides=[f'data.path="{data}"', f'store.root="{root / "store"}"', *TINY])
-    build(cfg, progress=False)
+    build_text_store(root, *TINY_TEXT_STORE)
     prefix = f"test:textfuzz:{uuid.uuid4().hex[:10]}:"
     s = Settings(_env_file=None, store=root / "store", redis_url=REDIS_URL, redis_prefix=prefix,
                  data_dir=root / "var", max_wait_ms=1.0, max_queries=8, max_body_bytes=200_000)

@@ -15,7 +15,7 @@ from influence.store import open_store
 from influence.text.attributor import TextAttributor
 from service.settings import Settings
 
-from ..text_corpus import TINY_TEXT_STORE, write_corpus
+from ..text_corpus import TINY_TEXT_STORE, build_text_store
 from .util import REDIS_URL, serve
 
 
@@ -81,14 +81,7 @@ def server(settings_for):
 @pytest.fixture(scope="session")
 def text_store(tmp_path_factory) -> Path:
     """A tiny text store built by the worker (read only)."""
-    from worker.config import load_config
-    from worker.lm_pipeline import build
-
-    tmp = tmp_path_factory.mktemp("text-store")
-    data = write_corpus(tmp / "docs.jsonl")
-    cfg = load_config("brown", overrides=[f'data.path="{data}"', f'store.root="{tmp / "store"}"', *TINY_TEXT_STORE])
-    build(cfg, progress=False)
-    return tmp / "store"
+    return build_text_store(tmp_path_factory.mktemp("text-store"), *TINY_TEXT_STORE)
 
 
 @pytest.fixture(scope="session")

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-import subprocess
 import time
 from fractions import Fraction
-from pathlib import Path
 
 import httpx
 import redis
@@ -18,7 +16,7 @@ import redis.asyncio as aioredis
 from service.credit import credit, largest_remainder
 from service.ledger import Journal, Ledger, new_record
 
-from .util import REDIS_URL, free_port, query, redis_binary, serve
+from .util import REDIS_URL, free_port, query, serve, start_redis
 
 
 def test_largest_remainder_is_exact_and_proportional():
@@ -171,25 +169,10 @@ def test_idempotency_key(server, train_x):
     assert httpx.get(base + "/v1/sources").json()["total_queries"] == 4
 
 
-def _start_redis(port: int, workdir: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(workdir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    for _ in range(100):
-        try:
-            client.ping()
-            return proc
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("redis did not start")
-
-
 def test_outage_journal_replay_exact_totals(settings_for, train_x, tmp_path):
     port, workdir = free_port(), tmp_path / "redis"
     workdir.mkdir()
-    proc = _start_redis(port, workdir)
+    proc = start_redis(port, workdir)
     s = settings_for(redis_url=f"redis://127.0.0.1:{port}/0", redis_prefix="fa:", cache_ttl_s=60)
     sent = credited = 0
 
@@ -216,7 +199,7 @@ def test_outage_journal_replay_exact_totals(settings_for, train_x, tmp_path):
             send(c, 99, key="retry-me")  # retried during the outage: answered once, counted once
             ready = c.get("/readyz").json()
             assert ready["redis"] is False and ready["journal_entries"] == 11
-            proc = _start_redis(port, workdir)
+            proc = start_redis(port, workdir)
             deadline = time.time() + 20
             while c.get("/readyz").json()["journal_entries"] and time.time() < deadline:
                 time.sleep(0.1)

@@ -10,12 +10,9 @@ import asyncio
 import hashlib
 import importlib
 import pkgutil
-import subprocess
-import time
 
 import httpx
 import pytest
-import redis
 import redis.asyncio as aioredis
 
 import service.routes
@@ -28,7 +25,7 @@ from service.routes import ROUTERS
 from service.schemas import AttributionRequest
 from service.settings import Settings
 
-from .util import REDIS_URL, free_port, query, redis_binary, serve
+from .util import REDIS_URL, free_port, query, serve, start_redis
 
 
 def _route_modules():
@@ -112,24 +109,10 @@ def test_answer_store_keys_and_cache_of_the_served_version_only(prefix, tmp_path
     asyncio.run(go())
 
 
-def _start_redis(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    for _ in range(100):
-        try:
-            client.ping()
-            return proc
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    proc.kill()
-    pytest.fail("redis did not start")
-
-
 def test_answer_store_falls_back_to_its_local_copy_while_redis_is_down(tmp_path):
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
-    proc = _start_redis(port)
+    proc = start_redis(port)
 
     async def go():
         a, client, _ = _answers(url, "fa:", tmp_path)

@@ -17,10 +17,7 @@ import torch
 
 from service.credit import credit
 
-from ..text_corpus import TINY_TEXT_STORE
 from .util import query, serve, strip_volatile
-
-TINY = TINY_TEXT_STORE
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import threading
 import time
 from contextlib import contextmanager
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 import uvicorn
 
 from influence.store import AUDIT_ASSET, open_store, publish
@@ -77,6 +79,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_redis(port: int, workdir: Path | None = None) -> subprocess.Popen:
+    """A private Redis-compatible server on loopback ``port``, answering
+    PING; with ``workdir``, durable (AOF, fsync on every write) there."""
+    durable = ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(workdir)] if workdir else []
+    proc = subprocess.Popen([redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", *durable],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            return proc
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("redis did not start")
 
 
 def redis_binary() -> str:

@@ -123,16 +123,10 @@ def test_a_non_number_option_is_an_argparse_error(tiny_store, capsys):
 @pytest.fixture(scope="module")
 def text_store(tmp_path_factory):
     """A tiny text store built from a JSONL corpus (3 publishers, 36 training documents)."""
-    from worker.config import load_config
-    from worker.lm_pipeline import build
-
-    from ..text_corpus import TINY_TEXT_STORE, write_corpus
+    from ..text_corpus import TINY_TEXT_STORE, build_text_store
 
     tmp = tmp_path_factory.mktemp("text-audit")
-    data = write_corpus(tmp / "docs.jsonl")
-    build(load_config("brown", overrides=[f'data.path="{data}"', f'store.root="{tmp / "s"}"', *TINY_TEXT_STORE]),
-          progress=False)
-    return tmp / "s", data
+    return build_text_store(tmp, *TINY_TEXT_STORE), tmp / "docs.jsonl"
 
 
 def test_text_store_audit_retrains_language_models(text_store, tmp_path):
