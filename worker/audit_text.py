@@ -13,7 +13,9 @@ subset keeps the training blocks of its sources' documents. On ``queries``
 held-out windows of 64 targets (``LMCorpus.queries``, ``query_seed``) the
 store's per-source scores ``τ (m, S)`` (``TextAttributor.score``) are
 compared with the retrained outputs ``f`` = mean log-probability of the
-window by ``influence.audit`` (``worker.audit.metrics``): source-level
+window (kept in ``outputs``: ``keep (J, S)``, ``loso_index (L,)``, ``full
+(E, m)``, ``subset (J, E, m)``, ``loso (L, E, m)``, so other methods can be
+scored on the same truth: ``bench.lm_source_quality``) by ``influence.audit`` (``worker.audit.metrics``): source-level
 LDS, leave-one-source-out Pearson / Spearman, top-1 agreement, what-if
 accuracy, with ``n`` = the store's training targets (``data.n_targets``).
 
@@ -103,6 +105,7 @@ def compute_text_audit(store: Store, s, log=lambda msg: None, progress: bool = T
            "loso": np.zeros((len(loso_idx), len(seeds), len(x)))}
     t_data = time.perf_counter()
     bar = tqdm(total=len(masks) * len(seeds), desc="audit: retrain gpt", unit="model", disable=not progress)
+    done = 0
     for kind, r, k in masks:
         blocks = np.flatnonzero(k[block_source])
         for e, seed in enumerate(seeds):
@@ -113,7 +116,8 @@ def compute_text_audit(store: Store, s, log=lambda msg: None, progress: bool = T
             else:
                 out[kind][r, e] = f
             bar.update()
-            log(f"retrained {bar.n}/{bar.total}: {kind} {r}, seed {seed}")
+            done += 1
+            log(f"retrained {done}/{len(masks) * len(seeds)}: {kind} {r}, seed {seed}")
     bar.close()
     t_train = time.perf_counter()
     att = TextAttributor(store, "cpu")
@@ -135,6 +139,8 @@ def compute_text_audit(store: Store, s, log=lambda msg: None, progress: bool = T
              "content_version": ((man.extra or {}).get("audit") or {}).get("content_version") or man.version,
              "created_at": datetime.now(UTC).isoformat(timespec="seconds"), "store_kind": man.model.kind,
              "source_level": man.data.get("level"), "settings": settings, "metrics": res, "truth": truth,
+             "outputs": {"keep": keep.tolist(), "loso_index": loso_idx.tolist(), "full": out["full"].tolist(),
+                         "subset": out["subset"].tolist(), "loso": out["loso"].tolist()},
              "durations_s": {"data": t_data - t0, "train": t_train - t_data, "readout": t_read - t_train,
                              "metrics": t_end - t_read, "total": t_end - t0}}
     return _finite(audit)
