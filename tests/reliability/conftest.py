@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import Settings
 from tests.service.conftest import (  # noqa: F401  (fixtures, re-exported for these tests)
     built_store,
     prefix,
@@ -30,7 +29,7 @@ from tests.service.conftest import (  # noqa: F401  (fixtures, re-exported for t
     store_root,
     train_x,
 )
-from tests.service.util import REDIS_URL
+from tests.service.util import settings_factory
 
 from ..text_corpus import build_text_store
 from . import load
@@ -75,12 +74,7 @@ def target(request, tmp_path) -> Target:
     root = tmp_path / "store"
     shutil.copytree(src, root)
 
-    def settings(**over) -> Settings:
-        base = dict(store=root, redis_url=REDIS_URL, redis_prefix=key_prefix, data_dir=tmp_path / "var",
-                    max_wait_ms=1.0, replay_interval_s=0.2)
-        return Settings(_env_file=None, **{**base, **over})
-
     def bodies(count: int = 40) -> list[dict]:
         return load.text_bodies(count) if kind == "text" else load.bodies(fixture("train_x"), count)
 
-    return Target(kind, root, settings, bodies)
+    return Target(kind, root, settings_factory(root, key_prefix, tmp_path), bodies)

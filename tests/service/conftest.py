@@ -13,10 +13,9 @@ import redis
 
 from influence.store import open_store
 from influence.text.attributor import TextAttributor
-from service.settings import Settings
 
 from ..text_corpus import TINY_TEXT_STORE, build_text_store
-from .util import REDIS_URL, serve
+from .util import REDIS_URL, serve, settings_factory
 
 
 @pytest.fixture(scope="session")
@@ -61,13 +60,7 @@ def prefix(redis_client):
 @pytest.fixture
 def settings_for(store_root, prefix, tmp_path):
     """``settings_for(**overrides)`` -> Settings on the private store and prefix."""
-
-    def make(**over) -> Settings:
-        base = dict(store=store_root, redis_url=REDIS_URL, redis_prefix=prefix, data_dir=tmp_path / "var",
-                    max_wait_ms=1.0, replay_interval_s=0.2)
-        return Settings(_env_file=None, **{**base, **over})
-
-    return make
+    return settings_factory(store_root, prefix, tmp_path)
 
 
 @pytest.fixture
@@ -91,9 +84,4 @@ def text_att(text_store) -> TextAttributor:
 
 @pytest.fixture
 def text_settings(text_store, prefix, tmp_path):
-    def make(**over) -> Settings:
-        base = dict(store=text_store, redis_url=REDIS_URL, redis_prefix=prefix, data_dir=tmp_path / "var",
-                    max_wait_ms=1.0, replay_interval_s=0.2)
-        return Settings(_env_file=None, **{**base, **over})
-
-    return make
+    return settings_factory(text_store, prefix, tmp_path)

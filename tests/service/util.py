@@ -81,6 +81,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def settings_factory(store: Path, prefix: str, tmp_path: Path):
+    """``make(**overrides)`` -> the tests' Settings: ``store``, the test Redis
+    under ``prefix``, data under ``tmp_path``, a short batch wait and replay."""
+
+    def make(**over) -> Settings:
+        base = dict(store=store, redis_url=REDIS_URL, redis_prefix=prefix, data_dir=tmp_path / "var",
+                    max_wait_ms=1.0, replay_interval_s=0.2)
+        return Settings(_env_file=None, **{**base, **over})
+
+    return make
+
+
 def start_redis(port: int, workdir: Path | None = None) -> subprocess.Popen:
     """A private Redis-compatible server on loopback ``port``, answering
     PING; with ``workdir``, durable (AOF, fsync on every write) there."""
