@@ -38,7 +38,7 @@ import torch
 
 from influence.audit import loso, source_lds
 from influence.store import open_store
-from influence.text.attributor import TextAttributor, TextQuery
+from influence.text.attributor import TextAttributor
 from influence.text.corpus import brown_corpus
 from influence.text.gpt import GPT
 from influence.text.lm_math import query_grads
@@ -66,8 +66,7 @@ def scores(tau: np.ndarray, t: dict) -> dict:
 
 def methods(att: TextAttributor, x: torch.Tensor, k: int, rels: list[float], log) -> dict[str, np.ndarray]:
     """Per-source scores ``(m, S)`` of every method on windows ``x (m, 65)``."""
-    qs = [TextQuery(row.tolist(), len(row) - 1, int((row == 0).sum())) for row in x]
-    out = {"ours": torch.cat([att.score(qs[i:i + 8], examples=False).sources for i in range(0, len(qs), 8)])}
+    out = {"ours": att.window_sources(x)}
     c = brown_corpus()
     model = GPT(att.spec, seed=None)
     params = att.params[0]

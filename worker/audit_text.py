@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from influence.audit import draw_source_subsets, truth_noise
 from influence.errors import StoreError
 from influence.store import Store
-from influence.text.attributor import TextAttributor, TextQuery
+from influence.text.attributor import TextAttributor
 from influence.text.gpt import GPT, sequence_logprob
 
 from .lm_train import train_lm
@@ -121,8 +121,7 @@ def compute_text_audit(store: Store, s, log=lambda msg: None, progress: bool = T
     bar.close()
     t_train = time.perf_counter()
     att = TextAttributor(store, "cpu")
-    qs = [TextQuery(row.tolist(), len(row) - 1, int((row == 0).sum())) for row in x]
-    tau = torch.cat([att.score(qs[i:i + 8], examples=False).sources for i in range(0, len(qs), 8)]).double().numpy()
+    tau = att.window_sources(x).double().numpy()
     k = min(len(seeds), man.members)
     own = np.stack([_outputs(spec, att.params[e], x) for e in range(k)])
     t_read = time.perf_counter()

@@ -114,6 +114,13 @@ class TextAttributor:
             mask[i, :first] = False
         return x.to(self.device), mask.to(self.device)
 
+    def window_sources(self, x: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+        """Per-source scores ``(m, S)`` of token windows ``x (m, T+1)``, every
+        target scored (f = the window's mean log-probability), read
+        sources-only ``chunk`` windows at a time (bounded memory)."""
+        qs = [TextQuery(row.tolist(), len(row) - 1, int((row == 0).sum())) for row in x]
+        return torch.cat([self.score(qs[i:i + chunk], examples=False).sources for i in range(0, len(qs), chunk)])
+
     @torch.no_grad()
     def score(self, queries: list[TextQuery], length: int | None = None, examples: bool = True) -> TextScores:
         """Score a batch, padded to ``length`` tokens (default: the longest).
