@@ -34,7 +34,7 @@ import torch
 from influence.audit import loso, source_lds
 from influence.simulate import Simulator
 from influence.simulate.curvature import mlp_example_grads
-from influence.simulate.spectral import horizon_filter
+from influence.simulate.spectral import LowRankFilter
 
 from .common import machine, write_json
 from .groundtruth import train_many
@@ -59,17 +59,17 @@ class Pieces:
         G = mlp_example_grads(params, cfg.model, data.X, data.y).double()
         Gs = G.new_zeros((data.n_sources, G.shape[1])).index_add_(0, data.source, G)
         Gq = query_grads(params, cfg.model, data.Xq, data.yq).double()
-        self.A, self.B, self.D, self.h = Gq @ V, Gs @ V, Gq @ Gs.T, filt.basis.h.double()
-        self.wd, self.top = cfg.train.weight_decay, float(filt.basis.h[0])
+        self.A, self.B, self.D, self.basis = Gq @ V, Gs @ V, Gq @ Gs.T, filt.basis
+        self.wd = cfg.train.weight_decay
 
     def tau(self, damping: float, eta: float, steps: int) -> torch.Tensor | None:
-        """``(m, S)`` scores of the filter, or None where the steps diverge."""
-        shift = self.wd + damping
-        if eta * (self.top + shift) >= 2.0:
+        """``(m, S)`` scores of the filter (``LowRankFilter``'s coefficients),
+        or None where the steps diverge."""
+        try:
+            f = LowRankFilter(self.basis, self.wd + damping, eta, steps)
+        except ValueError:
             return None
-        tail = float(horizon_filter(torch.zeros(1), shift, eta, steps)[0])
-        coef = horizon_filter(self.h, shift, eta, steps) - tail
-        return -((self.A * coef) @ self.B.T + tail * self.D)
+        return -((self.A * f.coef) @ self.B.T + f.tail * self.D)
 
 
 def run(args) -> dict:
