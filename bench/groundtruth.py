@@ -32,11 +32,14 @@ forward_many = forward_stacked  # one stacked forward for the bench and the audi
 
 
 def train_many(spec: MLPSpec, X: torch.Tensor, y: torch.Tensor, index_sets: np.ndarray, seeds_: list[int],
-               recipe: TrainConfig, drop: np.ndarray | None = None, bar=None) -> dict[str, torch.Tensor]:
+               recipe: TrainConfig, drop: np.ndarray | None = None, bar=None,
+               on_step=None) -> dict[str, torch.Tensor]:
     """Train ``M = len(seeds_)`` models; model ``m`` on ``X[index_sets[m]]``
     (``(M, n_m)``, all subsets the same size) with seed ``seeds_[m]``.
     ``drop (M,)``: optional global index removed from the model's batches
     (its slot is skipped; the batch mean is over the rest), -1 for none.
+    ``on_step(t, params)``: called before step ``t`` with the stacked
+    iterate (``influence.simulate.IterateRecorder`` keeps epoch ends).
     Returns stacked params ``name -> (M, *shape)``. SGD only."""
     if recipe.optimizer != "sgd":
         raise ValueError("train_many implements the SGD recipe only")
@@ -49,6 +52,8 @@ def train_many(spec: MLPSpec, X: torch.Tensor, y: torch.Tensor, index_sets: np.n
     bufs: list[torch.Tensor | None] = [None] * len(params)
     lr, mom, wd = recipe.lr, recipe.momentum, recipe.weight_decay
     for t in range(len(orders[0])):
+        if on_step is not None:
+            on_step(t, params)
         gidx = torch.gather(sets, 1, torch.stack([o[t] for o in orders]))  # (M, B)
         logits = forward_many(params, spec, X[gidx])
         ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[gidx].reshape(-1), reduction="none")

@@ -67,6 +67,12 @@ def base_config() -> WorkerConfig:
     return load_config("digits")
 
 
+def final_iterate_only(cfg: WorkerConfig) -> WorkerConfig:
+    """``cfg`` with the simulation linearised at the final model alone
+    (``method.iterates = 1``): the one-point filter, without averaging."""
+    return cfg.model_copy(update={"method": cfg.method.model_copy(update={"iterates": 1})})
+
+
 def load_data() -> Data:
     from influence.data import load_digits_test
 

@@ -46,26 +46,30 @@ import torch
 from influence.audit import loso, source_lds, whatif_check
 from influence.audit import truth_noise as _truth_noise
 from influence.readout import linear_stack_scores, split_layers
-from influence.simulate import Simulator
+from influence.simulate import IterateRecorder, Simulator, iterate_steps
 from influence.simulate.curvature import mlp_example_grads
 from influence.whatif import removal, source_scores
 
 from .common import machine
 from .groundtruth import margins_many, train_many
 from .ours import query_grads
-from .protocol import CACHE, RESULTS, Data, base_config, load_data, seeds
+from .protocol import CACHE, RESULTS, Data, base_config, final_iterate_only, load_data, seeds
 from .source_groundtruth import QUICK, SourceProtocol, check_matches_padded, load_or_compute
 from .trak_baseline import Trak
 
-METHODS = ("ours", "ours_examples_summed", "trak", "graddot")
+METHODS = ("ours", "ours_examples_summed", "ours_final_iterate", "trak", "graddot")
 TRAK_LAMBDA, TRAK_PROJ = 100.0, 2048
 GOALS = {"lds_1": 0.80, "lds_5": 0.83}
 
 
 # -- per-member scores ----------------------------------------------------------------------------------------
-def member_scores(params: dict[str, torch.Tensor], cfg, data: Data, seed: int, version: int = 1) -> dict:
+def member_scores(iterates: list[dict[str, torch.Tensor]], cfg, data: Data, seed: int, version: int = 1) -> dict:
     """``τ (m, S)`` of ours (source responses), ours (example responses
-    summed) and graddot for one member; cached on disk."""
+    summed) and graddot for one member; cached on disk. ``iterates``: the
+    member's epoch-end iterates ``cfg.method.iterates`` averages over,
+    earliest first, the final model last (it alone when ``iterates=1``)."""
+    iterates = iterates[len(iterates) - cfg.method.iterates:]
+    params = iterates[-1]
     blob = json.dumps([data.fingerprint, cfg.train.model_dump(mode="json"), cfg.model.model_dump(mode="json"),
                        cfg.method.model_dump(mode="json"), seed, version])
     path = CACHE / f"srcq-member-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.pt"
@@ -74,7 +78,7 @@ def member_scores(params: dict[str, torch.Tensor], cfg, data: Data, seed: int, v
     spec, S = cfg.model, data.n_sources
     t0 = time.perf_counter()
     sim = Simulator(cfg.method, spec, cfg.train.weight_decay, data.X, data.y, data.source, S)
-    resp = sim.posthoc(params, seed)
+    resp = sim.posthoc(iterates, seed)
     sim_s = time.perf_counter() - t0
     with torch.no_grad():
         t0 = time.perf_counter()
@@ -159,8 +163,13 @@ def run(args) -> dict:
     gt = load_or_compute(proto, data)
     gt_load_s = time.perf_counter() - t0
     mseeds = seeds(cfg, E)
-    P = train_many(cfg.model, data.X, data.y, np.tile(np.arange(n), (E, 1)), mseeds, cfg.train)
-    params = [{k: v[e].clone() for k, v in P.items()} for e in range(E)]
+    ep = cfg.method.iterate_epochs(cfg.train.epochs)
+    rec = IterateRecorder(iterate_steps(ep, -(-n // cfg.train.batch_size), cfg.train.epochs))
+    P = train_many(cfg.model, data.X, data.y, np.tile(np.arange(n), (E, 1)), mseeds, cfg.train, on_step=rec)
+    iterates = [[{k: v[e].clone() for k, v in it.items()} for it in rec.iterates(P)] for e in range(E)]
+    params = [its[-1] for its in iterates]
+    # the ablation: the same simulation linearised at the final model only (method.iterates = 1)
+    cfg_final = final_iterate_only(cfg)
     Eg = gt["full"].shape[0]
     checks["checkpoints_vs_groundtruth_full_margin_max_abs"] = float(
         np.abs(margins_many({k: v[:Eg] for k, v in P.items()}, cfg.model, data.Xq, data.yq).numpy()
@@ -168,7 +177,9 @@ def run(args) -> dict:
     members = []
     for e in range(E):
         t0 = time.perf_counter()
-        members.append(member_scores(params[e], cfg, data, mseeds[e]))
+        members.append(member_scores(iterates[e], cfg, data, mseeds[e]))
+        if cfg.method.iterates > 1:
+            members[-1]["ours_final_iterate"] = member_scores(iterates[e], cfg_final, data, mseeds[e])["ours"]
         print(f"member {e}: scores in {time.perf_counter() - t0:.1f}s (cached or computed)")
     checks["ours_sources_vs_examples_summed_rel"] = max(
         float((m["ours"] - m["ours_examples_summed"]).abs().max() / m["ours"].abs().max()) for m in members)
@@ -178,7 +189,9 @@ def run(args) -> dict:
     counts = sorted({1, E})
     taus: dict[tuple[str, int], np.ndarray] = {}
     for M in counts:
-        for meth in ("ours", "ours_examples_summed", "graddot"):
+        for meth in ("ours", "ours_examples_summed", "ours_final_iterate", "graddot"):
+            if meth not in members[0]:
+                continue
             taus[(meth, M)] = (sum(m[meth] for m in members[:M]) / M).numpy()
         taus[("trak", M)] = source_scores(trak.scores(TRAK_LAMBDA, M), data.source, S)
     trak.close()
@@ -250,6 +263,7 @@ def run(args) -> dict:
         "provenance": {"command": "python -m bench.source_quality " + shlex.join(sys.argv[1:]),
                        "machine": machine(), "members": E, "member_seeds": mseeds, "n_train": n,
                        "n_queries": len(data.Xq), "n_sources": S, "method_settings": cfg.method.model_dump(),
+                       "epochs": cfg.train.epochs,
                        "solver": members[0]["solver"], "diagnostics": members[0]["diagnostics"],
                        "simulate_s_per_member": [m["simulate_s"] for m in members],
                        "readout_sources_s": members[0]["readout_sources_s"], "trak_featurize_s": trak_s,

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 LABELS = {"ours": "ours (source responses)", "ours_examples_summed": "ours (example responses, summed)",
+          "ours_final_iterate": "ours, final model only (no iterate averaging)",
           "trak": "TRAK λ=100, proj 2048 (summed)", "graddot": "gradient dot product (summed)"}
 
 
@@ -23,6 +24,19 @@ def _g(x) -> str:
 
 def _rec(payload: dict, method: str, models: int) -> dict | None:
     return next((r for r in payload["records"] if r["method"] == method and r["models"] == models), None)
+
+
+def _iterates(prov: dict) -> str:
+    m = prov["method_settings"]
+    C = m.get("iterates", 1)
+    if C == 1:
+        return ""
+    last = prov.get("epochs", 40)
+    first = last - m["iterate_every"] * (C - 1)
+    return (f"; the responses are averaged over the last {C} epoch-end iterates (epochs {first}, "
+            f"{first + m['iterate_every']}, …, {last}: `method.iterates={C}`, `iterate_every={m['iterate_every']}`), "
+            "each simulated around its own iterate; *final model only* is the same simulation around the final "
+            "model alone (`iterates=1`), the ablation")
 
 
 def _verdicts(payload: dict) -> list[str]:
@@ -67,7 +81,7 @@ def markdown(payload: dict) -> str:
         f"checkpoints (member seeds {prov['member_seeds']}); 1 model = member 0, {prov['members']} models = "
         "τ averaged over members. Ours: the digits preset's simulation "
         f"(solver `{prov['solver']}`, λ={prov['method_settings']['damping']}, K={prov['method_settings']['steps']},"
-        f" η={prov['method_settings']['eta']}), forward readout.",
+        f" η={prov['method_settings']['eta']}), forward readout at the final model{_iterates(prov)}.",
         "",
         "Metrics: **source LDS** = per query, Spearman across subsets between Σ_{s∈subset} τ(q,s) and the "
         "subset model's margin (seed mean), mean over queries; **LOSO r / ρ** = per query, Pearson / Spearman "

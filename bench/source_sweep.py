@@ -39,7 +39,7 @@ from influence.simulate.spectral import LowRankFilter
 from .common import machine, write_json
 from .groundtruth import train_many
 from .ours import query_grads
-from .protocol import base_config, load_data, seeds
+from .protocol import base_config, final_iterate_only, load_data, seeds
 from .source_groundtruth import SourceProtocol, load_or_compute
 from .source_quality import _truth, member_scores
 
@@ -74,7 +74,7 @@ class Pieces:
 
 def run(args) -> dict:
     t0 = time.perf_counter()
-    data, cfg = load_data(), base_config()
+    data, cfg = load_data(), final_iterate_only(base_config())  # the sweep is of the one-point filter
     gt = load_or_compute(SourceProtocol(), data)
     truth = _truth(gt, "")
     E, n = args.models, len(data.X)
@@ -84,7 +84,7 @@ def run(args) -> dict:
     for e in range(E):
         params = {k: v[e].clone() for k, v in P.items()}
         members.append(Pieces(params, cfg, data, mseeds[e]))
-        ref = member_scores(params, cfg, data, mseeds[e])["ours"]
+        ref = member_scores([params], cfg, data, mseeds[e])["ours"]
         mine = members[-1].tau(cfg.method.damping, cfg.method.eta, cfg.method.steps)
         check = max(check, float((mine - ref).abs().max() / ref.abs().max()))
     J = gt["subsets"].shape[0]

@@ -87,11 +87,21 @@ class WorkerConfig(_Section):
             raise ValueError(f"model.kind={self.model.kind!r} does not fit the data "
                              f"({'text' if text else 'feature vectors'}): text data needs kind 'gpt', "
                              "feature vectors kind 'mlp'")
+        if self.method.iterates > 1:
+            if self.model.kind == "gpt":
+                raise ValueError("method.iterates > 1: response averaging over iterates is built for MLP stores "
+                                 "only; use 1 for a text store")
+            try:
+                self.method.iterate_epochs(self.train.epochs)
+            except ValueError as e:
+                raise ValueError(f"method.iterates: {e}") from None
         return self
 
 
 PRESETS: dict[str, dict] = {
-    "digits": {},
+    # Responses averaged over the last 8 epoch ends, 4 epochs apart (bench.source_quality: source LDS
+    # 0.79 -> 0.84 with one model); the build runs 8 simulations, the store and serving are unchanged.
+    "digits": {"method": {"iterates": 8, "iterate_every": 4}},
     # The language-model protocol (../shared/docs/lm-protocol.md): GPT 232k params on Brown, seed 2.
     "brown": {
         "data": {"name": "brown", "sources": "publication"},

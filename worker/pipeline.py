@@ -51,13 +51,16 @@ def run_id(cfg: WorkerConfig, ds: Dataset) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def _trained(cfg, X, y, seed: int, work: Path) -> Trained:
-    path = work / f"trained-{seed}.pt"
-    if path.exists():
+def _trained(cfg, X, y, seed: int, work: Path | None) -> Trained:
+    """The trained member with the iterates ``method.iterates`` averages;
+    from the work dir if it holds it."""
+    path = None if work is None else work / f"trained-{seed}.pt"
+    if path is not None and path.exists():
         return Trained(**torch.load(path))
-    t = train(cfg.model, X, y, cfg.train, seed)
-    broadcast_params(t.params)
-    if rank_world()[0] == 0:
+    t = train(cfg.model, X, y, cfg.train, seed, keep_epochs=cfg.method.iterate_epochs(cfg.train.epochs)[:-1])
+    for params in t.averaged():
+        broadcast_params(params)
+    if path is not None and rank_world()[0] == 0:
         torch.save(t.__dict__, path)
     return t
 
@@ -73,13 +76,15 @@ def simulate_member(cfg: WorkerConfig, X, y, source, n_sources: int, seed: int, 
     if m.mode == "single" and m.schedule == "alongside":
         trained = train(spec, X, y, cfg.train, seed, on_step=sim.alongside(steps_per_run(len(X), cfg.train), bar))
         return trained, sim.result()
-    trained = _trained(cfg, X, y, seed, work) if work else train(spec, X, y, cfg.train, seed)
+    trained = _trained(cfg, X, y, seed, work)
     if m.mode == "two":
         return trained, two_trajectories(m, cfg.train, spec, trained, X, y, source, n_sources, seed, bar)
     n_rows = len(X) * (m.directions != "sources") + n_sources * (m.directions != "examples")
     every = cfg.store.checkpoint_every
-    ck = StepCheckpoint(work / f"sim-{seed}.rank{rank}of{world}.pt", every) if work and every else None
-    part = sim.propagate(trained.params, seed, shard(n_rows, rank, world), ck, bar)
+    iterates = trained.averaged()
+    cks = [StepCheckpoint(work / f"sim-{seed}-it{c}.rank{rank}of{world}.pt", every) if work and every else None
+           for c in range(len(iterates))]
+    part = sim.propagate_mean(iterates, seed, shard(n_rows, rank, world), cks, bar)
     U = gather_rows(part, work, f"sim-{seed}") if world > 1 else part
     return trained, None if U is None else sim.split(U)
 

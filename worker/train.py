@@ -7,13 +7,14 @@ single-trajectory simulation runs alongside the last K steps through it).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch.func import functional_call
 
 from influence.model import MLPSpec, build_mlp, init_params
+from influence.simulate import IterateRecorder, iterate_steps
 
 from .config import TrainConfig
 
@@ -26,6 +27,12 @@ class Trained:
     optimizer_state: dict[str, dict[str, torch.Tensor]]  # per param: momentum_buffer / exp_avg...
     steps: int
     final_loss: float
+    iterates: list[dict[str, torch.Tensor]] = field(default_factory=list)  # kept epoch ends, earliest first
+
+    def averaged(self) -> list[dict[str, torch.Tensor]]:
+        """The iterates whose responses ``method.iterates`` averages: the kept
+        epoch ends, then the final model."""
+        return [*self.iterates, self.params]
 
 
 def make_optimizer(recipe: TrainConfig, params):
@@ -56,15 +63,20 @@ def train(
     seed: int,
     on_step: StepHook | None = None,
     dtype: torch.dtype = torch.float32,
+    keep_epochs: Sequence[int] = (),
 ) -> Trained:
-    """Train from ``init_params(spec, seed)``. X ``(n, d)``, y ``(n,)``."""
+    """Train from ``init_params(spec, seed)``. X ``(n, d)``, y ``(n,)``.
+    ``keep_epochs``: epoch ends whose iterates are kept in ``Trained.iterates``
+    (the last epoch's is ``Trained.params``)."""
     model = build_mlp(spec).to(dtype)
     params = {k: v.requires_grad_(True) for k, v in init_params(spec, seed, dtype).items()}
     opt = make_optimizer(recipe, list(params.values()))
     X, y = X.to(dtype), y.long()
     loss = torch.tensor(float("nan"))
     batches = batch_order(len(X), recipe.batch_size, recipe.epochs, seed + 7919)
+    keep = IterateRecorder(iterate_steps(keep_epochs, -(-len(X) // recipe.batch_size), recipe.epochs))
     for t, idx in enumerate(batches):
+        keep(t, params)
         if on_step is not None:
             on_step(t, {k: v.detach() for k, v in params.items()}, idx)
         opt.zero_grad(set_to_none=True)
@@ -73,4 +85,5 @@ def train(
         opt.step()
     state = {k: {sk: sv.detach().clone() for sk, sv in opt.state[v].items() if torch.is_tensor(sv)}
              for k, v in params.items()}
-    return Trained({k: v.detach().clone() for k, v in params.items()}, state, len(batches), loss.item())
+    final = {k: v.detach().clone() for k, v in params.items()}
+    return Trained(final, state, len(batches), loss.item(), keep.iterates(final)[:-1])

@@ -3,7 +3,8 @@
 (the reference) and its closed-form spectral evaluation. Free of the
 worker's job logic, the service and any I/O."""
 
+from .iterates import IterateRecorder, iterate_steps
 from .propagate import Responses, Simulator, StepCheckpoint
 from .settings import MethodConfig
 
-__all__ = ["MethodConfig", "Responses", "Simulator", "StepCheckpoint"]
+__all__ = ["IterateRecorder", "MethodConfig", "Responses", "Simulator", "StepCheckpoint", "iterate_steps"]

@@ -17,6 +17,7 @@ form (``spectral.py``); ``solver="steps"`` is the step-by-step reference.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,9 +90,31 @@ class Simulator:
         return Responses(ex, src, dict(self.diagnostics))
 
     # -- schedules ----------------------------------------------------------
-    def posthoc(self, params: dict[str, torch.Tensor], seed: int, progress=None) -> Responses:
-        """K steps around ``params`` for every direction."""
-        return self.split(self.propagate(params, seed, progress=progress))
+    def posthoc(self, params: dict[str, torch.Tensor] | Sequence[dict[str, torch.Tensor]], seed: int,
+                progress=None) -> Responses:
+        """K steps around ``params`` for every direction; given a list of
+        iterates, the mean of their responses (``propagate_mean``)."""
+        iterates = [params] if isinstance(params, dict) else list(params)
+        return self.split(self.propagate_mean(iterates, seed, progress=progress))
+
+    def propagate_mean(self, iterates: Sequence[dict[str, torch.Tensor]], seed: int, rows: slice = slice(None),
+                       checkpoints: Sequence[StepCheckpoint | None] | None = None, progress=None) -> torch.Tensor:
+        """``mean_c propagate(iterates[c])`` for the directions ``rows``,
+        ``(r, p)``: each iterate's K-step map applied to its own gradients
+        (``iterates.py``). One iterate: exactly ``propagate``."""
+        U, diags = None, []
+        for c, params in enumerate(iterates):
+            ck = None if checkpoints is None else checkpoints[c]
+            u = self.propagate(params, seed, rows, ck, progress)
+            U = u if U is None else U.add_(u)
+            diags.append(self.diagnostics)
+        U /= len(iterates)
+        self.diagnostics = dict(diags[-1])
+        if len(iterates) > 1:
+            self.diagnostics["iterates"] = len(iterates)
+            if all("tail_estimate" in d for d in diags):
+                self.diagnostics["tail_estimate"] = max(d["tail_estimate"] for d in diags)
+        return U
 
     def propagate(self, params: dict[str, torch.Tensor], seed: int, rows: slice = slice(None),
                   checkpoint: StepCheckpoint | None = None, progress=None) -> torch.Tensor:

@@ -47,6 +47,9 @@ class MethodConfig(BaseModel):
                                   "examples (text: blocks), drawn from the seed; 0 = all")
     compress_rank: int = Field(0, ge=0, description="text stores: per-document responses kept as a rank-r basis "
                                "+ coefficients (0 = exact rows)")
+    iterates: int = Field(1, ge=1, le=64, description="posthoc: responses averaged over the last C training "
+                          "iterates (epoch ends, iterate_every apart), read out at the final model; 1 = final only")
+    iterate_every: int = Field(4, ge=1, description="epochs between two averaged iterates")
 
     @model_validator(mode="after")
     def _spectral_applies(self):
@@ -55,7 +58,19 @@ class MethodConfig(BaseModel):
         if self.solver == "spectral" and (self.mode, self.schedule, self.curvature_batch) != ("single", "posthoc", 0):
             raise ValueError("solver=spectral needs mode=single, schedule=posthoc and curvature_batch=0 "
                              "(one fixed curvature operator); use solver=steps or auto")
+        if self.iterates > 1 and (self.mode, self.schedule) != ("single", "posthoc"):
+            raise ValueError("iterates > 1 (response averaging over training iterates) needs mode=single and "
+                             "schedule=posthoc")
         return self
+
+    def iterate_epochs(self, epochs: int) -> list[int]:
+        """Epoch ends whose iterates are averaged, earliest first; the last
+        is ``epochs`` (the final model). Raises if the first is before epoch 1."""
+        out = [epochs - self.iterate_every * c for c in reversed(range(self.iterates))]
+        if out[0] < 1:
+            raise ValueError(f"iterates={self.iterates} every {self.iterate_every} epochs reaches back to epoch "
+                             f"{out[0]}; training runs {epochs} epochs")
+        return out
 
     def step_size(self, top: float) -> float:
         """η for a curvature whose largest damped eigenvalue is ``top``."""
@@ -69,7 +84,8 @@ class MethodConfig(BaseModel):
 
     def work_units(self) -> tuple[int, str]:
         """Progress-bar units of one member's single-trajectory simulation."""
-        return (self.power + 2, "stage") if self.resolved_solver() == "spectral" else (self.steps, "step")
+        per = self.power + 2 if self.resolved_solver() == "spectral" else self.steps
+        return per * self.iterates, "stage" if self.resolved_solver() == "spectral" else "step"
 
     def fixed_operator(self) -> bool:
         """One curvature operator for all K steps (posthoc, all examples)."""
