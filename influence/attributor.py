@@ -51,7 +51,7 @@ class Attributor:
         self.manifest, self.version = man, man.version
         self.spec = man.model
         self.device = torch.device(device) if device is not None else best_device()
-        self.dtype = compute_dtype
+        self.dtype = self.tangent_dtype = compute_dtype  # the readout's tangents run in compute_dtype
         rdt = resident_dtype or next(iter((store.examples or store.sources)[0].values())).dtype
         self.params = [{k: v.to(self.device, compute_dtype) for k, v in p.items()} for p in store.params]
         self.examples = [_layers(b, self.device, rdt) for b in store.examples] if store.examples else None

@@ -51,7 +51,8 @@ class Kind:
     name: str
     playground = False  # the dashboard playground's example endpoints serve it (vector inputs)
 
-    def load(self, store: Store, device: str | None):
+    def load(self, store: Store, s: Settings):
+        """The resident attributor of ``store`` on ``s.device``."""
         raise NotImplementedError
 
     def invariant(self, att, block: int) -> bool:
@@ -103,8 +104,8 @@ class VectorKind(Kind):
     name = "mlp"
     playground = True
 
-    def load(self, store: Store, device: str | None) -> Attributor:
-        return Attributor(store, device)
+    def load(self, store: Store, s: Settings) -> Attributor:
+        return Attributor(store, s.device)
 
     def invariant(self, att: Attributor, block: int) -> bool:
         return batch_invariant(att, block)
@@ -202,8 +203,8 @@ def text_readout(att: TextAttributor, rows: list[list[Encoded]], examples: list[
 class TextKind(Kind):
     name = "gpt"
 
-    def load(self, store: Store, device: str | None) -> TextAttributor:
-        return TextAttributor(store, device)
+    def load(self, store: Store, s: Settings) -> TextAttributor:
+        return TextAttributor(store, s.device, tangent_dtype=getattr(torch, s.text_tangent_dtype))
 
     def invariant(self, att: TextAttributor, block: int) -> bool:
         return text_batch_invariant(att, block)

@@ -161,7 +161,7 @@ class Runtime:
         """(in a thread) Open, load and probe one store version."""
         store = open_store(self.s.store, version)
         kind = kind_of(store.manifest)
-        att = kind.load(store, self.s.device)
+        att = kind.load(store, self.s)
         invariant = kind.invariant(att, kind.block(self.s))
         if not invariant:
             log.warning("store %s: a query's scores depend on its position in a readout block on this host "

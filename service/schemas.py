@@ -233,6 +233,8 @@ class StoreInfo(BaseModel):
     created_at: str
     root: str
     device: str
+    readout_dtype: str = Field("float32", description="precision of the readout's forward tangents (text stores: "
+                               "FA_TEXT_TANGENT_DTYPE; the answer f and all sums are float32)")
     model: dict
     classes: list[str]
     n_examples: int

@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     text_readout_block: int = Field(4, ge=1, description="text stores: rows per readout call (each row a full-context "
                                     "forward carrying every tangent of the store, so a lone query pays the whole "
                                     "block; per-row cost is flat from 2-4 rows up on a CPU)")
+    text_tangent_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="text stores: precision of the readout's forward tangents (the model's answer, its "
+        "token log-probabilities and all sums stay float32); bfloat16 about halves the readout time on CPUs with "
+        "AVX512-BF16 (and GPUs) for scores within about 1% of the largest (BENCHMARKS.md)")
     queue_size: int = Field(1024, ge=1, description="queries waiting for the readout; beyond it 503 + Retry-After")
     request_timeout_s: float = Field(30.0, gt=0, description="per-request limit on queueing plus readout, seconds")
     retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 503 answers, seconds")

@@ -46,7 +46,7 @@ presumably as the working set outgrows the caches).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 
 import torch
 from torch.nn import functional as F
@@ -95,6 +95,21 @@ class TrunkPrimal:
     def a(self) -> torch.Tensor:
         """The final LayerNorm's output ``(B, T, d)``."""
         return self.lnf.y.view(self.B, self.T, -1)
+
+    def to(self, dtype: torch.dtype) -> TrunkPrimal:
+        """The same activations in ``dtype`` (one rounding each): the primal of
+        a reduced-precision tangent pass, computed once in full precision."""
+        return _cast(self, dtype)
+
+
+def _cast(obj, dtype: torch.dtype):
+    if torch.is_tensor(obj):
+        return obj.to(dtype)
+    if isinstance(obj, list):
+        return [_cast(o, dtype) for o in obj]
+    if is_dataclass(obj):
+        return type(obj)(**{f.name: _cast(getattr(obj, f.name), dtype) for f in fields(obj)})
+    return obj
 
 
 def _spec(spec_or_model: GPTSpec | GPT) -> GPTSpec:

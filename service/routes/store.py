@@ -20,7 +20,8 @@ async def store(p: AnyKey, rt: RuntimeDep, served: ServedDep):
     """The store version being served and what it was built from."""
     att, m = served.att, served.att.manifest
     return {"version": m.version, "created_at": m.created_at, "root": str(rt.s.store),
-            "device": str(att.device), "model": m.model.model_dump(), "classes": m.classes,
+            "device": str(att.device), "readout_dtype": str(att.tangent_dtype).removeprefix("torch."),
+            "model": m.model.model_dump(), "classes": m.classes,
             "n_examples": len(m.example_source), "n_sources": len(m.source_ids), "source_ids": m.source_ids,
             "members": m.members, "dtype": m.dtype, "method": m.method, "recipe": m.recipe, "data": m.data,
             "audit": served.audit}

@@ -211,3 +211,32 @@ def test_openapi_shows_both_query_forms(text_server):
     body = doc["paths"]["/v1/attributions"]["post"]["requestBody"]["content"]["application/json"]
     assert {"vector", "text", "prompt"} <= set(body["examples"])
     assert "text" in body["examples"]["text"]["value"]["queries"][0]
+
+
+def test_bfloat16_tangents_served(text_settings, text_store, text_att):
+    """``FA_TEXT_TANGENT_DTYPE=bfloat16`` over a real uvicorn: /v1/store says
+    so, f and the token log-probabilities are the float32 ones, the source
+    scores those of a bf16 ``TextAttributor`` and near the float32 ones,
+    batch invariance still holds; a wrong value is refused at start-up."""
+    from influence.store import open_store
+    from influence.text.attributor import TextAttributor
+
+    bf = TextAttributor(open_store(text_store), "cpu", tangent_dtype=torch.bfloat16)
+    texts = ["w1 w2 s0x1 w5 w7", "s1x2 s1x4 w9 w3", "s2x1 s2x2 w0 w1 s2x3"]
+    with serve(text_settings(text_tangent_dtype="bfloat16")) as base:
+        assert httpx.get(base + "/readyz").json()["batch_invariant"] is True
+        assert httpx.get(base + "/v1/store").json()["readout_dtype"] == "bfloat16"
+        r = httpx.post(base + "/v1/attributions", json={"queries": [{"text": t} for t in texts], "top_k": 3,
+                                                        "record": False})
+    assert r.status_code == 200, r.text
+    for a, t in zip(r.json()["attributions"], texts, strict=True):
+        e = text_att.encode(text=t)
+        ref, mine = text_att.score([e]), bf.score([e])
+        assert abs(a["logprob"] - float(ref.logprob[0])) < 1e-5
+        scale = ref.sources.abs().max().item()
+        got = torch.tensor([s["score"] for s in a["sources"]])
+        idx = [text_att.manifest.source_ids.index(s["id"]) for s in a["sources"]]
+        torch.testing.assert_close(got, mine.sources[0, idx], rtol=1e-4, atol=1e-5 * scale)
+        torch.testing.assert_close(got, ref.sources[0, idx], rtol=0, atol=5e-2 * scale)
+    with pytest.raises(ValueError, match="text_tangent_dtype"):
+        text_settings(text_tangent_dtype="float8")
