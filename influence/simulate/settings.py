@@ -59,8 +59,9 @@ class MethodConfig(BaseModel):
             raise ValueError("solver=spectral needs mode=single, schedule=posthoc and curvature_batch=0 "
                              "(one fixed curvature operator); use solver=steps or auto")
         if self.iterates > 1 and (self.mode, self.schedule) != ("single", "posthoc"):
-            raise ValueError("iterates > 1 (response averaging over training iterates) needs mode=single and "
-                             "schedule=posthoc")
+            raise ValueError(f"iterates={self.iterates} (response averaging over training iterates) needs "
+                             "mode=single and schedule=posthoc; set method.iterates=1 for mode=two or "
+                             "schedule=alongside")
         return self
 
     def iterate_epochs(self, epochs: int) -> list[int]:

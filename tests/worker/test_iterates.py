@@ -96,3 +96,11 @@ def test_iterate_epochs():
 def test_text_store_refuses_iterates():
     with pytest.raises(ConfigError, match="MLP stores only"):
         load_config("brown", overrides=["method.iterates=2"])
+
+
+def test_digits_preset_says_how_to_leave_iterate_averaging():
+    """The digits preset averages 8 iterates; switching it to another schedule
+    names the setting to change instead of failing obscurely."""
+    with pytest.raises(ConfigError, match="set method.iterates=1"):
+        load_config("digits", overrides=["method.schedule=alongside"])
+    assert load_config("digits", overrides=["method.schedule=alongside", "method.iterates=1"]).method.iterates == 1
