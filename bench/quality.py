@@ -27,9 +27,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from influence.simulate import IterateRecorder, iterate_steps
+
 from .groundtruth import check_matches_worker, load_or_compute, train_many
 from .metrics import lds, loo, split_half
-from .ours import WORKER_MODES, check_against_worker, member_cached, probe_costs, readout, worker_cached
+from .ours import WORKER_MODES, check_against_worker, member_cached, preset_member, probe_costs, readout, worker_cached
 from .protocol import CACHE, QUICK, RESULTS, Protocol, base_config, load_data, seeds
 from .report import markdown, scatter, write_section
 from .trak_baseline import Trak
@@ -134,8 +136,13 @@ def run(args) -> tuple[list[dict], dict]:
                                     for k in ("loo_margins", "loo_matched_margins") if k in gt}
     n = len(data.X)
     mseeds = seeds(cfg, E)
-    P = train_many(cfg.model, data.X, data.y, np.tile(np.arange(n), (E, 1)), mseeds, cfg.train)
-    params = [{k: v[e].clone() for k, v in P.items()} for e in range(E)]
+    rec = IterateRecorder(iterate_steps(cfg.method.iterate_epochs(cfg.train.epochs), -(-n // cfg.train.batch_size),
+                                        cfg.train.epochs))
+    P = train_many(cfg.model, data.X, data.y, np.tile(np.arange(n), (E, 1)), mseeds, cfg.train, on_step=rec)
+    iterates = [[{k: v[e].clone() for k, v in it.items()} for it in rec.iterates(P)] for e in range(E)]
+    params = [its[-1] for its in iterates]
+    preset = [preset_member(iterates[e], cfg, data, mseeds[e], CACHE)
+              for e in tqdm(range(E), desc=f"ours: the preset's simulation ({cfg.method.iterates} iterates)")]
     grid = [(lam, K) for lam in DAMPINGS for K in STEPS]
     main = (cfg.method.damping, cfg.method.steps)
     members = [member_cached(params[e], cfg, data, mseeds[e], grid, main, CACHE)
@@ -160,9 +167,18 @@ def run(args) -> tuple[list[dict], dict]:
             tau = _mean([m["taus"][(lam, K)] for m in members[:M]])
             recs.append(_record("ours", f"ours, posthoc GGN, λ={lam}, K={K or '∞'}", M, tau, gt, damping=lam,
                                 steps=K, eta=cfg.method.eta, tau_source="spectral", precompute_s=pre))
-        recs.append(_record("ours", f"ours, posthoc GGN, λ={main[0]}, K={main[1]} (forward readout)", M,
+        C = cfg.method.iterates
+        recs.append(_record("ours", f"ours, posthoc GGN, λ={main[0]}, K={main[1]}, final model only "
+                            "(forward readout)" if C > 1 else f"ours, posthoc GGN, λ={main[0]}, K={main[1]} "
+                            "(forward readout)", M,
                             _mean([m["readout"] for m in members[:M]]), gt, damping=main[0], steps=main[1],
-                            eta=cfg.method.eta, tau_source="readout", main=True, precompute_s=pre))
+                            eta=cfg.method.eta, tau_source="readout", main=C == 1, precompute_s=pre))
+        if C > 1:
+            recs.append(_record("ours", f"ours, the preset as built: λ={main[0]}, K={main[1]}, averaged over {C} "
+                                f"iterates every {cfg.method.iterate_every} epochs (forward readout)", M,
+                                _mean([p["tau"] for p in preset[:M]]), gt, damping=main[0], steps=main[1],
+                                eta=cfg.method.eta, iterates=C, tau_source="preset", main=True,
+                                precompute_s=sum(p["simulate_s"] for p in preset[:M])))
         for lam in tqdm(TRAK_LAMBDAS, desc=f"TRAK λ sweep, {M} model(s)"):
             recs.append(_record("trak", f"TRAK, λ={lam:g}", M, trak.scores(lam, M), gt, lambda_reg=lam,
                                 proj_dim=2048, precompute_s=trak.precompute_s(M)))
@@ -188,7 +204,8 @@ def run(args) -> tuple[list[dict], dict]:
                 _attach(r, timing, ("trak", M, var, 1), suf + "_1thread")
             r["best"] = True
     if not args.quick:
-        panels = [(f"ours ({E} models)", _mean([m["readout"] for m in members]).numpy()),
+        ours_tau = [p["tau"] for p in preset] if cfg.method.iterates > 1 else [m["readout"] for m in members]
+        panels = [(f"ours ({E} models)", _mean(ours_tau).numpy()),
                   (f"TRAK λ={best_lam[E]:g} ({E})", trak.scores(best_lam[E], E).numpy())]
         scatter(RESULTS / "lds_scatter.png", panels, gt["subsets"], gt["lds_margins"], [0, 1, 2])
     trak.close()

@@ -98,7 +98,9 @@ def markdown(recs: list[dict], meta: dict) -> str:
     for M in counts:
         main[M] = {"gd": _pick(recs, "graddot", M), "trak": _pick(recs, "trak", M, best=True),
                    "ours": _pick(recs, "ours", M, main=True)}
+        final_only = _pick(recs, "ours", M, tau_source="readout")  # one linearisation point (iterates=1)
         rows += [main[M]["gd"], main[M]["trak"], main[M]["ours"],
+                 final_only if final_only is not main[M]["ours"] else None,
                  _pick(recs, "ours", M, damping=0.01, steps=300, tau_source="spectral")]
     rows += [r for r in recs if r["method"] == "ours-worker"]
     for r in rows:
@@ -185,7 +187,12 @@ NOTES = """How each row is computed (code in `bench/`):
   `influence.readout.linear_stack_scores` (the path the service serves); the sweep rows use the same τ
   computed in the eigenbasis. Its precompute column is this bench path (explicit GGN + `eigh` +
   per-example gradients, summed over members, training excluded); the worker's own simulation time is
-  in the *worker end to end* rows (which include training one model).
+  in the *worker end to end* rows (which include training one model). These rows linearise at the
+  final model alone (*final model only*: `method.iterates=1`).
+- *ours, the preset as built*: the `digits` preset's own simulation (`Simulator.posthoc`, spectral
+  solver, rank 512) around each of the last 8 epoch-end iterates (epochs 12, 16, …, 40), the
+  responses averaged (`method.iterates`, README "Iterate averaging"), read out at the final model
+  with `linear_stack_scores`; its precompute column is those 8 simulations per member.
 - *TRAK*: `traker` 0.3.2 `TRAKer` on CPU (its `BasicProjector`, normal projection, dimension 2048,
   float32, `image_classification` margin output), the same checkpoints, `lambda_reg` swept (0.3.2 has
   it; the sweep reuses the saved features through traker's own `BasicScoreComputer`, identical to
