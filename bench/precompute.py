@@ -5,8 +5,9 @@ Parts (``--parts``, default all; results merge into
 ``results/precompute.json``, the report is ``bench.precompute_report``):
 
 * ``quality``: 10 members of the digits preset; per member the store's
-  simulation as the worker runs it (``Simulator.posthoc``: directions,
-  spectral basis, filter; training excluded, as for TRAK) and TRAK's
+  simulation as the worker runs it (``Simulator.posthoc`` over the
+  preset's ``method.iterates`` iterates: directions, spectral basis,
+  filter, each; training excluded, as for TRAK) and TRAK's
   featurisation + finalisation of the same checkpoint, timed in the same
   run; LDS of both at 1, 5 and 10 models on the default protocol; the
   spectral responses against the step-by-step reference on 64 directions;
@@ -48,20 +49,24 @@ TRAK_LAMBDA = 100.0  # the tuned regulariser of bench.quality (BENCHMARKS.md, Qu
 MEMBERS = 10
 
 
-def _members(cfg, data, count: int) -> list[dict]:
-    """Trained checkpoints of the digits preset (cached): member seeds as the worker's."""
+def _members(cfg, data, count: int) -> list[list[dict]]:
+    """Trained checkpoints of the digits preset (cached), member seeds as the
+    worker's: per member the iterates its simulation averages
+    (``method.iterates``), the final model last."""
     out = []
+    keep = cfg.method.iterate_epochs(cfg.train.epochs)[:-1]
     for e in range(count):
         seed = member_seed(cfg, e)
-        path = CACHE / f"precompute-member-{seed}.pt"
+        path = CACHE / f"precompute-member-{seed}-{'-'.join(map(str, keep)) or 'final'}.pt"
         if not path.exists():
             CACHE.mkdir(parents=True, exist_ok=True)
-            torch.save(train(cfg.model, data.X, data.y, cfg.train, seed).params, path)
+            torch.save(train(cfg.model, data.X, data.y, cfg.train, seed, keep_epochs=keep).averaged(), path)
         out.append(torch.load(path))
     return out
 
 
 def _simulate(cfg, data, params, seed: int, method: MethodConfig | None = None):
+    """The worker's posthoc simulation of ``params`` (one model, or its list of iterates), timed."""
     sim = Simulator(method or cfg.method, cfg.model, cfg.train.weight_decay, data.X, data.y, data.source,
                     data.n_sources)
     t0 = time.perf_counter()
@@ -102,16 +107,18 @@ def _check(cfg, data, params, U_spectral: torch.Tensor, count: int = 64) -> dict
 
 
 def part_quality(cfg, data, gt) -> dict:
-    params = _members(cfg, data, MEMBERS)
+    iterates = _members(cfg, data, MEMBERS)
+    params = [its[-1] for its in iterates]
     taus, times, diag = [], [], []
-    for e, p in enumerate(tqdm(params, desc="ours: simulate")):
-        r, secs = _simulate(cfg, data, p, member_seed(cfg, e))
+    for e, (p, its) in enumerate(zip(tqdm(params, desc="ours: simulate"), iterates, strict=True)):
+        r, secs = _simulate(cfg, data, its, member_seed(cfg, e))
         times.append(secs)
         diag.append(r.diagnostics)
         with torch.no_grad():
             taus.append(readout([p], [split_layers(r.examples.float(), cfg.model)], cfg.model, data.Xq, data.yq))
-        if e == 0:
-            check = _check(cfg, data, p, r.examples)
+        if e == 0:  # the closed form against the step-by-step reference, around the final model alone
+            one, _ = _simulate(cfg, data, p, member_seed(cfg, e))
+            check = _check(cfg, data, p, one.examples)
     trak = Trak(params, cfg.model, data, lam=TRAK_LAMBDA)
     trak_s = [trak.precompute_s(m + 1) - trak.precompute_s(m) for m in range(MEMBERS)]
     steps_s = _steps_cost(_steps_sim(cfg, data), params[0])
@@ -120,12 +127,13 @@ def part_quality(cfg, data, gt) -> dict:
         ours = (sum(taus[:M]) / M).double().numpy()
         recs.append({"method": "ours", "models": M, "lds": lds(ours, gt["subsets"], gt["lds_margins"])[0],
                      "precompute_s": sum(times[:M]), "trak_precompute_s": sum(trak_s[:M]),
-                     "solver": "spectral", "rank": cfg.method.rank, "power": cfg.method.power})
+                     "solver": "spectral", "rank": cfg.method.rank, "power": cfg.method.power,
+                     "iterates": cfg.method.iterates})
         t = trak.scores(TRAK_LAMBDA, M).double().numpy()
         recs.append({"method": "trak", "models": M, "lds": lds(t, gt["subsets"], gt["lds_margins"])[0],
                      "precompute_s": sum(trak_s[:M]), "trak_precompute_s": sum(trak_s[:M]), "lambda": TRAK_LAMBDA})
     trak.close()
-    recs.append({"method": "ours-steps", "models": 1, "lds": None, "precompute_s": steps_s,
+    recs.append({"method": "ours-steps", "models": 1, "lds": None, "precompute_s": steps_s * cfg.method.iterates,
                  "trak_precompute_s": trak_s[0], "solver": "steps", "extrapolated_from_steps": 3})
     return {"records": recs, "check": check, "diagnostics": diag[0], "per_member_s": times, "trak_member_s": trak_s}
 

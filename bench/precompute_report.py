@@ -67,14 +67,20 @@ def plot(rows: list[dict]) -> None:
     plt.close(fig)
 
 
+def _iterates(res: dict) -> str:
+    C = next((r.get("iterates", 1) for r in res.get("records", []) if r["method"] == "ours"), 1)
+    return (f", around each of the {C} averaged iterates of the `digits` preset (`method.iterates`; the "
+            "step-by-step row likewise ×{C})".replace("{C}", str(C)) if C > 1 else "")
+
+
 def render() -> str:
     res = json.loads(SRC.read_text())
     m = res["machine"]
     lines = [f"`{COMMAND}` ({m['date']}, {m.get('cpu')}, {m['cpus']} cores, torch {m['torch']}, load average "
              f"{m['loadavg'][0]:.1f} at the end; git {m.get('git')}). Training is not counted for either method "
              "(both read the same checkpoints); ours = directions + spectral basis + filter, as "
-             "`Simulator.posthoc` runs in the worker; TRAK = `traker` featurize + finalize (projection 2048, "
-             "λ = 100), timed in the same run.", ""]
+             f"`Simulator.posthoc` runs in the worker{_iterates(res)}; TRAK = `traker` featurize + finalize "
+             "(projection 2048, λ = 100), timed in the same run.", ""]
     if "records" in res:
         lines += quality_table(res) + [""]
         c, d = res["check"], res["diagnostics"]
