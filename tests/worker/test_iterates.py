@@ -104,3 +104,33 @@ def test_digits_preset_says_how_to_leave_iterate_averaging():
     with pytest.raises(ConfigError, match="set method.iterates=1"):
         load_config("digits", overrides=["method.schedule=alongside"])
     assert load_config("digits", overrides=["method.schedule=alongside", "method.iterates=1"]).method.iterates == 1
+
+
+def test_averaged_propagation_resumes_from_its_checkpoints(tmp_path, tiny):
+    """Step-by-step solver, one checkpoint file per iterate: a rerun over the
+    files a killed run left (iterate 0 finished, iterate 1 midway) gives the
+    same mean, bit for bit."""
+    from influence.simulate import StepCheckpoint
+
+    cfg, X, y, src, S = tiny
+    t = train(cfg.model, X, y, cfg.train, seed=0, keep_epochs=[6])
+    m = cfg.method.model_copy(update={"solver": "steps", "steps": 20, "iterates": 2, "iterate_every": 2})
+    sim = Simulator(m, cfg.model, cfg.train.weight_decay, X, y, src, S)
+    ref = sim.propagate_mean(t.averaged(), seed=0)
+    cks = [StepCheckpoint(tmp_path / f"it{c}.pt", 5) for c in range(2)]
+    sim.propagate(t.averaged()[0], 0, checkpoint=cks[0])  # iterate 0 done (its state at step 20 saved)
+
+    class Killed(Exception):
+        pass
+
+    def stop(_n):
+        if (tmp_path / "it1.pt").exists() and torch.load(tmp_path / "it1.pt")["step"] == 10:
+            raise Killed
+
+    with pytest.raises(Killed):
+        sim.propagate(t.averaged()[1], 0, checkpoint=cks[1], progress=type("P", (), {"update": staticmethod(stop)}))
+    assert torch.load(tmp_path / "it0.pt")["step"] == 20 and torch.load(tmp_path / "it1.pt")["step"] == 10
+    steps_run = []
+    bar = type("P", (), {"update": staticmethod(lambda n: steps_run.append(n))})
+    assert torch.equal(sim.propagate_mean(t.averaged(), seed=0, checkpoints=cks, progress=bar), ref)
+    assert steps_run.count(1) == 10 and sum(steps_run) == 40  # only iterate 1's last 10 steps ran again
