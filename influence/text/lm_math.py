@@ -37,8 +37,7 @@ from torch.nn import functional as F
 
 from ..model import ParamLayout
 from .gpt import GPT, lm_loss, sequence_logprob
-from .tangent import CHUNK as MANUAL_CHUNK
-from .tangent import trunk_primal, trunk_tangents
+from .tangent import manual_chunk, trunk_primal, trunk_tangents
 
 Params = dict[str, torch.Tensor]
 
@@ -183,8 +182,9 @@ def jvp_scores(model: GPT, params: Params, U: torch.Tensor, x: torch.Tensor,
       rounding; tested against it at 1e-10 in float64), the primal computed
       once for all ``R`` (its ``a`` also feeds the head) and each chunk of
       directions batched into a few large GEMMs; ``chunk`` default
-      ``tangent.CHUNK`` (8: the fastest on a 1-thread CPU for R = 15 and 450,
-      blocks of 4 × 64 positions; about ``6 · chunk · B · T · 4d`` floats live);
+      ``tangent.manual_chunk``: 8 in float32 (the fastest on a 1-thread
+      CPU for R = 15 and 450, blocks of 4 × 64 positions), 16 in bfloat16;
+      about ``6 · chunk · B · T · 4d`` values live;
     - ``impl="func"``: ``torch.func.jvp`` of ``_trunk`` vmapped over
       ``chunk`` (default 16) responses, one primal pass per chunk (the
       reference).
@@ -212,7 +212,7 @@ def jvp_scores(model: GPT, params: Params, U: torch.Tensor, x: torch.Tensor,
         raise ValueError("tangent_params needs head=True and impl='manual'")
     tparams = params if tangent_params is None else _detached(tangent_params)
     tangents = layout.unflatten(U.to(_dtype(tparams)))
-    chunk = chunk or (MANUAL_CHUNK if manual else 16)
+    chunk = chunk or (manual_chunk(_dtype(tparams)) if manual else 16)
     if not head:
         if logprobs:
             raise ValueError("logprobs=True needs head=True")
