@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.first_answer", description=__doc__.split("\n")[0])
     ap.add_argument("--timeout", type=float, default=900)
     res = run(ap.parse_args(argv).timeout)
-    merge({"first_answer": res})
+    merge({"first_answer": res}, stamp=False)
     print({k: v for k, v in res.items() if k != "log_tail"})
 
 

@@ -185,11 +185,15 @@ def part_scaling(sizes=(1000, 2000, 4000, 8000), steps_upto: int = 2000) -> dict
     return {"scaling": rows}
 
 
-def merge(update: dict) -> dict:
-    """Fold one part's results into ``precompute.json`` (other parts kept)."""
+def merge(update: dict, stamp: bool = True) -> dict:
+    """Fold one part's results into ``precompute.json`` (other parts kept).
+    ``stamp``: the part is one of this module's, measured now (the report's
+    header states this machine, date and git); a record that carries its
+    own (``bench.first_answer``) leaves the header alone."""
     old = json.loads(OUT.read_text()) if OUT.exists() else {}
     old.update(update)
-    old["machine"] = machine()
+    if stamp or "machine" not in old:
+        old["machine"] = machine()
     RESULTS.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(old, indent=1) + "\n")
     return old
