@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -144,31 +143,10 @@ def markdown(r: dict) -> str:
 
 def served(ab: dict) -> list[str]:
     """Markdown lines for ``bench.load_text --parts ab --ab-variants
-    text_tangent_dtype=bfloat16`` (the served side by side), medians over rounds."""
-    by: dict[tuple[str, int], list[dict]] = {}
-    for r in ab["ab"]:
-        by.setdefault((r["variant"], r["concurrency"]), []).append(r)
-    rounds = max(len(v) for v in by.values())
-    lines = [f"Served side by side: `{ab['command']}` — {ab['machine']['date']}, the service at "
-             f"{ab['settings']['torch_threads']} torch thread(s) on loopback with the load generator on the same "
-             f"cores, float32 (as is) and bfloat16 tangents alternating, {rounds} rounds of {ab['duration_s']:.0f} s "
-             "per point, 1 query per request, `sources`, batching on, cache off; medians over rounds.", "",
-             "| tangents | concurrency | q/s | p50 ms | p99 ms | service CPU ms/query |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for (v, c), rs in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0] != "as is")):
-        med = {k: statistics.median(r[k] for r in rs) for k in ("throughput_qps", "p50_ms", "p99_ms",
-                                                                "service_cpu_ms_per_query")}
-        name = "float32" if v == "as is" else "bfloat16"
-        lines.append(f"| {name} | {c} | {med['throughput_qps']:.1f} | {med['p50_ms']:.0f} | {med['p99_ms']:.0f} | "
-                     f"{med['service_cpu_ms_per_query']:.1f} |")
-    top = max(c for _, c in by)
-    best = {v: statistics.median(r["throughput_qps"] for r in by[(v, top)]) for v, c in by if c == top}
-    p99 = {v: statistics.median(r["p99_ms"] for r in by[(v, top)]) for v in best}
-    met = [("float32" if v == "as is" else "bfloat16") for v in best if p99[v] < 250]
-    lines += ["", f"At concurrency {top} in a closed loop, p99 under 250 ms needs at least {top} / 0.25 = "
-              f"{top / 0.25:.0f} q/s; the goal (p99 < 250 ms) is "
-              + (f"met with {' and '.join(met)} tangents." if met else "met by neither here.")]
-    return lines
+    text_tangent_dtype=bfloat16`` (the served side by side)."""
+    from .ab_report import table
+
+    return table(ab, lambda v: "float32" if v == "as is" else "bfloat16")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -115,8 +115,8 @@ class Batcher:
 
     def __init__(self, max_batch: int, max_wait_s: float, queue_size: int, enabled: bool = True,
                  timeout_s: float = 30.0, retry_after_s: int = 1, on_batch: Callable[[int, float], None] | None = None,
-                 adaptive: bool = True):
-        self.max_batch, self.max_wait_s = max_batch, max_wait_s
+                 adaptive: bool = True, workers: int = 1):
+        self.max_batch, self.max_wait_s, self.workers = max_batch, max_wait_s, workers
         self.queue_size, self.enabled, self.timeout_s = queue_size, enabled, timeout_s
         self.retry_after_s, self.on_batch, self.adaptive = retry_after_s, on_batch, adaptive
         self._last_arrival = -math.inf
@@ -124,19 +124,20 @@ class Batcher:
         self._pending: deque[_Item] = deque()
         self._queued = 0  # queries waiting
         self._wake = asyncio.Event()
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="readout")
-        self._task: asyncio.Task | None = None
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="readout")
+        self._tasks: list[asyncio.Task] = []
 
     @property
     def queued(self) -> int:
         return self._queued
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._run(), name=f"batcher-{w}") for w in range(self.workers)]
 
     async def stop(self) -> None:
-        if self._task:
-            await cancel_and_wait([self._task])
+        if self._tasks:
+            await cancel_and_wait(self._tasks)
         while self._pending:
             item = self._pending.popleft()
             if not item.future.done():

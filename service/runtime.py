@@ -108,7 +108,7 @@ class Runtime:
                         url.rsplit("@", 1)[-1])
         stats = Stats()
         batcher = Batcher(s.max_batch, s.max_wait_ms / 1000, s.queue_size, s.batching, s.request_timeout_s,
-                          s.retry_after_s, stats.batch, s.adaptive_wait)
+                          s.retry_after_s, stats.batch, s.adaptive_wait, s.readout_workers)
         ledger.start()
         batcher.start()
         rt = cls(s, stats, redis, ledger, batcher, embedded)

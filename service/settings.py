@@ -57,6 +57,8 @@ class Settings(BaseSettings):
         "float32", description="text stores: precision of the readout's forward tangents (the model's answer, its "
         "token log-probabilities and all sums stay float32); bfloat16 about halves the readout time on CPUs with "
         "AVX512-BF16 (and GPUs) for scores within about 1% of the largest (BENCHMARKS.md)")
+    readout_workers: int = Field(1, ge=1, le=64, description="batches read out at the same time, each on its own "
+                                 "thread (with torch_threads=1: one core each; answers do not depend on it)")
     queue_size: int = Field(1024, ge=1, description="queries waiting for the readout; beyond it 503 + Retry-After")
     request_timeout_s: float = Field(30.0, gt=0, description="per-request limit on queueing plus readout, seconds")
     retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 503 answers, seconds")

@@ -122,3 +122,32 @@ def test_request_timeout_answers_504(settings_for, train_x):
         r = httpx.post(base + "/v1/attributions", json={"queries": [query(train_x[0])], "record": False})
         assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
         assert httpx.get(base + "/v1/sources").json()["total_queries"] == 0
+
+
+def test_readout_workers_read_batches_out_at_the_same_time():
+    """``readout_workers=2``: two batches are read out concurrently (each
+    readout waits at a two-party barrier, which only a second concurrent
+    readout can release); with one worker the barrier times out."""
+    import threading
+    from types import SimpleNamespace
+
+    from service.batcher import Batcher
+
+    async def run(workers: int) -> list:
+        barrier = threading.Barrier(2, timeout=3)
+
+        def readout(att, rows, examples):
+            barrier.wait()
+            return [SimpleNamespace(value=r * 10) for r in rows]
+
+        b = Batcher(max_batch=1, max_wait_s=0.0, queue_size=8, workers=workers, timeout_s=10)
+        b.start()
+        try:
+            out = await asyncio.gather(*(b.submit_rows(None, i, 1, ("g",), False, readout) for i in (1, 2)),
+                                       return_exceptions=True)
+            return [getattr(r, "value", r) for r in out]
+        finally:
+            await b.stop()
+
+    assert asyncio.run(run(2)) == [10, 20]
+    assert all(isinstance(r, threading.BrokenBarrierError) for r in asyncio.run(run(1)))

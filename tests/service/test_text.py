@@ -153,12 +153,14 @@ async def _fire(base: str, bodies: list[dict]) -> list[dict]:
     return [r.json() for r in rs]
 
 
-def test_text_batching_on_equals_off(text_settings):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_text_batching_on_equals_off(text_settings, workers):
+    """Also with two readout workers reading batches out side by side."""
     bodies = _text_requests()
     lengths = {a for b in bodies for q in b["queries"] for a in [len(" ".join(q.values()).split())]}
     assert len(lengths) > 10
     with serve(text_settings(batching=True, max_wait_ms=40, max_batch=16, readout_block=4, cache_ttl_s=0,
-                             adaptive_wait=False)) as base:
+                             adaptive_wait=False, readout_workers=workers)) as base:
         on = asyncio.run(_fire(base, bodies))
     with serve(text_settings(batching=False, readout_block=4, cache_ttl_s=0)) as base:
         off = [asyncio.run(_fire(base, [b]))[0] for b in bodies]
