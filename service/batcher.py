@@ -219,10 +219,15 @@ class Batcher:
                 dt = time.perf_counter() - t0
                 if self.on_batch:
                     self.on_batch(sum(len(i) for i in items), dt)
-                for item, r in zip(items, res, strict=True):
-                    if not item.future.done():
-                        r.queue_s, r.readout_s, r.batch_queries = t0 - item.enqueued, dt, size
-                        item.future.set_result(r)
+                try:
+                    for item, r in zip(items, res, strict=True):
+                        if not item.future.done():
+                            r.queue_s, r.readout_s, r.batch_queries = t0 - item.enqueued, dt, size
+                            item.future.set_result(r)
+                except Exception as e:  # noqa: BLE001 - a malformed readout fails its requests, not this loop
+                    for item in items:
+                        if not item.future.done():
+                            item.future.set_exception(e)
 
     def _readout(self, items: list[_Item]) -> list:
         return items[0].run(items[0].att, [i.rows for i in items], [i.examples for i in items])

@@ -151,3 +151,24 @@ def test_readout_workers_read_batches_out_at_the_same_time():
 
     assert asyncio.run(run(2)) == [10, 20]
     assert all(isinstance(r, threading.BrokenBarrierError) for r in asyncio.run(run(1)))
+
+
+def test_a_malformed_readout_fails_its_requests_not_the_batcher():
+    """A readout whose results cannot take the timings fails those requests;
+    the next request is still served by the same worker loop."""
+    from types import SimpleNamespace
+
+    from service.batcher import Batcher
+
+    async def run() -> list:
+        b = Batcher(max_batch=1, max_wait_s=0.0, queue_size=8, timeout_s=5)
+        b.start()
+        try:
+            bad = await asyncio.gather(b.submit_rows(None, 1, 1, ("g",), False, lambda a, r, e: [1]),
+                                       return_exceptions=True)
+            good = await b.submit_rows(None, 2, 1, ("g",), False, lambda a, r, e: [SimpleNamespace(v=r[0])])
+            return [type(bad[0]).__name__, good.v]
+        finally:
+            await b.stop()
+
+    assert asyncio.run(run()) == ["AttributeError", 2]
