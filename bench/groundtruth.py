@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from influence.model import MLPSpec, init_params
 from influence.outputs import output
+from influence.simulate import IterateRecorder
 from worker.config import TrainConfig
 from worker.retrain import forward_stacked
 from worker.train import batch_order, train
@@ -75,6 +76,18 @@ def train_many(spec: MLPSpec, X: torch.Tensor, y: torch.Tensor, index_sets: np.n
         if bar is not None:
             bar.update(m)
     return {k: v.detach() for k, v in params.items()}
+
+
+def train_members(cfg, data: Data, seeds_: list[int]) -> tuple[dict[str, torch.Tensor], list[list[dict]]]:
+    """The full-data members of ``cfg`` (one per seed, ``train_many``): their
+    stacked params and, per member, the iterates ``cfg.method.iterates``
+    averages (``method.iterate_epochs``), earliest first, the final model last."""
+    n = len(data.X)
+    rec = IterateRecorder.at_epochs(cfg.method.iterate_epochs(cfg.train.epochs), n, cfg.train.batch_size,
+                                    cfg.train.epochs)
+    P = train_many(cfg.model, data.X, data.y, np.tile(np.arange(n), (len(seeds_), 1)), seeds_, cfg.train,
+                   on_step=rec)
+    return P, [[{k: v[e].clone() for k, v in it.items()} for it in rec.iterates(P)] for e in range(len(seeds_))]
 
 
 def margins_many(params: dict[str, torch.Tensor], spec: MLPSpec, Xq: torch.Tensor, yq: torch.Tensor) -> torch.Tensor:

@@ -70,7 +70,7 @@ def plot(rows: list[dict]) -> None:
 def _iterates(res: dict) -> str:
     C = next((r.get("iterates", 1) for r in res.get("records", []) if r["method"] == "ours"), 1)
     return (f", around each of the {C} averaged iterates of the `digits` preset (`method.iterates`; the "
-            "step-by-step row likewise ×{C})".replace("{C}", str(C)) if C > 1 else "")
+            f"step-by-step row likewise ×{C})" if C > 1 else "")
 
 
 def render() -> str:

@@ -23,13 +23,10 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from influence.simulate import IterateRecorder, iterate_steps
-
-from .groundtruth import check_matches_worker, load_or_compute, train_many
+from .groundtruth import check_matches_worker, load_or_compute, train_members
 from .metrics import lds, loo, split_half
 from .ours import WORKER_MODES, check_against_worker, member_cached, preset_member, probe_costs, readout, worker_cached
 from .protocol import CACHE, QUICK, RESULTS, Protocol, base_config, load_data, seeds
@@ -134,12 +131,8 @@ def run(args) -> tuple[list[dict], dict]:
     meta["groundtruth_s"] = float(gt["seconds"])
     meta["loo_truth_split_half"] = {k: split_half(gt[k], gt["full_margins"])
                                     for k in ("loo_margins", "loo_matched_margins") if k in gt}
-    n = len(data.X)
     mseeds = seeds(cfg, E)
-    rec = IterateRecorder(iterate_steps(cfg.method.iterate_epochs(cfg.train.epochs), -(-n // cfg.train.batch_size),
-                                        cfg.train.epochs))
-    P = train_many(cfg.model, data.X, data.y, np.tile(np.arange(n), (E, 1)), mseeds, cfg.train, on_step=rec)
-    iterates = [[{k: v[e].clone() for k, v in it.items()} for it in rec.iterates(P)] for e in range(E)]
+    _, iterates = train_members(cfg, data, mseeds)
     params = [its[-1] for its in iterates]
     preset = [preset_member(iterates[e], cfg, data, mseeds[e], CACHE)
               for e in tqdm(range(E), desc=f"ours: the preset's simulation ({cfg.method.iterates} iterates)")]
@@ -168,9 +161,8 @@ def run(args) -> tuple[list[dict], dict]:
             recs.append(_record("ours", f"ours, posthoc GGN, λ={lam}, K={K or '∞'}", M, tau, gt, damping=lam,
                                 steps=K, eta=cfg.method.eta, tau_source="spectral", precompute_s=pre))
         C = cfg.method.iterates
-        recs.append(_record("ours", f"ours, posthoc GGN, λ={main[0]}, K={main[1]}, final model only "
-                            "(forward readout)" if C > 1 else f"ours, posthoc GGN, λ={main[0]}, K={main[1]} "
-                            "(forward readout)", M,
+        only = ", final model only" if C > 1 else ""
+        recs.append(_record("ours", f"ours, posthoc GGN, λ={main[0]}, K={main[1]}{only} (forward readout)", M,
                             _mean([m["readout"] for m in members[:M]]), gt, damping=main[0], steps=main[1],
                             eta=cfg.method.eta, tau_source="readout", main=C == 1, precompute_s=pre))
         if C > 1:

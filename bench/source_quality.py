@@ -46,12 +46,12 @@ import torch
 from influence.audit import loso, source_lds, whatif_check
 from influence.audit import truth_noise as _truth_noise
 from influence.readout import linear_stack_scores, split_layers
-from influence.simulate import IterateRecorder, Simulator, iterate_steps
+from influence.simulate import Simulator
 from influence.simulate.curvature import mlp_example_grads
 from influence.whatif import removal, source_scores
 
 from .common import machine
-from .groundtruth import margins_many, train_many
+from .groundtruth import margins_many, train_members
 from .ours import query_grads
 from .protocol import CACHE, RESULTS, Data, base_config, final_iterate_only, load_data, seeds
 from .source_groundtruth import QUICK, SourceProtocol, check_matches_padded, load_or_compute
@@ -163,10 +163,7 @@ def run(args) -> dict:
     gt = load_or_compute(proto, data)
     gt_load_s = time.perf_counter() - t0
     mseeds = seeds(cfg, E)
-    ep = cfg.method.iterate_epochs(cfg.train.epochs)
-    rec = IterateRecorder(iterate_steps(ep, -(-n // cfg.train.batch_size), cfg.train.epochs))
-    P = train_many(cfg.model, data.X, data.y, np.tile(np.arange(n), (E, 1)), mseeds, cfg.train, on_step=rec)
-    iterates = [[{k: v[e].clone() for k, v in it.items()} for it in rec.iterates(P)] for e in range(E)]
+    P, iterates = train_members(cfg, data, mseeds)
     params = [its[-1] for its in iterates]
     # the ablation: the same simulation linearised at the final model only (method.iterates = 1)
     cfg_final = final_iterate_only(cfg)

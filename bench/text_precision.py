@@ -38,19 +38,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.stats import rankdata
+
+from influence.audit import colcorr
 
 from .common import RESULTS, ROOT, loadavg, machine, side_by_side, write_json, write_section
 
 STORE = ROOT / "stores" / "brown-genre"
-
-
-def _ranks(a: np.ndarray) -> np.ndarray:
-    return a.argsort(1).argsort(1).astype(np.float64)
-
-
-def _rowcorr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
-    return (a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))
 
 
 def agreement(ref: np.ndarray, got: np.ndarray, k: int = 5) -> dict:
@@ -58,11 +52,11 @@ def agreement(ref: np.ndarray, got: np.ndarray, k: int = 5) -> dict:
     rel = np.abs(got - ref).max(1) / np.abs(ref).max(1)
     top_r, top_g = np.argsort(-ref, 1)[:, :k], np.argsort(-got, 1)[:, :k]
     overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(top_r, top_g, strict=True)])
+    spearman = colcorr(rankdata(ref, axis=1).T, rankdata(got, axis=1).T)  # (m,): per query across sources
     return {"queries": len(ref), "rel_err_max": float(rel.max()), "rel_err_median": float(np.median(rel)),
             "rel_err_p99": float(np.quantile(rel, 0.99)),
-            "spearman_mean": float(_rowcorr(_ranks(ref), _ranks(got)).mean()),
-            "spearman_min": float(_rowcorr(_ranks(ref), _ranks(got)).min()),
-            "pearson_mean": float(_rowcorr(ref, got).mean()),
+            "spearman_mean": float(spearman.mean()), "spearman_min": float(spearman.min()),
+            "pearson_mean": float(colcorr(ref.T, got.T).mean()),
             "top1_agree": float((top_r[:, 0] == top_g[:, 0]).mean()), f"top{k}_overlap": float(overlap)}
 
 

@@ -14,7 +14,7 @@ import torch
 from torch.func import functional_call
 
 from influence.model import MLPSpec, build_mlp, init_params
-from influence.simulate import IterateRecorder, iterate_steps
+from influence.simulate import IterateRecorder
 
 from .config import TrainConfig
 
@@ -74,7 +74,7 @@ def train(
     X, y = X.to(dtype), y.long()
     loss = torch.tensor(float("nan"))
     batches = batch_order(len(X), recipe.batch_size, recipe.epochs, seed + 7919)
-    keep = IterateRecorder(iterate_steps(keep_epochs, -(-len(X) // recipe.batch_size), recipe.epochs))
+    keep = IterateRecorder.at_epochs(keep_epochs, len(X), recipe.batch_size, recipe.epochs)
     for t, idx in enumerate(batches):
         keep(t, params)
         if on_step is not None:

@@ -36,6 +36,12 @@ class IterateRecorder:
         self.steps = set(steps)
         self.kept: dict[int, Params] = {}
 
+    @classmethod
+    def at_epochs(cls, epochs: Iterable[int], n: int, batch_size: int, total_epochs: int) -> IterateRecorder:
+        """Keeps the iterates at the end of ``epochs`` of a run over ``n``
+        examples in minibatches of ``batch_size`` (the last one may be short)."""
+        return cls(iterate_steps(epochs, -(-n // batch_size), total_epochs))
+
     def __call__(self, t: int, params: Params, *_rest) -> None:
         if t in self.steps:
             self.kept[t] = {k: v.detach().clone() for k, v in params.items()}
