@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass
 
@@ -20,13 +21,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from influence.attributor import Attributor
-from influence.errors import InfluenceError
-from influence.store import current_version, open_store
+from influence.errors import InfluenceError, StoreError
+from influence.store import Manifest, current_version, list_versions, open_store, read_manifest
 from influence.text.attributor import TextAttributor
 
 from .answers import AnswerStore
 from .batcher import Batcher
 from .embedded_redis import EmbeddedRedis
+from .errors import ApiError, invalid
 from .kinds import Kind, kind_of
 from .ledger import OUTAGE, Journal, Ledger
 from .settings import Settings
@@ -34,6 +36,36 @@ from .stats import Stats
 from .tasks import cancel_and_wait
 
 log = logging.getLogger("service")
+
+VERSION_NAME = re.compile(r"v[0-9]{6,12}")
+"""A published version's name (``influence.store`` names them ``v000001``,
+``v000002``, ...): ``v`` and 6 to 12 ASCII digits, never a path."""
+
+
+def check_version_name(name: str, field: str = "version") -> None:
+    """422 naming ``field`` unless ``name`` is a version name (no path, no
+    separator, no other characters)."""
+    if not VERSION_NAME.fullmatch(name):
+        raise invalid(field, "must be a published version name such as v000002 (v and 6 to 12 digits), "
+                      "not a path", "query")
+
+
+def change_refused(old: Manifest, old_kind: str, new: Manifest, allow_kind_change: bool,
+                   allow_source_change: bool) -> None:
+    """409 naming ``version`` when ``new`` serves another model kind or
+    another set of sources than ``old``, unless the matching flag allows it."""
+    new_kind = kind_of(new).name
+    if new_kind != old_kind and not allow_kind_change:
+        reason = (f"{new.version} holds a {new_kind} store, {old.version} (served) a {old_kind} store: the query "
+                  "form changes; add allow_kind_change=true to switch anyway")
+        raise ApiError(409, "conflict", f"version: {reason}", [("version", reason)], "query")
+    gone, added = set(old.source_ids) - set(new.source_ids), set(new.source_ids) - set(old.source_ids)
+    if (gone or added) and not allow_source_change:
+        reason = (f"{new.version} has another source set than {old.version} (served): {len(gone)} of its "
+                  f"sources missing, {len(added)} new; add allow_source_change=true to switch anyway (credit "
+                  "recorded so far stays under the old ids: reports keep it, /v1/sources marks them "
+                  "in_store false)")
+        raise ApiError(409, "conflict", f"version: {reason}", [("version", reason)], "query")
 
 
 @dataclass(frozen=True)
@@ -137,14 +169,32 @@ class Runtime:
         return served.version if served else None
 
     # ---- store ---------------------------------------------------------
-    async def reload(self, version: str | None = None) -> dict:
+    async def reload(self, version: str | None = None, allow_kind_change: bool = False,
+                     allow_source_change: bool = False) -> dict:
         """Load ``version`` (default: the store's CURRENT) and make it the
-        one new requests use; a no-op when it already is."""
+        one new requests use; a no-op when it already is.
+
+        ``version`` is a name published under the store root (422 naming it
+        otherwise, 404 when the root has no such version): never a path. A
+        version of another model kind, or with another set of sources, than
+        the one served is refused (409) unless ``allow_kind_change`` /
+        ``allow_source_change``; credit already recorded stays in the
+        aggregates under its source ids either way."""
         async with self._reload_lock:
-            prev = self.serving()
+            old = self.served
+            prev = old.version if old else None
+            if version is not None:
+                check_version_name(version)
+                if version not in await asyncio.to_thread(list_versions, self.s.store):
+                    raise invalid("version", "no such store version", "query", 404)
             target = version or await asyncio.to_thread(current_version, self.s.store)
+            if not VERSION_NAME.fullmatch(target):
+                raise StoreError(f"{self.s.store}/CURRENT names {target[:80]!r}, not a version name")
             if target == prev:
                 return {"previous_version": prev, "store_version": prev, "changed": False, "load_s": 0.0}
+            if old is not None:
+                man = await asyncio.to_thread(read_manifest, self.s.store / "versions" / target)
+                change_refused(old.att.manifest, old.kind.name, man, allow_kind_change, allow_source_change)
             t0 = time.perf_counter()
             served = await asyncio.to_thread(self._load, target)
             self.served = served  # the whole hot swap
@@ -178,13 +228,21 @@ class Runtime:
                 await asyncio.sleep(2.0)
 
     async def _watch(self) -> None:
+        """Follow CURRENT; a version of another kind or source set is not
+        switched to (logged once per version: POST /v1/admin/reload with the
+        allow_* flag does it)."""
+        refused = None
         while True:
             await asyncio.sleep(self.s.watch_store_s)
             version = self.serving()
             if version is None:
                 continue
             try:
-                if await asyncio.to_thread(current_version, self.s.store) != version:
+                cur = await asyncio.to_thread(current_version, self.s.store)
+                if cur != version and cur != refused:
                     await self.reload()
             except (InfluenceError, OSError) as e:
                 log.error("store watch: reload failed, still serving %s: %s", version, e)
+            except ApiError as e:
+                refused = cur
+                log.error("store watch: not switching to %s, still serving %s: %s", cur, version, e.message)

@@ -36,12 +36,19 @@ async def stats(p: QueryReportKey, rt: RuntimeDep):
 
 
 @router.post("/v1/admin/reload", response_model=ReloadResponse)
-async def reload(p: AdminKey, rt: RuntimeDep, version: str | None = None):
-    """Load the store's CURRENT version (or ``version``) and switch to it;
-    in-flight requests finish on the version they started with."""
+async def reload(p: AdminKey, rt: RuntimeDep, version: str | None = None, allow_kind_change: bool = False,
+                 allow_source_change: bool = False):
+    """Load the store's CURRENT version (or ``version``: a version name
+    published under the store root such as ``v000002``, never a path) and
+    switch to it; in-flight requests finish on the version they started
+    with. A version of another model kind or another source set than the
+    served one is a 409 unless ``allow_kind_change`` / ``allow_source_change``
+    is true; credit recorded for sources no longer served stays in the
+    aggregates (reports list it, ``/v1/sources`` marks it ``in_store:
+    false``)."""
     try:
-        return await rt.reload(version)
+        return await rt.reload(version, allow_kind_change, allow_source_change)
     except StoreError:
         if version:
-            raise invalid("version", "no such store version", "query", 404) from None
+            raise invalid("version", "this store version cannot be loaded", "query", 404) from None
         raise
