@@ -1,7 +1,9 @@
 """``POST /v1/attributions``: validate, idempotency, cache, batch, credit.
 
 Order of work: limits and shapes are checked first (nothing else runs on a
-bad request); a retried ``Idempotency-Key`` returns the stored answer; each
+bad request); an ``Idempotency-Key`` is claimed with the body's fingerprint
+before any work, and a retry or a concurrent twin gets the stored answer
+(``service.answers``); each
 query is looked up in the result cache (key: store version, options, the
 query's float32 bytes and target, or its token ids); the misses ride one
 micro-batch; then the request's credit is recorded once (Redis, or the
@@ -40,11 +42,24 @@ async def attribute(rt: Runtime, served: Served, req: AttributionRequest, princi
     t0 = time.perf_counter()
     att, kind, answers = served.att, served.kind, rt.answers
     rows, tags = check(rt, att, kind, req)
-    n, output = len(tags), kind.output(req)
-    idem_hash = answers.idem_hash(idem) if idem else None
-    idem_key = answers.idem_key(principal_id, idem_hash) if idem else None
-    if idem_key and (prior := await answers.idempotent_lookup(idem_key, fingerprint)) is not None:
-        return prior, True
+    if not idem:
+        return await _answer(rt, att, kind, req, rows, tags, None, t0), False
+    idem_hash = answers.idem_hash(idem)
+    claim = await answers.claim(answers.idem_key(principal_id, idem_hash), fingerprint)
+    if claim.replay is not None:
+        return claim.replay, True
+    try:
+        body = await _answer(rt, att, kind, req, rows, tags, f"idem-{principal_id}-{idem_hash}", t0)
+    except BaseException:
+        await answers.release(claim)
+        raise
+    return await answers.finish(claim, body), False
+
+
+async def _answer(rt: Runtime, att, kind: Kind, req: AttributionRequest, rows, tags, record_id: str | None,
+                  t0: float) -> dict:
+    """Cache, readout, credit -> the response body (computed now)."""
+    answers, n, output = rt.answers, len(tags), kind.output(req)
     if req.record and not rt.ledger.healthy and rt.ledger.journal.entries >= rt.ledger.journal.max_entries:
         raise unavailable("credit cannot be recorded now (Redis unreachable, journal full)", rt.s.retry_after_s)
 
@@ -71,16 +86,13 @@ async def attribute(rt: Runtime, served: Served, req: AttributionRequest, princi
 
     recorded = False
     if req.record:
-        await _record(rt, found, f"idem-{principal_id}-{idem_hash}" if idem else None)
+        await _record(rt, found, record_id)
         recorded = True
 
     atts = [{**f["a"], "client_id": q.client_id} for f, q in zip(found, req.queries, strict=True)]
-    body = {"request_id": uuid.uuid4().hex, "store_version": att.version, "output": output,
+    return {"request_id": uuid.uuid4().hex, "store_version": att.version, "output": output,
             "granularity": req.granularity, "attributions": atts, "recorded": recorded,
             "timings": {**timings, "total_ms": (time.perf_counter() - t0) * 1000}}
-    if idem_key:
-        body = await answers.idempotent_store(idem_key, fingerprint, body)
-    return body, False
 
 
 async def _record(rt: Runtime, found: list[dict], record_id: str | None) -> None:

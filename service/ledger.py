@@ -41,6 +41,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -152,6 +153,8 @@ class Ledger:
         self._task: asyncio.Task | None = None
         self._waiting: list[tuple[dict, asyncio.Future]] = []  # records for the next group commit
         self._committer: asyncio.Task | None = None
+        # (has work, run): called by the replay loop while Redis answers (service.answers' outage answers)
+        self.recovery_hooks: list[tuple[Callable[[], bool], Callable[[], Awaitable[int]]]] = []
 
     def key(self, *parts) -> str:
         return self.p + ":".join(str(p) for p in parts)
@@ -233,7 +236,8 @@ class Ledger:
     async def _replay_loop(self) -> None:
         while True:
             await asyncio.sleep(self.replay_interval_s)
-            if self.healthy and not self.journal.entries:
+            hooks = [run for waiting, run in self.recovery_hooks if waiting()]
+            if self.healthy and not self.journal.entries and not hooks:
                 continue
             try:
                 await self.r.ping()
@@ -241,6 +245,8 @@ class Ledger:
                 if self.journal.entries:
                     n = await self.replay()
                     log.info("journal replayed: %d new records", n)
+                for run in hooks:
+                    await run()
             except OUTAGE:
                 self.healthy = False
 

@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     redis_max_connections: int = Field(64, ge=1, description="connections to Redis; more requests wait for one")
     cache_ttl_s: int = Field(3600, ge=0, description="result cache lifetime, seconds (0 = no cache)")
     idempotency_ttl_s: int = Field(7 * 86400, ge=60, description="how long an Idempotency-Key is remembered, seconds")
+    idempotency_local_entries: int = Field(10_000, ge=1, description="idempotent answers each process keeps "
+                                           "in memory (read first; a retry during a Redis outage gets them)")
     record_marker_ttl_s: int = Field(86400, ge=60, description="how long a record's applied-marker lives, seconds")
 
     # credit and aggregates
