@@ -14,6 +14,7 @@ the stored idempotent answers are ``service.answers``.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -36,12 +37,17 @@ def check(rt: Runtime, att, kind: Kind, req: AttributionRequest):
 
 
 async def attribute(rt: Runtime, served: Served, req: AttributionRequest, principal_id: str, idem: str | None,
-                    fingerprint: str) -> tuple[dict, bool]:
+                    fingerprint: str, off_loop: bool = False) -> tuple[dict, bool]:
     """-> (response body, replayed from an earlier identical request);
-    ``served``: the version that answers it, whole."""
+    ``served``: the version that answers it, whole; ``off_loop``: check and
+    encode the queries in a worker thread (a large body: tokenizing up to
+    ``max_queries`` texts would hold the event loop)."""
     t0 = time.perf_counter()
     att, kind, answers = served.att, served.kind, rt.answers
-    rows, tags = check(rt, att, kind, req)
+    if off_loop:
+        rows, tags = await asyncio.to_thread(check, rt, att, kind, req)
+    else:
+        rows, tags = check(rt, att, kind, req)
     if not idem:
         return await _answer(rt, att, kind, req, rows, tags, None, t0), False
     idem_hash = answers.idem_hash(idem)

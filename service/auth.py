@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from .errors import ApiError
+from .errors import ApiError, forbidden
 from .settings import Settings
 
 
@@ -88,10 +88,12 @@ def authorize(ring: KeyRing, headers: Mapping[str, str], roles: tuple[str, ...])
         return OPEN
     key = presented_key(headers)
     if key is None:
-        raise ApiError(401, "unauthorized", "an API key is required", headers={"WWW-Authenticate": "Bearer"})
+        reason = "an API key is required (Authorization: Bearer <key>, or X-API-Key)"
+        raise ApiError(401, "unauthorized", f"authorization: {reason}", [("authorization", reason)], "header",
+                       {"WWW-Authenticate": "Bearer"})
     p = ring.lookup(key)
     if p is None or not any(p.allows(r) for r in roles):
-        raise ApiError(403, "forbidden", "forbidden")
+        raise forbidden()
     return p
 
 

@@ -8,7 +8,10 @@ Body of every 4xx/5xx::
                            "reason": "expected 64 values, got 3"}]}}
 
 ``fields`` names the offending field paths (``a.b[2].c``), or the header
-(``"in": "header"``), and is omitted when no field is at fault. A body that
+(``"in": "header"``), and is an empty list when no single field is at fault
+(405, the 404 of an unknown route, 409, 503, 504, 500). It holds at most
+``MAX_FIELD_ERRORS`` entries; ``fields_omitted`` then says how many more
+there were. A body that
 cannot be parsed is a 422 naming ``body`` (invalid JSON, nesting too deep,
 not UTF-8); a body that is not JSON at all a 415 naming ``content-type``.
 A 5xx never carries a stack trace or exception text.
@@ -59,10 +62,21 @@ def field_path(loc) -> str:
     return out or "body"
 
 
+MAX_FIELD_ERRORS = 20  # fields listed in one error answer; the rest are counted
+
+
+def forbidden() -> ApiError:
+    """403, the same body whatever the reason (unknown key, role, another publisher's line)."""
+    return ApiError(403, "forbidden", "authorization: forbidden", [("authorization", "forbidden")], "header")
+
+
 def _body(status: int, code: str, message: str, fields=(), where: str = "body") -> dict:
-    err = {"status": status, "code": code, "message": message}
-    if fields:
-        err["fields"] = [{"path": f[0], "in": f[2] if len(f) > 2 else where, "reason": f[1]} for f in fields]
+    fields = list(fields)
+    err = {"status": status, "code": code, "message": message,
+           "fields": [{"path": f[0], "in": f[2] if len(f) > 2 else where, "reason": f[1]}
+                      for f in fields[:MAX_FIELD_ERRORS]]}
+    if len(fields) > MAX_FIELD_ERRORS:
+        err["fields_omitted"] = len(fields) - MAX_FIELD_ERRORS
     return {"error": err}
 
 
@@ -92,8 +106,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
-        fields = []
-        for e in exc.errors():
+        fields, errors = [], exc.errors()
+        for e in errors[:MAX_FIELD_ERRORS]:
             loc = list(e.get("loc", ()))
             where = str(loc[0]) if loc and loc[0] in ("body", "query", "path", "header") else "body"
             loc = loc[1:] if loc and loc[0] == where else loc
@@ -104,7 +118,10 @@ def install(app: FastAPI) -> None:
                 msg, loc = f"body is not valid JSON (at character {loc[0] if loc else 0})", []
             fields.append((field_path(loc), msg, where))
         first = f"{fields[0][0]}: {fields[0][1]}" if fields else "invalid request"
-        return JSONResponse(_body(422, "invalid_request", first, fields), 422)
+        body = _body(422, "invalid_request", first, fields)
+        if len(errors) > MAX_FIELD_ERRORS:
+            body["error"]["fields_omitted"] = len(errors) - MAX_FIELD_ERRORS
+        return JSONResponse(body, 422)
 
     @app.exception_handler(QueryError)
     async def _query(request: Request, exc: QueryError):

@@ -60,7 +60,13 @@ JSON_BODY = "application/json"
 
 
 def _is_json(content_type: str) -> bool:
-    media = content_type.split(";", 1)[0].strip().lower()
+    """``application/json`` or ``application/*+json``, with no charset but UTF-8 (RFC 8259)."""
+    media, *params = content_type.split(";")
+    media = media.strip().lower()
+    for p in params:
+        name, _, value = p.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            return False
     return media == JSON_BODY or (media.startswith("application/") and media.endswith("+json"))
 
 
@@ -110,7 +116,7 @@ class RequestGate:
                 ctype = headers.get("content-type")
                 has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
                 if (ctype is None and has_body) or (ctype is not None and not _is_json(ctype)):
-                    reason = f"expected {JSON_BODY}" + (f", not {ctype[:100]}" if ctype else "")
+                    reason = f"expected {JSON_BODY} (UTF-8)" + (f", not {ctype[:100]}" if ctype else "")
                     raise ApiError(415, "unsupported_media_type", f"content-type: {reason}",
                                    [("content-type", reason)], "header")
         except ApiError as e:

@@ -10,12 +10,13 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Request
 
 from ..attribute import attribute
+from ..bodies import BIG_BODY, attribution_shape, checked_route
 from ..deps import QueryKey, RuntimeDep, ServedDep
 from ..errors import ApiError
 from ..schemas import AttributionRequest, AttributionResponse
 from .base import JSONResponse
 
-router = APIRouter()
+router = APIRouter(route_class=checked_route(attribution_shape))
 
 ATTRIBUTION_EXAMPLES = {
     "vector": {"summary": "vector store (kind mlp): numbers",
@@ -51,8 +52,10 @@ async def attributions(req: Annotated[AttributionRequest, Body(openapi_examples=
     (id, genre, snippet)."""
     status, t0 = 500, time.perf_counter()
     try:
-        fingerprint = hashlib.sha256(await request.body()).hexdigest()
-        body, replayed = await attribute(rt, served, req, p.id, request.headers.get("idempotency-key"), fingerprint)
+        raw = await request.body()
+        fingerprint = hashlib.sha256(raw).hexdigest()
+        body, replayed = await attribute(rt, served, req, p.id, request.headers.get("idempotency-key"), fingerprint,
+                                         off_loop=len(raw) > BIG_BODY)
         status = 200
         return JSONResponse(body, headers={"Idempotent-Replayed": "true"} if replayed else None)
     except ApiError as e:

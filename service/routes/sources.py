@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 
 from ..auth import Principal
 from ..deps import ReportKey, RuntimeDep, ServedDep
-from ..errors import ApiError, invalid
+from ..errors import forbidden, invalid
 from ..ledger import OUTAGE
 from ..runtime import Runtime, Served
 from ..schemas import SourcesResponse, SourceStats
@@ -46,7 +46,7 @@ async def sources(request: Request, p: ReportKey, rt: RuntimeDep, served: Served
 async def source(source_id: str, request: Request, p: ReportKey, rt: RuntimeDep, served: ServedDep):
     """One source's figures; 404 for an unknown id."""
     if not p.can_see(source_id):
-        raise ApiError(403, "forbidden", "forbidden")
+        raise forbidden()
     v, tag, same = await _sources(request, p, rt, served, star=False)
     if same:
         return Response(status_code=304, headers={"ETag": tag})

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from ..bodies import checked_route, whatif_shape
 from ..deps import QueryReportKey, RuntimeDep, ServedDep
 from ..schemas import WhatIfRequest, WhatIfResponse
 from ..whatif import whatif
 
-router = APIRouter()
+router = APIRouter(route_class=checked_route(whatif_shape))
 
 
 @router.post("/v1/whatif", response_model=WhatIfResponse)

@@ -47,7 +47,9 @@ def test_missing_and_wrong_keys(keyed, train_x):
     wrong = httpx.post(keyed + "/v1/attributions", json=body, headers=_h("nope"))
     lacking = httpx.post(keyed + "/v1/attributions", json=body, headers=_h("r-key"))
     assert wrong.status_code == lacking.status_code == 403
-    assert wrong.json() == lacking.json() == {"error": {"status": 403, "code": "forbidden", "message": "forbidden"}}
+    assert wrong.json() == lacking.json() == {"error": {
+        "status": 403, "code": "forbidden", "message": "authorization: forbidden",
+        "fields": [{"path": "authorization", "in": "header", "reason": "forbidden"}]}}
     assert httpx.post(keyed + "/v1/attributions", json=body, headers=_h("q-key", bearer=False)).status_code == 200
     assert httpx.post(keyed + "/v1/attributions", json=body, headers=_h("a-key")).status_code == 200
     # health needs no key; metrics is private in this configuration
