@@ -40,7 +40,6 @@ import torch
 import influence  # noqa: F401
 from influence.attributor import Attributor
 from influence.data import load_digits_test
-from influence.model import ParamLayout
 from influence.readout import linear_stack_scores
 from influence.store import open_store
 
@@ -128,7 +127,7 @@ def sized(layers, R: int):
 
 def throughput(att: Attributor, dev: torch.device, batches, mults, log) -> list[dict]:
     spec, params = att.spec, att.params[0]
-    p = ParamLayout.for_spec(spec).numel
+    p = spec.layout().numel
     rows = []
     base = att.examples[0]
     for m in mults:

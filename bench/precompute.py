@@ -30,7 +30,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from influence.model import MLPSpec, ParamLayout
+from influence.model import MLPSpec
 from influence.readout import split_layers
 from influence.simulate import MethodConfig, Simulator
 from worker.config import TrainConfig, load_config
@@ -176,7 +176,7 @@ def part_scaling(sizes=(1000, 2000, 4000, 8000), steps_upto: int = 2000) -> dict
         sim = Simulator(method, spec, recipe.weight_decay, X, y, source, 20)
         t0 = time.perf_counter()
         sim.posthoc(params, seed=0)
-        row = {"n": n, "params": ParamLayout.for_spec(spec).numel, "precompute_s": time.perf_counter() - t0}
+        row = {"n": n, "params": spec.layout().numel, "precompute_s": time.perf_counter() - t0}
         if n <= steps_upto:
             steps = Simulator(method.model_copy(update={"solver": "steps"}), spec, recipe.weight_decay, X, y,
                               source, 20)

@@ -35,7 +35,7 @@ import torch
 import influence  # noqa: F401  (sets the OpenMP wait policy first)
 from influence.attributor import Attributor
 from influence.data import load_digits_test
-from influence.model import MLPSpec, ParamLayout
+from influence.model import MLPSpec
 from influence.outputs import output_grad
 from influence.readout import jvp_scores, linear_stack_scores, mlp_forward
 from influence.store import open_store
@@ -142,7 +142,7 @@ def profile_ops(fn, reps: int = 10) -> list[dict]:
 # -- sweeps -------------------------------------------------------------------------------------------------
 def sweep(spec, params, ex_layers, batches, sizes, threads, rounds, log) -> list[dict]:
     rows = []
-    p = ParamLayout.for_spec(spec).numel
+    p = spec.layout().numel
     torch.set_num_threads(threads)
     for R in sizes:
         base = sized(ex_layers, R)
@@ -195,7 +195,7 @@ def precision(spec, params, ex_layers, batches, threads, rounds, log) -> list[di
     experimental bf16-compute readout, and float32 and bf16 GEMM limits."""
     rows = []
     torch.set_num_threads(threads)
-    p = ParamLayout.for_spec(spec).numel
+    p = spec.layout().numel
     R = ex_layers[0][0].shape[0]
     lay = {k: sized(ex_layers, R, dt) for k, dt in DTYPES.items()}
     U = flat(lay["float32"])
@@ -561,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     ex_layers = att.examples[0]
     res = {"command": "python -m bench.readout " + shlex.join(argv if argv is not None else sys.argv[1:]),
            "machine": machine(), "load_start": loadavg(), "store": str(root), "store_version": st.version,
-           "p": ParamLayout.for_spec(spec).numel, "n_examples": att.n_examples, "n_sources": att.n_sources,
+           "p": spec.layout().numel, "n_examples": att.n_examples, "n_sources": att.n_sources,
            "batches": list(batches), "sizes": list(sizes)}
     torch.set_num_threads(1)
     res["peak_gflops"] = peak_gemm()

@@ -8,12 +8,15 @@ length ``p`` laid out in that order (``ParamLayout``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Literal
 
 import torch
-from pydantic import BaseModel, Discriminator, Field, Tag, field_validator
+from pydantic import BaseModel, Field, field_validator
 from torch import nn
+
+from .layout import ParamLayout
+
+__all__ = ["MLPSpec", "ParamLayout", "build_mlp", "init_params"]
 
 Activation = Literal["relu", "tanh", "gelu", "sigmoid"]
 _ACT = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid}
@@ -38,7 +41,11 @@ class MLPSpec(BaseModel):
         return v
 
     def layout(self) -> ParamLayout:
-        return ParamLayout.for_spec(self)
+        names, shapes = [], []
+        for i, (a, b) in enumerate(zip(self.widths[:-1], self.widths[1:])):
+            names += [f"{2 * i}.weight", f"{2 * i}.bias"]
+            shapes += [(b, a), (b,)]
+        return ParamLayout(tuple(names), tuple(shapes))
 
     @property
     def in_dim(self) -> int:
@@ -69,55 +76,3 @@ def init_params(spec: MLPSpec, seed: int, dtype=torch.float32) -> dict[str, torc
     finally:
         torch.random.set_rng_state(gen_state)
     return {k: v.detach().clone() for k, v in model.named_parameters()}
-
-
-@dataclass(frozen=True)
-class ParamLayout:
-    """Order, shapes and offsets of the parameters inside a flat vector."""
-
-    names: tuple[str, ...]
-    shapes: tuple[tuple[int, ...], ...]
-
-    @classmethod
-    def of(cls, params: dict[str, torch.Tensor]) -> ParamLayout:
-        return cls(tuple(params), tuple(tuple(v.shape) for v in params.values()))
-
-    @classmethod
-    def for_spec(cls, spec: MLPSpec) -> ParamLayout:
-        names, shapes = [], []
-        for i, (a, b) in enumerate(zip(spec.widths[:-1], spec.widths[1:])):
-            names += [f"{2 * i}.weight", f"{2 * i}.bias"]
-            shapes += [(b, a), (b,)]
-        return cls(tuple(names), tuple(shapes))
-
-    @property
-    def sizes(self) -> list[int]:
-        return [int(torch.Size(s).numel()) for s in self.shapes]
-
-    @property
-    def numel(self) -> int:
-        return sum(self.sizes)
-
-    def flatten(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        """dict of ``(*batch, *shape)`` tensors -> ``(*batch, p)``."""
-        first = params[self.names[0]]
-        batch = first.shape[: first.dim() - len(self.shapes[0])]
-        return torch.cat([params[n].reshape(*batch, -1) for n in self.names], dim=-1)
-
-    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``(*batch, p)`` -> dict of ``(*batch, *shape)`` views."""
-        parts = torch.split(flat, self.sizes, dim=-1)
-        batch = flat.shape[:-1]
-        return {n: t.reshape(*batch, *s) for n, s, t in zip(self.names, self.shapes, parts)}
-
-
-def _kind(v) -> str:
-    return v.get("kind", "mlp") if isinstance(v, dict) else getattr(v, "kind", "mlp")
-
-
-from .text.gpt import GPTSpec  # noqa: E402  (after ParamLayout: gpt.py imports it lazily)
-
-ModelSpec = Annotated[Annotated[MLPSpec, Tag("mlp")] | Annotated[GPTSpec, Tag("gpt")], Discriminator(_kind)]
-"""A model kind's spec as the manifest and the worker config carry it: ``kind``
-``mlp`` (the default, so manifests written before kinds existed still read)
-or ``gpt``; ``spec.layout()`` is its flat parameter layout."""

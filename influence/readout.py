@@ -37,7 +37,7 @@ _CHUNK_ELEMENTS_GPU = 1 << 26
 
 def split_layers(flat: torch.Tensor, spec: MLPSpec) -> LayerResponses:
     """``(R, p)`` flat responses -> contiguous per-layer blocks."""
-    parts = ParamLayout.for_spec(spec).unflatten(flat)
+    parts = spec.layout().unflatten(flat)
     n_layers = len(spec.widths) - 1
     return [
         (parts[f"{2 * l}.weight"].contiguous(), parts[f"{2 * l}.bias"].contiguous())

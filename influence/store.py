@@ -53,8 +53,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import StoreError
-from .model import ModelSpec, ParamLayout
+from .layout import ParamLayout
 from .quant import QMAX, QTensor, dequantize, quantize
+from .spec import ModelSpec
 
 FORMAT_VERSION = 3  # 3: examples_quant
 READABLE_FORMATS = (1, 2, 3)

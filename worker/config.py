@@ -14,8 +14,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from influence.model import MLPSpec, ModelSpec
+from influence.model import MLPSpec
 from influence.simulate.settings import MethodConfig
+from influence.spec import ModelSpec
 
 
 class _Section(BaseModel):

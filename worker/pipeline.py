@@ -19,7 +19,6 @@ import torch
 from tqdm.auto import tqdm
 
 from influence.data import Dataset, load_digits_train, load_training_file
-from influence.model import ParamLayout
 from influence.readout import mlp_forward
 from influence.simulate import Responses, Simulator, StepCheckpoint
 from influence.store import Manifest, publish
@@ -102,7 +101,7 @@ def _member(cfg, X, y, source, n_sources, e, work, bar) -> dict | None:
         return None
     with torch.no_grad():
         acc = (mlp_forward(trained.params, cfg.model, X)[0].argmax(1) == y).float().mean().item()
-    layout = ParamLayout.for_spec(cfg.model)
+    layout = cfg.model.layout()
     out = {"params": trained.params,
            "examples": None if resp.examples is None else layout.unflatten(resp.examples.float().contiguous()),
            "sources": None if resp.sources is None else layout.unflatten(resp.sources.float().contiguous()),

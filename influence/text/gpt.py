@@ -41,6 +41,8 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
+from ..layout import ParamLayout
+
 
 class GPTSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -57,8 +59,6 @@ class GPTSpec(BaseModel):
 
     def layout(self):
         """``ParamLayout`` of ``GPT.named_parameters()`` (built on the meta device: no memory, no RNG use)."""
-        from ..model import ParamLayout
-
         with torch.device("meta"):
             model = GPT(self, seed=None)
         return ParamLayout.of(dict(model.named_parameters()))
@@ -116,14 +116,32 @@ class GPT(nn.Module):
         causal = torch.full((L, L), float("-inf")).triu(1)
         self.register_buffer("mask", causal, persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x (B, T) int64``, ``T <= context`` → logits ``(B, T, V)``."""
+    # -- the CausalLM interface (influence.text.causal) --
+    manual_tangents = True  # influence.text.tangent's hand-derived rules apply
+    head_ok = True
+
+    @property
+    def context(self) -> int:
+        return self.spec.context
+
+    def forward(self, x: torch.Tensor, trunk: bool = False) -> torch.Tensor:
+        """``x (B, T) int64``, ``T <= context`` → logits ``(B, T, V)``;
+        ``trunk=True``: the final LayerNorm's output ``(B, T, d)``."""
         T = x.shape[1]
         h = self.tok_emb(x) + self.pos_emb.weight[:T]
         mask = self.mask[:T, :T].to(h.dtype)
         for blk in self.blocks:
             h = blk(h, mask)
-        return self.ln_f(h) @ self.tok_emb.weight.T
+        a = self.ln_f(h)
+        return a if trunk else a @ self.tok_emb.weight.T
+
+    def trained(self) -> dict[str, torch.Tensor]:
+        """Every parameter is trained."""
+        return {k: v.detach() for k, v in self.named_parameters()}
+
+    def head(self, params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, None, str]:
+        """The tied output layer: ``(tok_emb.weight (V, d), no bias, its name)``."""
+        return params["tok_emb.weight"], None, "tok_emb.weight"
 
 
 def token_logprobs(model: GPT, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:

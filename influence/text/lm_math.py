@@ -35,8 +35,9 @@ import torch
 from torch.func import functional_call, grad, jvp, vjp, vmap
 from torch.nn import functional as F
 
-from ..model import ParamLayout
-from .gpt import GPT, lm_loss, sequence_logprob
+from ..layout import ParamLayout
+from .causal import CausalLM
+from .gpt import lm_loss, sequence_logprob
 from .tangent import manual_chunk, trunk_primal, trunk_tangents
 
 Params = dict[str, torch.Tensor]
@@ -51,13 +52,13 @@ def _dtype(params: Params) -> torch.dtype:
 
 
 # -- training gradients ----------------------------------------------------------------
-def _block_loss(model: GPT, params: Params, block: torch.Tensor) -> torch.Tensor:
+def _block_loss(model: CausalLM, params: Params, block: torch.Tensor) -> torch.Tensor:
     """Summed token cross-entropy of one block ``(T+1,)``: a scalar."""
     logits = functional_call(model, params, (block[None, :-1],))[0]  # (T, V)
     return F.cross_entropy(logits, block[1:], reduction="sum")
 
 
-def _block_grad_chunks(model: GPT, params: Params, blocks: torch.Tensor, chunk: int):
+def _block_grad_chunks(model: CausalLM, params: Params, blocks: torch.Tensor, chunk: int):
     """Yield ``(slice, (c, p) flat gradients)`` per chunk of ``c`` blocks."""
     params = _detached(params)
     layout = ParamLayout.of(params)
@@ -67,7 +68,7 @@ def _block_grad_chunks(model: GPT, params: Params, blocks: torch.Tensor, chunk: 
         yield sl, layout.flatten(per(params, blocks[sl]))
 
 
-def block_grads(model: GPT, params: Params, blocks: torch.Tensor, chunk: int = 32) -> torch.Tensor:
+def block_grads(model: CausalLM, params: Params, blocks: torch.Tensor, chunk: int = 32) -> torch.Tensor:
     """``blocks (N, T+1)`` → ``(N, p)``: ``∇θ Σ_t ℓ_t`` of each block (summed
     token cross-entropy over its ``T`` targets; no weight decay). ``chunk``
     blocks per vmapped pass (memory only)."""
@@ -78,7 +79,7 @@ def block_grads(model: GPT, params: Params, blocks: torch.Tensor, chunk: int = 3
     return out
 
 
-def doc_grads(model: GPT, params: Params, blocks: torch.Tensor, block_doc: torch.Tensor, n_docs: int,
+def doc_grads(model: CausalLM, params: Params, blocks: torch.Tensor, block_doc: torch.Tensor, n_docs: int,
               chunk: int = 32) -> torch.Tensor:
     """``(n_docs, p)``: the sum of ``block_grads`` over each document's blocks.
     ``block_doc (N,)`` int64 indexes the documents (a document without
@@ -107,7 +108,7 @@ class LMGaussNewton:
     all 32 directions at once, side by side; ``None`` = all at once).
     Symmetric PSD by construction (``H`` is PSD per token)."""
 
-    def __init__(self, model: GPT, params: Params, blocks: torch.Tensor, chunk: int = 8,
+    def __init__(self, model: CausalLM, params: Params, blocks: torch.Tensor, chunk: int = 8,
                  dir_chunk: int | None = 8):
         self.model, self.params = model, _detached(params)
         self.layout = ParamLayout.of(self.params)
@@ -137,7 +138,7 @@ class LMGaussNewton:
         return self.layout.flatten(vmap(one, chunk_size=self.dir_chunk)(tangents))
 
 
-def hvp_lm(model: GPT, params: Params, blocks: torch.Tensor):
+def hvp_lm(model: CausalLM, params: Params, blocks: torch.Tensor):
     """Exact Hessian product of the mean token cross-entropy over ``blocks
     (N, T+1)`` (all at once; a reference for small models): a ``Product``
     ``U (r, p) → ∇²L U (r, p)``."""
@@ -153,12 +154,12 @@ def hvp_lm(model: GPT, params: Params, blocks: torch.Tensor):
 
 
 # -- readout ---------------------------------------------------------------------------
-def _query_fn(model: GPT, x: torch.Tensor, target_mask: torch.Tensor | None):
+def _query_fn(model: CausalLM, x: torch.Tensor, target_mask: torch.Tensor | None):
     """``θ ↦ f(q; θ) (B,)`` for queries ``x (B, T+1)``."""
     return lambda p: sequence_logprob(model, x, p, target_mask)
 
 
-def jvp_scores(model: GPT, params: Params, U: torch.Tensor, x: torch.Tensor,
+def jvp_scores(model: CausalLM, params: Params, U: torch.Tensor, x: torch.Tensor,
                target_mask: torch.Tensor | None = None, chunk: int | None = None, head: bool = True,
                impl: Literal["manual", "func"] = "manual", logprobs: bool = False,
                tangent_params: Params | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -207,9 +208,10 @@ def jvp_scores(model: GPT, params: Params, U: torch.Tensor, x: torch.Tensor,
         raise ValueError(f"impl must be 'manual' or 'func', not {impl!r}")
     params = _detached(params)
     layout = ParamLayout.of(params)
-    manual = head and impl == "manual"
+    head = head and model.head_ok
+    manual = head and impl == "manual" and model.manual_tangents
     if tangent_params is not None and not manual:
-        raise ValueError("tangent_params needs head=True and impl='manual'")
+        raise ValueError("tangent_params needs head=True, impl='manual' and a model with manual tangents")
     tparams = params if tangent_params is None else _detached(tangent_params)
     tangents = layout.unflatten(U.to(_dtype(tparams)))
     chunk = chunk or (manual_chunk(_dtype(tparams)) if manual else 16)
@@ -223,16 +225,20 @@ def jvp_scores(model: GPT, params: Params, U: torch.Tensor, x: torch.Tensor,
     trunk = lambda p: _trunk(model, p, inp)  # noqa: E731
     primal = trunk_primal(params, model.spec, inp) if manual else None
     a = primal.a if manual else trunk(params)  # (B, T, d)
-    W = params["tok_emb.weight"]  # (V, d)
-    lp = torch.log_softmax(a @ W.T, dim=-1)  # (B, T, V)
+    W, bias, w_name = model.head(params)  # (V, d), (V,) or None, W's name when trained
+    logits = a @ W.T if bias is None else torch.addmm(bias, a.flatten(0, 1), W.T).view(*a.shape[:2], -1)
+    lp = torch.log_softmax(logits, dim=-1)  # (B, T, V)
     tok = lp.gather(-1, tgt[..., None])[..., 0]  # (B, T): log p(y_t | y_<t)
     g = lp.exp_().neg_()  # d log p(y_t) / d logits = e_y − p (the scatter below adds e_y)
     g.scatter_add_(-1, tgt[..., None], torch.ones_like(tgt[..., None], dtype=g.dtype))
     m = torch.ones_like(tgt, dtype=g.dtype) if target_mask is None else target_mask.to(g.dtype)
     g.mul_((m / m.sum(-1, keepdim=True).clamp_min(1.0))[..., None])
-    gw = g @ W  # (B, T, d): the output gradient seen from a
-    M = torch.einsum("btv,btd->bvd", g, a).reshape(x.shape[0], -1)  # (B, V·d)
-    direct = tangents["tok_emb.weight"].reshape(U.shape[0], -1).to(M.dtype) @ M.T  # (R, B): ⟨Ẇ, M⟩
+    gw = g @ W.to(g.dtype)  # (B, T, d): the output gradient seen from a
+    if w_name is not None:  # a trained output layer: its own tangent enters directly, ⟨Ẇ, Σ_t g_t a_tᵀ⟩
+        M = torch.einsum("btv,btd->bvd", g, a).reshape(x.shape[0], -1)  # (B, V·d)
+        direct = tangents[w_name].reshape(U.shape[0], -1).to(M.dtype) @ M.T  # (R, B)
+    else:
+        direct = torch.zeros(U.shape[0], x.shape[0], dtype=g.dtype, device=g.device)
     if manual:
         out = torch.empty_like(direct)
         tdt = _dtype(tparams)
@@ -248,19 +254,13 @@ def jvp_scores(model: GPT, params: Params, U: torch.Tensor, x: torch.Tensor,
     return (scores, tok) if logprobs else scores
 
 
-def _trunk(model: GPT, params: Params, inp: torch.Tensor) -> torch.Tensor:
-    """``GPT.forward`` up to the tied head: the final LayerNorm's output
-    ``(B, T, d)`` for inputs ``(B, T)`` (tested against ``head=False``)."""
-    T = inp.shape[1]
-    h = F.embedding(inp, params["tok_emb.weight"]) + params["pos_emb.weight"][:T]
-    mask = model.mask[:T, :T].to(h.dtype)
-    for l, blk in enumerate(model.blocks):
-        pre = f"blocks.{l}."
-        h = functional_call(blk, {k[len(pre):]: v for k, v in params.items() if k.startswith(pre)}, (h, mask))
-    return functional_call(model.ln_f, {"weight": params["ln_f.weight"], "bias": params["ln_f.bias"]}, (h,))
+def _trunk(model: CausalLM, params: Params, inp: torch.Tensor) -> torch.Tensor:
+    """The hidden state the output layer reads, ``(B, T, d)`` for inputs
+    ``(B, T)`` (tested against ``head=False``)."""
+    return functional_call(model, params, (inp,), {"trunk": True})
 
 
-def difference_scores(model: GPT, params: Params, U: torch.Tensor, x: torch.Tensor,
+def difference_scores(model: CausalLM, params: Params, U: torch.Tensor, x: torch.Tensor,
                       target_mask: torch.Tensor | None = None, h: float = 1e-3,
                       chunk: int = 16) -> torch.Tensor:
     """Two-point difference ``(f(θ+hu) − f(θ−hu)) / 2h`` per response:
@@ -278,7 +278,7 @@ def difference_scores(model: GPT, params: Params, U: torch.Tensor, x: torch.Tens
     return vmap(one, chunk_size=chunk)(layout.unflatten(U.to(_dtype(params)))).T
 
 
-def query_grads(model: GPT, params: Params, x: torch.Tensor,
+def query_grads(model: CausalLM, params: Params, x: torch.Tensor,
                 target_mask: torch.Tensor | None = None, chunk: int = 16) -> torch.Tensor:
     """``∇θ f(q)`` per query: ``(B, p)`` (a backward pass each; baselines and
     tests). Each query is differentiated on its own row ``x[b:b+1]``."""
@@ -295,7 +295,7 @@ def query_grads(model: GPT, params: Params, x: torch.Tensor,
                       for s in range(0, x.shape[0], chunk)])
 
 
-def gradient_scores(model: GPT, params: Params, U: torch.Tensor, x: torch.Tensor,
+def gradient_scores(model: CausalLM, params: Params, U: torch.Tensor, x: torch.Tensor,
                     target_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Reference ``∇f(q) · u_r`` (backward pass): ``(B, R)``. Never serves."""
     g = query_grads(model, params, x, target_mask)

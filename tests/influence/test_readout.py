@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from influence.model import MLPSpec, ParamLayout, build_mlp, init_params
+from influence.model import MLPSpec, build_mlp, init_params
 from influence.readout import (
     difference_scores,
     gradient_scores,
@@ -24,7 +24,7 @@ def _setup(activation: str, r: int = 11):
     model = build_mlp(spec).to(torch.float64)
     x = torch.randn(8, 5, dtype=torch.float64)
     y = torch.randint(0, 4, (8,))
-    U = torch.randn(r, ParamLayout.for_spec(spec).numel, dtype=torch.float64)
+    U = torch.randn(r, spec.layout().numel, dtype=torch.float64)
     return spec, params, model, x, y, U
 
 
@@ -32,7 +32,7 @@ def _setup(activation: str, r: int = 11):
 @pytest.mark.parametrize("kind", ["margin", "loss", "logprob"])
 def test_fast_path_equals_jvp_difference_and_gradient(activation, kind):
     spec, params, model, x, y, U = _setup(activation)
-    resp = ParamLayout.for_spec(spec).unflatten(U)
+    resp = spec.layout().unflatten(U)
     fast = linear_stack_scores(params, spec, split_layers(U, spec), x, y, kind)
     ref = gradient_scores(model, params, resp, x, y, kind)
     assert fast.shape == (8, 11)
@@ -64,7 +64,7 @@ def test_row_scores_do_not_depend_on_their_position(widths, r):
     spec = MLPSpec(widths=widths)
     params = init_params(spec, seed=3, dtype=torch.float32)
     gen = torch.Generator().manual_seed(4)
-    layers = split_layers(torch.randn(r, ParamLayout.for_spec(spec).numel, generator=gen), spec)
+    layers = split_layers(torch.randn(r, spec.layout().numel, generator=gen), spec)
     x = torch.randn(16, widths[0], generator=gen)
     y = torch.randint(0, widths[-1], (16,), generator=gen)
     for kind in ("margin", "loss"):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from influence.model import MLPSpec, ParamLayout, build_mlp, init_params
+from influence.model import MLPSpec, build_mlp, init_params
 from influence.simulate import MethodConfig, Simulator
 from influence.simulate.curvature import mlp_example_grads, per_example_grads
 from influence.simulate.spectral import LowRankFilter, horizon_filter, nystrom
@@ -100,7 +100,7 @@ def test_simulator_spectral_equals_steps(mlp_problem, rank):
         sim = Simulator(cfg, spec, 1e-3, X, y, source, 3)
         r = sim.posthoc(params, seed=0)
         out[solver] = torch.cat([r.examples, r.sources])
-    assert ParamLayout.for_spec(spec).numel == 114
+    assert spec.layout().numel == 114
     if rank >= 114:
         assert r.diagnostics["exact"]
         torch.testing.assert_close(out["spectral"], out["steps"], rtol=1e-9, atol=1e-11)

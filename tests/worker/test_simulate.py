@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from influence.model import MLPSpec, ParamLayout, build_mlp
+from influence.model import MLPSpec, build_mlp
 from influence.simulate import Simulator
 from influence.simulate.curvature import per_example_grads
 from worker.config import MethodConfig, TrainConfig
@@ -102,7 +102,7 @@ def test_alongside_runs_the_last_k_steps(problem):
                     on_step=lambda t, p, i: (calls.append(t), hook(t, p, i)))
     r = sim.result()
     assert trained.steps == 90 and len(calls) == 90
-    assert r.examples.shape == (12, ParamLayout.for_spec(SPEC).numel) and r.examples.abs().sum() > 0
+    assert r.examples.shape == (12, SPEC.layout().numel) and r.examples.abs().sum() > 0
     post = Simulator(cfg.model_copy(update={"schedule": "posthoc"}), SPEC, WD, X, y, source, 3)
     ref = post.posthoc(trained.params, seed=0).examples
     cos = torch.nn.functional.cosine_similarity(r.examples.flatten(), ref.flatten(), dim=0)
