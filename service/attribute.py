@@ -19,7 +19,7 @@ import time
 import uuid
 
 from .errors import invalid, unavailable
-from .kinds import Kind
+from .kinds import NOT_FINITE, Kind, query_field
 from .ledger import new_record
 from .runtime import Runtime, Served
 from .schemas import AttributionRequest
@@ -82,6 +82,9 @@ async def _answer(rt: Runtime, att, kind: Kind, req: AttributionRequest, rows, t
         todo = rows if len(miss) == n else kind.take(rows, miss)
         r = await kind.submit(rt.batcher, att, todo, len(miss), output, req.granularity != "sources",
                               kind.block(rt.s))
+        for j, ok in enumerate(kind.finite(r)):
+            if not ok:
+                raise invalid(query_field(miss[j], req.queries[miss[j]]), NOT_FINITE)
         fresh = {}
         for i, (a, c) in zip(miss, kind.answers(att, req, output, rt.s, r, todo), strict=True):
             found[i] = {"a": a, "c": c}

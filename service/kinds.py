@@ -82,6 +82,27 @@ class Kind:
         mean training loss averages over, and its unit."""
         raise NotImplementedError
 
+    def finite(self, r) -> list[bool]:
+        """Per row of a readout: every number of its answer is finite (an
+        input with huge values can overflow the model: such a query is a
+        422, never an answer holding null)."""
+        ok = torch.isfinite(r.sources).all(1)
+        if r.examples is not None:
+            ok &= torch.isfinite(r.examples).all(1)
+        return (ok & torch.isfinite(self._outputs(r)).reshape(len(ok), -1).all(1)).tolist()
+
+    def _outputs(self, r) -> torch.Tensor:
+        raise NotImplementedError
+
+
+NOT_FINITE = "the model's output or scores for this query are not finite numbers (values too large)"
+
+
+def query_field(i: int, q) -> str:
+    """The path of the query's own content: ``queries[i].input`` / ``.text`` / ``.completion``."""
+    return f"queries[{i}]." + ("input" if isinstance(q, Query) else "text" if isinstance(q, TextQuery)
+                               else "completion")
+
 
 def _wrong_form(i: int, q) -> str:
     return f"queries[{i}]." + ("input" if isinstance(q, Query) else "text" if isinstance(q, TextQuery) else "prompt")
@@ -112,6 +133,9 @@ class VectorKind(Kind):
 
     def whatif_scale(self, manifest: Manifest) -> tuple[int, str]:
         return len(manifest.example_source), "training examples"
+
+    def _outputs(self, r) -> torch.Tensor:
+        return r.probs
 
     def output(self, req: AttributionRequest) -> str:
         return req.output or "margin"
@@ -211,6 +235,9 @@ class TextKind(Kind):
 
     def whatif_scale(self, manifest: Manifest) -> tuple[int, str]:
         return int(manifest.data["n_targets"]), "training target tokens"
+
+    def _outputs(self, r) -> torch.Tensor:
+        return r.logprob
 
     def block(self, s: Settings) -> int:
         return s.text_readout_block

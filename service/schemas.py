@@ -304,7 +304,7 @@ class WhatIfRequest(_Strict):
                                "query sample (digits test split, held-out Brown passages)")
     remove: list[str] = Field([], description="source ids removed from training (weight 0)")
     weights: dict[str, float] = Field({}, description="source id -> weight in training (1 = as trained, 0 = "
-                                      "removed, 2 = counted twice); at least 0")
+                                      "removed, 2 = counted twice); from 0 to 1000")
     output: OutputKind | None = Field(None, description="model output; default margin (vector store), logprob "
                                       "(text store: the only one)")
 

@@ -16,14 +16,17 @@ from __future__ import annotations
 import asyncio
 import math
 
+import numpy as np
+
 from influence.whatif import predict
 
 from . import heldout
 from .errors import invalid
-from .kinds import Kind
+from .kinds import NOT_FINITE, Kind, query_field
 from .schemas import AttributionRequest, WhatIfRequest
 from .settings import Settings
 
+MAX_WEIGHT = 1000.0  # a source counted at most this many times: beyond, a first-order prediction means nothing
 FORMULA = "change(q) = sum over sources s of (w_s - 1) * score(q, s) / n  (removed: w_s = 0)"
 _AUDIT_SCENARIOS = {"one_source_removed": "whatif_loso", "half_the_sources_removed": "whatif_subsets"}
 
@@ -46,8 +49,8 @@ def weights_of(req: WhatIfRequest, source_ids: list[str]) -> list[float]:
             raise invalid(at, f"unknown source id (the store has {len(source_ids)}: GET /v1/store)")
         if sid in req.remove:
             raise invalid(at, "this source is also in remove")
-        if not math.isfinite(v) or v < 0:
-            raise invalid(at, "a weight must be a finite number >= 0 (1 = as trained, 0 = removed)")
+        if not math.isfinite(v) or not 0 <= v <= MAX_WEIGHT:
+            raise invalid(at, f"a weight must be a number in [0, {MAX_WEIGHT:g}] (1 = as trained, 0 = removed)")
         w[index[sid]] = float(v)
     if all(x == 1.0 for x in w):
         raise invalid("remove", "name at least one source to remove, or a weight other than 1")
@@ -111,9 +114,14 @@ async def whatif(att, kind: Kind, audit: dict | None, batcher, s: Settings, req:
         rows, tags = kind.prepare(att, areq, s)
         output = kind.output(areq)
         r = await kind.submit(batcher, att, rows, len(tags), output, False, kind.block(s))
+        for j, ok in enumerate(kind.finite(r)):
+            if not ok:
+                raise invalid(query_field(start + j, queries[start + j]), NOT_FINITE)
         taus += r.sources.double().tolist()
     n, unit = kind.whatif_scale(man)
     pred = predict(taus, n, w)
+    if not np.isfinite(pred.change).all():  # (bounded weights and finite scores make this unreachable)
+        raise invalid("weights", "the predicted change is not a finite number")
     which = scenario(w)
     acc, note = accuracy(audit, which, output)
     return {"store_version": att.version, "output": output, "formula": FORMULA, "n": n, "n_unit": unit,
