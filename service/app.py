@@ -48,8 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Which training data and which publishers shaped a model's answer.")
     app.state.settings, app.state.keys = settings, KeyRing(settings)
     errors.install(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestGate)  # outermost: key and content type before the body
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
+    app.add_middleware(RequestGate)  # outermost: headers, key and content type before the body
     dashboard.install(app)  # GET /dashboard, its static files, /v1/playground/*
     for router in ROUTERS:
         app.include_router(router)

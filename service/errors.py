@@ -94,7 +94,8 @@ def error_response(err: ApiError) -> JSONResponse:
 
 
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-               406: "not_acceptable", 413: "too_large", 415: "unsupported_media_type"}
+               406: "not_acceptable", 408: "timeout", 413: "too_large", 415: "unsupported_media_type",
+               431: "headers_too_large"}
 
 
 def install(app: FastAPI) -> None:

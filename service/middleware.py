@@ -1,9 +1,13 @@
 """The two ASGI middlewares in front of every route, outermost first:
-``RequestGate`` (API key and content type of the matched route, before any
-of the body is read) and ``BodyLimit`` (413 for a body over the limit,
-before the app reads any of it)."""
+``RequestGate`` (header limits, then the API key and content type of the
+matched route, before any of the body is read; ``HEAD`` answered as ``GET``
+without a body) and ``BodyLimit`` (413 for a body over the limit, 408 for
+one that does not arrive in time, before the app reads any of it)."""
 
 from __future__ import annotations
+
+import asyncio
+import time
 
 from starlette.datastructures import Headers
 from starlette.routing import Match
@@ -22,8 +26,8 @@ class BodyLimit:
     """ASGI middleware: 413 for a body over ``max_bytes`` (declared or sent),
     before the app reads any of it."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, timeout_s: float = 30.0):
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -33,9 +37,14 @@ class BodyLimit:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             return await too_big(scope, receive, send)
-        chunks, size = [], 0
+        chunks, size, deadline = [], 0, time.monotonic() + self.timeout_s
         while True:
-            msg = await receive()
+            try:
+                msg = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                reason = f"not received within {self.timeout_s:g} s"
+                late = ApiError(408, "timeout", f"body: {reason}", [("body", reason)], headers={"Connection": "close"})
+                return await error_response(late)(scope, receive, send)
             if msg["type"] == "http.disconnect":
                 return
             chunks.append(msg.get("body", b""))
@@ -82,13 +91,33 @@ def _needs(route) -> tuple[tuple[str, ...] | None, bool]:
     return roles, getattr(route, "body_field", None) is not None
 
 
+DOC_ROLES = ("query", "report", "publisher")  # any key reads the API documents when docs_public is off
+
+
+def _without_body(send):
+    """``send`` for a ``HEAD`` answered as ``GET``: the headers as they are
+    (``Content-Length`` included), no body."""
+
+    async def head_send(msg):
+        if msg["type"] == "http.response.body":
+            if msg.get("more_body"):
+                return
+            msg = {"type": "http.response.body", "body": b"", "more_body": False}
+        await send(msg)
+
+    return head_send
+
+
 class RequestGate:
-    """ASGI middleware, outside ``BodyLimit``: for the route a request
-    matches, first the API key (401/403, with the roles of the route's
-    ``require`` dependency), then, for a route that takes a JSON body, the
-    ``Content-Type`` (415 unless ``application/json`` or ``application/*+json``;
-    a body without any content type is refused too) -- all before any of the
-    body is read. Routes of included routers count one by one."""
+    """ASGI middleware, outside ``BodyLimit``: first the header limits (431
+    beyond ``max_headers`` headers or ``max_header_bytes`` bytes), then, for
+    the route a request matches, the API key (401/403, with the roles of the
+    route's ``require`` dependency; the API documents when ``docs_public``
+    is off), then, for a route that takes a JSON body, the ``Content-Type``
+    (415 unless ``application/json`` or ``application/*+json`` in UTF-8; a
+    body without any content type is refused too) -- all before any of the
+    body is read. Routes of included routers count one by one. ``HEAD`` on
+    a ``GET`` route is that ``GET`` without the body."""
 
     def __init__(self, app):
         self.app = app
@@ -102,14 +131,24 @@ class RequestGate:
             self._built_for = len(app.router.routes)
         return self._table
 
+    def _match(self, app, scope) -> tuple[tuple[str, ...] | None, bool] | None:
+        return next(((ro, js) for r, ro, js in self._route_table(app) if r.matches(scope)[0] is Match.FULL), None)
+
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        app = scope["app"]
-        roles, json_body = next(((ro, js) for r, ro, js in self._route_table(app) if r.matches(scope)[0] is Match.FULL),
-                                (None, False))
+        app, s = scope["app"], scope["app"].state.settings
+        found = self._match(app, scope)
+        if found is None and scope["method"] == "HEAD":
+            as_get = {**scope, "method": "GET"}
+            if (found := self._match(app, as_get)) is not None:
+                scope, send = as_get, _without_body(send)
+        roles, json_body = found or (None, False)
+        if not s.docs_public and scope["path"] in _doc_paths(app):
+            roles = DOC_ROLES
         headers = Headers(scope=scope)
         try:
+            _header_limits(scope["headers"], s.max_headers, s.max_header_bytes)
             if roles is not None and app.state.keys.enabled:
                 scope[PRINCIPAL_SCOPE_KEY] = (roles, authorize(app.state.keys, headers, roles))
             if json_body:
@@ -122,3 +161,20 @@ class RequestGate:
         except ApiError as e:
             return await error_response(e)(scope, receive, send)
         await self.app(scope, receive, send)
+
+
+def _doc_paths(app) -> set[str]:
+    return {p for p in (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url) if p}
+
+
+def _header_limits(raw: list[tuple[bytes, bytes]], most: int, most_bytes: int) -> None:
+    """431 naming the headers (or the largest one) beyond the limits."""
+    if len(raw) > most:
+        reason = f"at most {most} headers, got {len(raw)}"
+        raise ApiError(431, "headers_too_large", f"headers: {reason}", [("headers", reason)], "header")
+    size = sum(len(k) + len(v) for k, v in raw)
+    if size > most_bytes:
+        name, value = max(raw, key=lambda kv: len(kv[0]) + len(kv[1]))
+        reason = f"headers of at most {most_bytes} bytes together, got {size} ({len(value)} in this one)"
+        path = name.decode("latin-1")[:100].lower()
+        raise ApiError(431, "headers_too_large", f"{path}: {reason}", [(path, reason)], "header")

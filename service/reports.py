@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
 from .credit import largest_remainder
@@ -54,28 +54,40 @@ MAX_TIME = int(datetime(9999, 1, 1, tzinfo=UTC).timestamp())
 # The pool: at most 18 digits of minor units (below 10^18: fits a signed 64-bit integer).
 MAX_POOL_MINOR = 10**18 - 1
 _AMOUNT_CHARS = 64
+_ISO_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[T ][0-9]{2}(?::[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]{1,9})?)?)?"
+                       r"(?:[Zz]|[+-][0-9]{2}(?::?[0-9]{2})?)?)?")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_CODE = re.compile(r"[A-Za-z]{3}")
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 def parse_time(text: str, field: str, bucket_s: int) -> int:
     """ISO-8601 date or date-time (naive = UTC) -> epoch seconds, on a bucket
-    boundary, in ``[MIN_TIME, MAX_TIME]``."""
+    boundary, in ``[MIN_TIME, MAX_TIME]``. Only the ASCII forms of
+    ``_ISO_TIME`` (no NUL or other trailing bytes); the instant is computed in
+    exact integer microseconds, so a microsecond off a boundary is refused
+    at any year (a float timestamp loses it past 2^53 us)."""
     out_of_range = invalid(field, "outside the accepted range 1970-01-01T00:00:00Z .. 9999-01-01T00:00:00Z", "query")
+    not_iso = invalid(field, "not an ISO-8601 date or date-time (e.g. 2025-01-31T00:00:00Z)", "query")
+    text = text.strip(" ")
+    if len(text) > 40 or not _ISO_TIME.fullmatch(text):
+        raise not_iso
     try:
-        t = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+        t = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise invalid(field, "not an ISO-8601 date or date-time (e.g. 2025-01-31T00:00:00Z)", "query") from None
+        raise not_iso from None
     if t.tzinfo is None:
         t = t.replace(tzinfo=UTC)
     try:
-        ts = t.timestamp()
-    except (OverflowError, ValueError, OSError):  # year 1 minus an offset, year 9999 plus one
+        us = (t - _EPOCH) // timedelta(microseconds=1)
+    except OverflowError:  # year 1 minus an offset, year 9999 plus one
         raise out_of_range from None
-    if not MIN_TIME <= ts <= MAX_TIME:
+    if not MIN_TIME * 10**6 <= us <= MAX_TIME * 10**6:
         raise out_of_range
-    if ts % bucket_s:
-        raise invalid(field, f"must lie on a {bucket_s} s bucket boundary (UTC)", "query")
-    return int(ts)
+    if us % (bucket_s * 10**6):
+        raise invalid(field, f"must lie on a {bucket_s} s bucket boundary (UTC): reports cover whole buckets",
+                      "query")
+    return us // 10**6
 
 
 def parse_period(start: str, end: str, bucket_s: int) -> tuple[int, int]:
@@ -87,9 +99,10 @@ def parse_period(start: str, end: str, bucket_s: int) -> tuple[int, int]:
 
 def parse_currency(currency: str) -> tuple[str, int]:
     """-> (ISO-4217 code, decimal places of its minor unit)."""
-    cur = currency.strip().upper()
-    if cur not in CURRENCIES:
-        raise invalid("currency", "not an active ISO-4217 currency code (e.g. EUR, USD, JPY)", "query")
+    cur = currency.strip(" ")
+    if not _CODE.fullmatch(cur) or (cur := cur.upper()) not in CURRENCIES:  # ASCII first: "ı".upper() is "I"
+        raise invalid("currency", "not an active ISO-4217 currency code: three ASCII letters such as EUR, USD, JPY",
+                      "query")
     return cur, _EXPONENT.get(cur, 2)
 
 

@@ -231,7 +231,8 @@ class ReloadResponse(BaseModel):
 class StoreInfo(BaseModel):
     version: str
     created_at: str
-    root: str
+    root: str | None = Field(None, description="the store root's path on the server: admin keys only (null to "
+                             "others)")
     device: str
     readout_dtype: str = Field("float32", description="precision of the readout's forward tangents (text stores: "
                                "FA_TEXT_TANGENT_DTYPE; the answer f and all sums are float32)")

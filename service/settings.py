@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_000_000, ge=1024, description="request body size, bytes")
     max_top_k: int = Field(100, ge=1, description="largest top_k a request may ask for")
     max_text_chars: int = Field(4000, ge=1, description="characters per text query (text, or prompt + completion)")
+    body_timeout_s: float = Field(30.0, gt=0, description="a request body must arrive within this many seconds "
+                                  "of the headers (408 beyond)")
+    max_header_bytes: int = Field(16_384, ge=1024, description="request header names and values together, bytes "
+                                  "(431 beyond)")
+    max_headers: int = Field(100, ge=10, description="request headers (431 beyond)")
     max_whatif_sample: int = Field(512, ge=1, description="held-out queries a what-if may ask for (sample)")
 
     # micro-batcher
@@ -91,6 +96,7 @@ class Settings(BaseSettings):
     report_keys: KeyList = Field([], description="keys allowed to read all sources and reports")
     publisher_keys: KeyMap = Field({}, description="key -> source id; sees only that source's lines")
     metrics_public: bool = Field(True, description="serve /metrics without a key")
+    docs_public: bool = Field(True, description="serve /openapi.json, /docs and /redoc without a key (else any key)")
 
     @field_validator("query_keys", "admin_keys", "report_keys", mode="before")
     @classmethod

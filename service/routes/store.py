@@ -17,9 +17,10 @@ router = APIRouter()
 
 @router.get("/v1/store", response_model=StoreInfo)
 async def store(p: AnyKey, rt: RuntimeDep, served: ServedDep):
-    """The store version being served and what it was built from."""
+    """The store version being served and what it was built from (``root``,
+    the store's path on the server, for admin keys only)."""
     att, m = served.att, served.att.manifest
-    return {"version": m.version, "created_at": m.created_at, "root": str(rt.s.store),
+    return {"version": m.version, "created_at": m.created_at, "root": str(rt.s.store) if p.allows("admin") else None,
             "device": str(att.device), "readout_dtype": str(att.tangent_dtype).removeprefix("torch."),
             "model": m.model.model_dump(), "classes": m.classes,
             "n_examples": len(m.example_source), "n_sources": len(m.source_ids), "source_ids": m.source_ids,
