@@ -21,9 +21,11 @@ Layout of a store root::
                                uint8/int8, "m{e}/examples_q/scale" bfloat16
           training.safetensors "X" (n, d) float32, "y" (n,) int64 (optional)
           <asset files>        e.g. tokenizer.json, documents.json (text stores),
-                               audit.json (``fa-worker audit``: ``Store.audit``)
+                               audit.json (``fa-worker audit``: ``Store.audit``);
+                               hf stores: tokenizer/* (the fast tokenizer's files) and,
+                               when the base is copied, base/* (its config and weights)
 
-Format 2 added the model kind (``model.kind``: ``mlp`` or ``gpt``), the
+Format 2 added the model kind (``model.kind``: ``mlp``, ``gpt`` or ``hf``), the
 compressed per-example responses and asset files; format 1 stores (MLP, no
 compression, no assets) still load.
 
@@ -61,6 +63,7 @@ FORMAT_VERSION = 3  # 3: examples_quant
 READABLE_FORMATS = (1, 2, 3)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 _FILES = ("params.safetensors", "responses.safetensors", "training.safetensors")
+ASSET_FOLDERS = ("base", "tokenizer")  # hf stores: the copied base model and the tokenizer, as whole folders
 AUDIT_ASSET = "audit.json"  # the source-level audit of a version (worker/audit.py writes it)
 
 
@@ -235,6 +238,7 @@ def _quantized_blocks(tensors, man: Manifest, rows: int, path: Path) -> list[dic
 
 
 def _write_asset(path: Path, blob: bytes) -> None:
+    path.parent.mkdir(exist_ok=True)
     with open(path, "wb") as f:
         f.write(blob)
         f.flush()
@@ -242,8 +246,10 @@ def _write_asset(path: Path, blob: bytes) -> None:
 
 
 def _check_asset_name(name: str) -> None:
-    if name in _FILES or name == "manifest.json" or "/" in name or name.startswith("."):
-        raise ValueError(f"asset name {name!r} is reserved or not a plain file name")
+    folder, _, base = name.rpartition("/")
+    if name in _FILES or name == "manifest.json" or (folder and folder not in ASSET_FOLDERS) or not base \
+            or base.startswith("."):
+        raise ValueError(f"asset name {name!r} is reserved or not a plain file name (or one in {ASSET_FOLDERS})")
 
 
 def _install(versions: Path, tmp: Path, man: Manifest) -> str:
@@ -283,6 +289,7 @@ def republish(root: str | Path, version: str, assets: dict[str, bytes], extra: d
         for name, digest in old.files.items():
             if name in assets:
                 continue
+            (tmp / name).parent.mkdir(exist_ok=True)
             try:
                 shutil.copyfile(src / name, tmp / name)
             except FileNotFoundError:

@@ -15,6 +15,7 @@ import torch
 from influence.attributor import Attributor, top_k
 from influence.data import load_query_file
 from influence.errors import InfluenceError
+from influence.spec import TEXT_KINDS
 from influence.store import current_version, list_versions, open_store
 
 from .config import PRESETS, ConfigError, load_config
@@ -24,7 +25,10 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fa-worker", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="train, simulate responses, publish a store version")
-    b.add_argument("--preset", default="digits", choices=sorted(PRESETS))
+    b.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="default: digits, or hf when --model is given")
+    b.add_argument("--model", type=Path, help="a Hugging Face causal LM's local directory (model.path; kind hf)")
+    b.add_argument("--device", help="hf: cpu, cuda or auto (train.device; default auto: CUDA when present)")
     b.add_argument("--config", type=Path, help="TOML or YAML file overlaid on the preset")
     b.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     b.add_argument("--store", type=Path, help="store root (store.root)")
@@ -80,11 +84,12 @@ def _audit_parser(sub) -> None:
 
 def _build(a) -> None:
     over = list(a.overrides)
-    flags = ((a.store, "store.root"), (a.data, "data.path"), (a.seed, "train.seed"), (a.ensemble, "method.ensemble"))
+    flags = ((a.store, "store.root"), (a.data, "data.path"), (a.seed, "train.seed"), (a.ensemble, "method.ensemble"),
+             (a.model, "model.path"), (a.device, "train.device"))
     for flag, key in flags:
         if flag is not None:
             over.append(f"{key}={json.dumps(str(flag)) if isinstance(flag, Path) else flag}")
-    cfg = load_config(a.preset, a.config, over)
+    cfg = load_config(a.preset or ("hf" if a.model is not None else "digits"), a.config, over)
     if a.if_missing and (cfg.store.root / "CURRENT").is_file():
         print(f"store {cfg.store.root} already has {current_version(cfg.store.root)}; nothing to build (--if-missing)")
         return
@@ -128,7 +133,7 @@ def _audit(a) -> None:
 
 def _score(a) -> None:
     store = open_store(a.store, a.version)
-    if store.manifest.model.kind == "gpt":
+    if store.manifest.model.kind in TEXT_KINDS:
         from .score_text import score_text
 
         print(score_text(store, a.queries, a.out, a.top_k, a.device))

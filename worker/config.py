@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from influence.model import MLPSpec
 from influence.simulate.settings import MethodConfig
-from influence.spec import ModelSpec
+from influence.spec import TEXT_KINDS, ModelSpec
 
 
 class _Section(BaseModel):
@@ -28,8 +28,11 @@ class DataConfig(_Section):
     file instead (``.npz``/``.csv``/``.parquet`` for an MLP, ``.jsonl`` text
     for a GPT)."""
 
-    name: Literal["digits", "brown"] | None = "digits"
+    name: Literal["digits", "brown", "brown-ft"] | None = "digits"
     path: Path | None = None
+    block_tokens: int = Field(0, ge=0, description="hf: tokens per fine-tuning block (inputs + 1); 0 = the model's "
+                              "context + 1 (brown-ft: 65, ft-protocol)")
+    max_blocks: int = Field(0, ge=0, description="hf: blocks per document from its start; 0 = all (brown-ft: 4)")
     sources: Literal["publication", "genre"] = Field("publication", description="brown: the source level")
     label_column: str = "label"
     n_sources: int = Field(20, ge=1, description="publishers assigned to built-in data")
@@ -40,8 +43,16 @@ class DataConfig(_Section):
 
 
 class TrainConfig(_Section):
-    optimizer: Literal["sgd", "adam"] = "sgd"
+    """The MLP's recipe (``sgd`` / ``adam``); an ``hf`` fine-tune's (``adamw``:
+    lr, betas, eps, weight decay, batch, epochs; warm-up 5% then cosine, the
+    protocol's order); the protocol GPT's recipe is fixed (``worker.lm_train``)."""
+
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = Field(0.05, gt=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0)
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+                        description="hf: where fine-tuning and simulation run; auto = CUDA when present")
     momentum: float = Field(0.9, ge=0, lt=1)
     batch_size: int = Field(128, ge=1)
     epochs: int = Field(40, ge=1)
@@ -83,13 +94,23 @@ class WorkerConfig(_Section):
             self.data.name = None
         if self.data.name is None and self.data.path is None:
             raise ValueError("data: set either name='digits' or a path")
-        text = self.data.name == "brown" or (self.data.path is not None and self.data.path.suffix == ".jsonl")
-        if text != (self.model.kind == "gpt"):
+        text = self.data.name in ("brown", "brown-ft") or (self.data.path is not None
+                                                            and self.data.path.suffix == ".jsonl")
+        if text != (self.model.kind in TEXT_KINDS):
             raise ValueError(f"model.kind={self.model.kind!r} does not fit the data "
-                             f"({'text' if text else 'feature vectors'}): text data needs kind 'gpt', "
+                             f"({'text' if text else 'feature vectors'}): text data needs kind 'gpt' or 'hf', "
                              "feature vectors kind 'mlp'")
+        if self.data.name == "brown-ft" and self.model.kind != "hf":
+            raise ValueError("data.name='brown-ft' (the fine-tuning benchmark's openings) needs model.kind='hf'")
+        if self.model.kind == "hf" and self.data.name == "brown":
+            raise ValueError("model.kind='hf' trains on data.name='brown-ft' or a JSONL data.path, not 'brown'")
+        if self.model.kind == "hf":
+            if self.model.path is None:
+                raise ValueError("model.path: an hf model needs its local directory (--model DIR)")
+            if self.train.optimizer != "adamw":
+                raise ValueError("train.optimizer: an hf fine-tune uses 'adamw'")
         if self.method.iterates > 1:
-            if self.model.kind == "gpt":
+            if self.model.kind in TEXT_KINDS:
                 raise ValueError("method.iterates > 1: response averaging over iterates is built for MLP stores "
                                  "only; use 1 for a text store")
             try:
@@ -98,6 +119,8 @@ class WorkerConfig(_Section):
                 raise ValueError(f"method.iterates: {e}") from None
         return self
 
+
+BROWN_FT_BASE = Path(__file__).resolve().parents[1] / "influence" / "hf" / "brown_ft_base"
 
 PRESETS: dict[str, dict] = {
     # Responses averaged over the last 8 epoch ends, 4 epochs apart (bench.source_quality: source LDS
@@ -111,6 +134,27 @@ PRESETS: dict[str, dict] = {
         "method": {"rank": 128, "power": 1, "curvature_subset": 64, "steps": 300, "eta": 0.0, "damping": 0.003,
                    "compress_rank": 0},
         "store": {"root": "stores/brown", "include_training_data": False, "quant_bits": 3},
+    },
+    # The fine-tuning benchmark (../shared/docs/ft-protocol.md): the shipped GPT-2-architecture base,
+    # LoRA r=8 on c_attn/c_proj/c_fc, fine-tuned on the 450 Brown openings, 312 publishers as sources.
+    "brown-ft": {
+        "data": {"name": "brown-ft", "sources": "publication", "block_tokens": 65, "max_blocks": 4},
+        "model": {"kind": "hf", "path": str(BROWN_FT_BASE), "trained": "lora"},
+        "train": {"optimizer": "adamw", "lr": 1e-3, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.0,
+                  "batch_size": 8, "epochs": 4, "seed": 2},
+        "method": {"rank": 128, "power": 1, "curvature_subset": 64, "steps": 300, "eta": 0.0, "damping": 0.003,
+                   "compress_rank": 0},
+        "store": {"root": "stores/brown-ft", "include_training_data": False, "quant_bits": 3},
+    },
+    # `fa-worker build --model DIR --data docs.jsonl`: the same recipe on a user's model and corpus.
+    "hf": {
+        "data": {"name": None},
+        "model": {"kind": "hf", "trained": "lora"},
+        "train": {"optimizer": "adamw", "lr": 1e-3, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.0,
+                  "batch_size": 8, "epochs": 4, "seed": 2},
+        "method": {"rank": 128, "power": 1, "curvature_subset": 64, "steps": 300, "eta": 0.0, "damping": 0.003,
+                   "compress_rank": 0},
+        "store": {"root": "stores/hf", "include_training_data": False, "quant_bits": 3},
     },
     "tiny": {
         "data": {"limit": 120, "n_sources": 5},

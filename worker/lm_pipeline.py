@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from influence.layout import ParamLayout
 from influence.quant import dequantize, quantize
 from influence.store import Manifest, publish
 from influence.text.corpus import LMCorpus, brown_corpus
@@ -74,12 +75,12 @@ def _membership(doc_source: torch.Tensor, n_src: int) -> torch.Tensor:
                                                           torch.ones(len(doc_source)))
 
 
-def _heldout_loss(model, params, corpus: LMCorpus, U: torch.Tensor, stored: torch.Tensor, coef, A: torch.Tensor
-                  ) -> dict:
-    """Score agreement, on held-out windows, of the stored responses
-    (``stored (r, p)`` with ``coef (n, r)``, or rows) with the exact ``U``:
-    per document and per source."""
-    g = query_grads(model, params, _heldout(corpus))
+def _heldout_loss(model, params, heldout: tuple[torch.Tensor, torch.Tensor | None], U: torch.Tensor,
+                  stored: torch.Tensor, coef, A: torch.Tensor) -> dict:
+    """Score agreement, on held-out windows ``(x, target_mask)``, of the stored
+    responses (``stored (r, p)`` with ``coef (n, r)``, or rows) with the exact
+    ``U``: per document and per source."""
+    g = query_grads(model, params, *heldout)
     exact = g @ U.T
     approx = g @ stored.T if coef is None else (g @ stored.T) @ coef.T
     return {"documents": score_agreement(exact, approx), "sources": score_agreement(exact @ A, approx @ A)}
@@ -92,37 +93,49 @@ def wants_source_rows(setting: str, n_sources: int, tangents: int) -> bool:
     return setting == "always" or (setting == "auto" and 4 * n_sources <= tangents)
 
 
-def _member(cfg: WorkerConfig, corpus: LMCorpus, level: str, e: int, bar) -> dict:
-    spec, m = cfg.model, cfg.method
-    seed = cfg.train.seed + e
-    params, stats = train_lm(spec, corpus.blocks, None, seed)
-    model = GPT(spec, seed=None)
+def respond(cfg: WorkerConfig, model, params: dict[str, torch.Tensor], blocks: torch.Tensor,
+            block_doc: torch.Tensor, doc_source: torch.Tensor, n_src: int, seed: int,
+            heldout: tuple[torch.Tensor, torch.Tensor | None] | None, bar) -> dict:
+    """A trained member's stored responses, for any ``CausalLM`` kind:
+    per-document responses simulated in the trained subspace, compressed
+    and/or quantised as configured (the score error on ``heldout`` windows
+    recorded), and per-source rows (exact sums) when they pay."""
+    m = cfg.method
     t0 = time.perf_counter()
-    resp = simulate_documents(model, params, corpus.blocks, corpus.block_document, len(corpus.train_ids), m,
-                              0.0, seed, bar)
-    doc_source = torch.from_numpy(corpus.train_doc_source[level])
-    n_src = len(corpus.source_ids[level])
+    resp = simulate_documents(model, params, blocks, block_doc, len(doc_source), m, 0.0, seed, bar)
     basis, coef, comp = resp.U, None, {}
     if m.compress_rank:
-        probe = probe_grads(model, params, corpus.blocks, PROBES, seed)
+        probe = probe_grads(model, params, blocks, PROBES, seed)
         basis, coef, cs = compress(resp.U, doc_source, n_src, m.compress_rank, probe)
         comp = cs.__dict__
     q = cfg.quant()
     stored = basis if q is None else dequantize(quantize(basis, q["bits"], q["group"]))
-    A = _membership(doc_source, n_src)
-    if m.compress_rank or q is not None:
+    A = _membership(doc_source, n_src).to(resp.U.device)
+    if (m.compress_rank or q is not None) and heldout is not None:
         comp["quant"] = q
-        comp["heldout"] = _heldout_loss(model, params, corpus, resp.U, stored, coef, A)
-    layout = spec.layout()
+        comp["heldout"] = _heldout_loss(model, params, heldout, resp.U, stored, coef, A)
+    layout = ParamLayout.of(params)
     src_rows = None
     if wants_source_rows(cfg.store.source_rows, n_src, basis.shape[0]):
-        src_rows = layout.unflatten((A.T @ resp.U).contiguous())  # (S, p): exact sums, before any rounding
+        src_rows = layout.unflatten((A.T @ resp.U).cpu().contiguous())  # (S, p): exact sums, before any rounding
+    return {"basis": layout.unflatten(basis.float().cpu().contiguous()), "coef": None if coef is None else coef.cpu(),
+            "sources": src_rows, "stats": {"simulate_s": round(time.perf_counter() - t0, 2),
+                                           "compression": comp or None, **resp.diagnostics}}
+
+
+def _member(cfg: WorkerConfig, corpus: LMCorpus, level: str, e: int, bar) -> dict:
+    spec = cfg.model
+    seed = cfg.train.seed + e
+    params, stats = train_lm(spec, corpus.blocks, None, seed)
+    model = GPT(spec, seed=None)
+    doc_source = torch.from_numpy(corpus.train_doc_source[level])
+    out = respond(cfg, model, params, corpus.blocks, corpus.block_document, doc_source,
+                  len(corpus.source_ids[level]), seed, (_heldout(corpus), None), bar)
     windows = torch.stack([torch.tensor(t[:65]) for t in corpus.heldout_tokens if len(t) >= 65])
-    return {"params": params, "basis": layout.unflatten(basis.float().contiguous()), "coef": coef,
-            "sources": src_rows,
-            "stats": {"seed": seed, "final_loss": stats["final_loss"], "train_s": round(stats["seconds"], 2),
-                      "simulate_s": round(time.perf_counter() - t0, 2), "compression": comp or None,
-                      "heldout_perplexity": perplexity(spec, params, windows), **resp.diagnostics}}
+    out["params"] = params
+    out["stats"] = {"seed": seed, "final_loss": stats["final_loss"], "train_s": round(stats["seconds"], 2),
+                    "heldout_perplexity": perplexity(spec, params, windows), **out["stats"]}
+    return out
 
 
 def _data_file(cfg: WorkerConfig) -> dict:

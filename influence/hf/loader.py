@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 from ..errors import InfluenceError
@@ -32,6 +33,15 @@ def offline() -> None:
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
         os.environ[var] = "1"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # peft calls a transformers API that transformers 5 deprecates; nothing for a user to act on
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # the [hf] extra is not installed: load_* will say so
+        return
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def sha256_file(path: Path) -> str:
@@ -46,16 +56,17 @@ def weight_files(path: Path) -> list[Path]:
     return sorted(f for f in path.iterdir() if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES))
 
 
-def check_dir(path: str | Path) -> Path:
-    """The resolved directory, after checking it holds a config, weights and a fast tokenizer."""
+def check_dir(path: str | Path, weights: bool = True, tokenizer: bool = True) -> Path:
+    """The resolved directory, after checking it holds a config and weights
+    (``weights``) and a fast tokenizer (``tokenizer``)."""
     p = Path(path).expanduser().resolve()
     if not p.is_dir():
         raise ModelFileError(p, "no such model directory (models load from local directories only)")
-    if not (p / "config.json").is_file():
+    if weights and not (p / "config.json").is_file():
         raise ModelFileError(p, "no config.json: not a Hugging Face model directory")
-    if not weight_files(p):
+    if weights and not weight_files(p):
         raise ModelFileError(p, "no weight file (*.safetensors or *.bin)")
-    if not any((p / f).is_file() for f in TOKENIZER_FILES):
+    if tokenizer and not any((p / f).is_file() for f in TOKENIZER_FILES):
         raise ModelFileError(p, "no tokenizer.json: a fast tokenizer saved beside the model is needed")
     return p
 
@@ -84,7 +95,7 @@ def load_tokenizer(path: str | Path):
     offline()
     from transformers import AutoTokenizer
 
-    p = check_dir(path)
+    p = check_dir(path, weights=False)
     try:
         tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True, use_fast=True)
     except (OSError, ValueError) as e:
@@ -100,7 +111,7 @@ def load_model(path: str | Path, dtype=None):
     import torch
     from transformers import AutoModelForCausalLM
 
-    p = check_dir(path)
+    p = check_dir(path, tokenizer=False)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(p), local_files_only=True, attn_implementation="eager",
                                                      dtype=dtype or torch.float32)

@@ -1,4 +1,4 @@
-"""A text store (``model.kind == "gpt"``) resident on a device, answering
+"""A text store (a ``CausalLM`` kind: ``gpt`` or ``hf``) resident on a device, answering
 batches of text queries with the forward-only readout.
 
 Per member, the stored per-document responses are a basis ``B (r, p)`` and
@@ -21,9 +21,9 @@ import torch
 
 from ..errors import QueryError
 from ..store import Store
-from .gpt import GPT, pad_right
+from .gpt import pad_right
 from .lm_math import jvp_scores
-from .tokenizer import Tokenizer
+from .models import load_text_model
 
 
 @dataclass
@@ -62,9 +62,8 @@ class TextAttributor:
         self.manifest, self.version, self.spec = man, man.version, man.model
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype, self.tangent_dtype = dtype, tangent_dtype or dtype
-        self.tokenizer = Tokenizer.from_json(store.assets["tokenizer.json"].decode())
+        self.model, self.tokenizer = load_text_model(store, self.device, dtype)
         self.documents = json.loads(store.assets["documents.json"].decode())
-        self.model = GPT(self.spec, seed=None).to(self.device, dtype)
         self.params = [{k: v.to(self.device, dtype) for k, v in p.items()} for p in store.params]
         tdt = self.tangent_dtype
         self.tparams = None if tdt == dtype else [{k: v.to(tdt) for k, v in p.items()} for p in self.params]
@@ -96,7 +95,7 @@ class TextAttributor:
     def encode(self, text: str | None = None, prompt: str | None = None, completion: str | None = None,
                pretokenized: bool = False) -> TextQuery:
         """Tokenise a query (see ``Tokenizer.tokenize``); refuses what cannot be scored."""
-        tok, ctx = self.tokenizer, self.spec.context
+        tok, ctx = self.tokenizer, self.model.context
         if text is not None:
             words = tok.tokenize(text, pretokenized)
             n_t = len(words) - 1
@@ -110,7 +109,8 @@ class TextAttributor:
         if len(words) > ctx + 1:
             raise QueryError("text", f"{len(words)} tokens: more than the model's context of {ctx} + 1")
         ids = tok.encode(words)
-        return TextQuery(ids, n_t, sum(i == 0 for i in ids))
+        unk = self.tokenizer.unk_id
+        return TextQuery(ids, n_t, 0 if unk is None else sum(i == unk for i in ids))
 
     def batch(self, queries: list[TextQuery], length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded ``x (Q, T+1)`` and the target mask ``(Q, T)`` (padding
@@ -126,7 +126,7 @@ class TextAttributor:
         """Per-source scores ``(m, S)`` of token windows ``x (m, T+1)``, every
         target scored (f = the window's mean log-probability), read
         sources-only ``chunk`` windows at a time (bounded memory)."""
-        qs = [TextQuery(row.tolist(), len(row) - 1, int((row == 0).sum())) for row in x]
+        qs = [TextQuery(row.tolist(), len(row) - 1, 0) for row in x]
         return torch.cat([self.score(qs[i:i + chunk], examples=False).sources for i in range(0, len(qs), chunk)])
 
     @torch.no_grad()

@@ -45,6 +45,8 @@ _EDGE = re.compile(r"^[`(\[]|[,;:?!)\].']$")
 class Tokenizer:
     """``words[i]`` is the word of id ``i``; ``words[0] == "<unk>"``."""
 
+    unk_id = 0  # every out-of-vocabulary word encodes to it
+
     def __init__(self, words: list[str], kept: Iterable[str] = ()):
         if not words or words[0] != UNK:
             raise ValueError("the first word must be <unk>")

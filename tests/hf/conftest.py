@@ -15,19 +15,19 @@ V, CTX = 37, 16
 LORA_TARGETS = {"gpt2": ["c_attn", "c_proj", "c_fc"], "llama": ["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"]}
 
 
-def tiny_base(family: str, seed: int = 0):
+def tiny_base(family: str, seed: int = 0, vocab: int = V, context: int = CTX):
     offline()
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     if family == "gpt2":
-        cfg = GPT2Config(vocab_size=V, n_positions=CTX, n_embd=12, n_layer=2, n_head=2, resid_pdrop=0.0,
+        cfg = GPT2Config(vocab_size=vocab, n_positions=context, n_embd=12, n_layer=2, n_head=2, resid_pdrop=0.0,
                          embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
         cfg._attn_implementation = "eager"
         return GPT2LMHeadModel(cfg)
-    cfg = LlamaConfig(vocab_size=V, hidden_size=12, intermediate_size=20, num_hidden_layers=2, num_attention_heads=2,
-                      num_key_value_heads=1, max_position_embeddings=CTX, bos_token_id=0, eos_token_id=0,
-                      pad_token_id=0, tie_word_embeddings=False)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=12, intermediate_size=20, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=context,
+                      bos_token_id=0, eos_token_id=0, pad_token_id=0, tie_word_embeddings=False)
     cfg._attn_implementation = "eager"
     return LlamaForCausalLM(cfg)
 
@@ -48,3 +48,18 @@ def tiny(family: str, trained: str = "lora", seed: int = 0, dtype: str = "float6
 @pytest.fixture(params=["gpt2", "llama"])
 def family(request):
     return request.param
+
+
+def save_tiny_checkpoint(out, docs: list[str], family: str = "gpt2", seed: int = 0):
+    """A tiny base + byte-level BPE tokenizer saved with ``save_pretrained``: a local checkpoint directory."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer(add_prefix_space=True)
+    bpe.train_from_iterator(docs, vocab_size=300, min_frequency=2, special_tokens=["<|endoftext|>"])
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|endoftext|>",
+                                  eos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    model = tiny_base(family, seed, vocab=len(tok), context=32)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

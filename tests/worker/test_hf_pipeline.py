@@ -1,0 +1,114 @@
+"""An ``hf`` store end to end on a tiny local GPT-2 checkpoint and a tiny JSONL
+corpus: ``fa-worker build --model DIR --data docs.jsonl`` (LoRA), the store's
+contents, forward-only scores equal to the gradient dot product with the
+stored responses, ``fa-worker score``, a base referenced by path and verified
+by sha256, and the clear errors for bad inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from influence.hf.loader import ModelFileError
+from influence.store import open_store
+from influence.text.attributor import TextAttributor
+from influence.text.lm_math import gradient_scores
+from worker.config import ConfigError, load_config
+
+from ..hf.conftest import save_tiny_checkpoint
+from ..text_corpus import write_corpus
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = ["method.rank=32", "method.curvature_subset=8", "method.steps=50", "train.epochs=1", "data.max_blocks=2",
+        "store.quant_bits=0"]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "worker", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("hf")
+    data = write_corpus(tmp / "docs.jsonl")
+    texts = [json.loads(line)["text"] for line in data.read_text().splitlines()]
+    base = save_tiny_checkpoint(tmp / "base", texts)
+    r = _cli("build", "--model", str(base), "--data", str(data), "--store", str(tmp / "store"), "--quiet",
+             *[x for o in FAST for x in ("--set", o)])
+    assert r.returncode == 0, r.stderr
+    return tmp, data, base, open_store(tmp / "store")
+
+
+def test_store_holds_lora_responses_tokenizer_base_and_documents(built):
+    tmp, _, base, store = built
+    man = store.manifest
+    assert man.model.kind == "hf" and man.model.trained == "lora" and man.model.base == "store"
+    assert all(".lora_A." in n or ".lora_B." in n for n in man.model.names)
+    assert man.extra["trainable_params"] == man.model.layout().numel
+    assert (store.path / "base" / "model.safetensors").read_bytes() == (base / "model.safetensors").read_bytes()
+    assert (store.path / "tokenizer" / "tokenizer.json").is_file()
+    assert len(json.loads(store.assets["documents.json"])) == len(man.example_source) == 40
+    assert man.model.context == 32 and man.source_ids == ["pub-0", "pub-1", "pub-2"]
+
+
+def test_scores_equal_the_gradient_dot_product(built):
+    _, _, _, store = built
+    att = TextAttributor(store, "cpu")
+    qs = [att.encode(text="w1 w2 s0x3 s0x4 w5"), att.encode(prompt="w7 w8", completion=" s1x2 s1x3"),
+          att.encode(text="w9 s2x1 w3 w3 w4 w10 w11 w12 w13")]
+    got = att.score(qs)
+    x, mask = att.batch(qs)
+    ref = gradient_scores(att.model, att.params[0], att.basis[0], x, mask)
+    assert torch.allclose(got.examples, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+    assert torch.allclose(got.sources, ref @ att.membership, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+    assert att.tokenizer.decode(qs[0].ids)[0].startswith(" ")  # readable byte-level pieces
+
+
+def test_score_cli(built, tmp_path):
+    tmp, _, _, _ = built
+    q = tmp_path / "q.jsonl"
+    q.write_text('{"text": "w1 w2 s0x3"}\n{"prompt": "w4", "completion": " w5 w6"}\n')
+    r = _cli("score", "--store", str(tmp / "store"), "--queries", str(q), "--out", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    assert "pub-" in (tmp_path / "out" / "summary.txt").read_text()
+
+
+def test_base_by_path_is_verified(built, tmp_path):
+    tmp, data, base, _ = built
+    mine = shutil.copytree(base, tmp_path / "base")
+    store = tmp_path / "store"
+    r = _cli("build", "--model", str(mine), "--data", str(data), "--store", str(store), "--quiet",
+             "--set", "model.base=path", *[x for o in FAST for x in ("--set", o)])
+    assert r.returncode == 0, r.stderr
+    s = open_store(store)
+    assert s.manifest.model.base_path == str(mine.resolve()) and not (s.path / "base").exists()
+    TextAttributor(s, "cpu")  # loads: the files are those it was built on
+    w = mine / "model.safetensors"
+    blob = bytearray(w.read_bytes())
+    blob[-1] ^= 1
+    w.write_bytes(bytes(blob))
+    with pytest.raises(ModelFileError, match="model.safetensors.*sha256 differs"):
+        TextAttributor(open_store(store), "cpu")
+    r = _cli("score", "--store", str(store), "--queries", str(data), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "sha256 differs" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bad_inputs_are_clear_errors(built, tmp_path):
+    tmp, data, base, _ = built
+    r = _cli("build", "--model", str(tmp_path / "nope"), "--data", str(data), "--store", str(tmp_path / "s"))
+    assert r.returncode == 2 and "no such model directory" in r.stderr and "Traceback" not in r.stderr
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(data.read_text() + '{"text": "hello", "source": 7}\n')
+    r = _cli("build", "--model", str(base), "--data", str(bad), "--store", str(tmp_path / "s"))
+    assert r.returncode == 2 and "line 41" in r.stderr and "source" in r.stderr
+    with pytest.raises(ConfigError, match="optimizer"):
+        load_config("hf", overrides=[f'model.path="{base}"', f'data.path="{data}"', "train.optimizer=sgd"])
+    with pytest.raises(ConfigError, match="text data needs kind .gpt. or .hf."):
+        load_config("digits", overrides=['data.name="brown-ft"'])

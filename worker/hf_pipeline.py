@@ -1,0 +1,193 @@
+"""The worker's job for a Hugging Face causal LM (``model.kind == "hf"``):
+a local base model + a corpus -> E fine-tuned members (``worker.hf_train``,
+the typed AdamW recipe; member ``e`` uses seed ``train.seed + e``) ->
+per-document responses in the trained subspace, compressed / quantised and
+per-source rows as for the protocol GPT (``lm_pipeline.respond``) ->
+published with the tokenizer, the documents' metadata and the base (copied
+into the store, or referenced by path and sha256).
+
+Corpora: ``brown-ft`` (ft-protocol: the 450 Brown openings, 4 blocks of 65
+BPE tokens each, sources at ``data.sources``; held-out windows of the 50
+held-out documents check the stored responses), or a JSONL file (``text``,
+``source``, optional ``id``; every document is trained on, cut into blocks of
+``data.block_tokens`` (default: the model's context + 1) from its start, at
+most ``data.max_blocks`` each; a document too short for one block is kept as
+a document of its source with no training signal and counted in the manifest).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from influence.hf.ftdata import encode_queries, ft_blocks, ft_text, query_windows
+from influence.hf.loader import check_dir, load_tokenizer, weight_checksums, weight_files
+from influence.hf.model import with_layout
+from influence.store import Manifest, publish
+from influence.text.gpt import pad_right
+from influence.text.jsonl import read_jsonl
+
+from .config import ConfigError, WorkerConfig
+from .hf_train import FTRecipe, finetune
+from .lm_pipeline import SNIPPET_WORDS, _data_file, respond
+
+HELDOUT_CHECK = 64  # held-out windows on which the stored responses' score error is measured (brown-ft)
+COPY_BASE_MB = 200  # model.base='store' copies at most this much; larger bases must be referenced
+
+
+@dataclass
+class HFCorpus:
+    name: str
+    doc_ids: list[str]
+    doc_text: list[str]
+    doc_source: torch.Tensor  # (n,) int64
+    source_ids: list[str]
+    source_names: list[str]
+    blocks: torch.Tensor  # (N, T+1) int64
+    block_doc: torch.Tensor  # (N,) int64
+    heldout: tuple[torch.Tensor, torch.Tensor] | None  # (x, target_mask) windows never trained on
+    short_docs: int = 0
+    genre: list[str] | None = None
+
+
+def _brown_ft(cfg: WorkerConfig, tok) -> HFCorpus:
+    t, level = ft_text(), cfg.data.sources
+    blocks, owner = ft_blocks(tok, t.openings)
+    wins = query_windows(t, HELDOUT_CHECK, seed=4242)
+    x, mask = pad_right(encode_queries(tok, [w[2] for w in wins]))
+    genre = [t.source_names["genre"][g] for g in t.doc_source["genre"]]
+    return HFCorpus("brown-ft", t.train_ids, t.openings, torch.from_numpy(t.doc_source[level]), t.source_ids[level],
+                    t.source_names[level], blocks, owner, (x, mask), 0, genre)
+
+
+def _jsonl(cfg: WorkerConfig, tok, context: int) -> HFCorpus:
+    recs = read_jsonl(cfg.data.path)
+    size = cfg.data.block_tokens or context + 1
+    if size - 1 > context:
+        raise ConfigError(f"data.block_tokens: {size} needs {size - 1} inputs, more than the model's context {context}")
+    if size < 2:
+        raise ConfigError("data.block_tokens: at least 2 (one input and one target)")
+    src_ids = sorted({r["source"] for r in recs})
+    pos = {s: i for i, s in enumerate(src_ids)}
+    rows, owner, short = [], [], 0
+    for j, r in enumerate(recs):
+        ids = tok(r["text"], add_special_tokens=False)["input_ids"]
+        n = len(ids) // size if not cfg.data.max_blocks else min(cfg.data.max_blocks, len(ids) // size)
+        short += n == 0
+        rows += [ids[b * size : (b + 1) * size] for b in range(n)]
+        owner += [j] * n
+    if not rows:
+        raise ConfigError(f"{cfg.data.path}: no document has {size} tokens (data.block_tokens)")
+    return HFCorpus(Path(cfg.data.path).stem, [r["id"] for r in recs], [r["text"] for r in recs],
+                    torch.tensor([pos[r["source"]] for r in recs]), src_ids, src_ids,
+                    torch.tensor(rows, dtype=torch.long), torch.tensor(owner, dtype=torch.long), None, short)
+
+
+def _documents(c: HFCorpus) -> list[dict]:
+    out = []
+    for j, (did, text) in enumerate(zip(c.doc_ids, c.doc_text)):
+        rec = {"id": did, "source": c.source_ids[int(c.doc_source[j])],
+               "snippet": " ".join(text.split()[:SNIPPET_WORDS])}
+        if c.genre is not None:
+            rec["genre"] = c.genre[j]
+        out.append(rec)
+    return out
+
+
+def _device(cfg: WorkerConfig) -> torch.device:
+    d = cfg.train.device
+    if d == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if d.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {d!r} asked for, but torch sees no CUDA device")
+    return torch.device(d)
+
+
+def _base_assets(base: Path, mode: str) -> tuple[dict[str, bytes], dict]:
+    """``base/*`` assets when the base is copied; the spec's base fields either way."""
+    files = [base / "config.json", *weight_files(base)]
+    if (base / "generation_config.json").is_file():
+        files.append(base / "generation_config.json")
+    mb = sum(f.stat().st_size for f in files) / 2**20
+    if mode == "store" and mb > COPY_BASE_MB:
+        raise ConfigError(f"model.base: the base's files are {mb:.0f} MB, more than {COPY_BASE_MB} MB to copy into "
+                          "every store version; set model.base=path to reference it by path and sha256")
+    if mode == "store":
+        return {f"base/{f.name}": f.read_bytes() for f in files}, {"base": "store", "base_path": None,
+                                                                    "base_sha256": weight_checksums(base)}
+    return {}, {"base": "path", "base_path": str(base), "base_sha256": weight_checksums(base)}
+
+
+def _tokenizer_assets(tok) -> dict[str, bytes]:
+    with tempfile.TemporaryDirectory() as d:
+        tok.save_pretrained(d)
+        return {f"tokenizer/{f.name}": f.read_bytes() for f in sorted(Path(d).iterdir()) if f.is_file()}
+
+
+def build_hf(cfg: WorkerConfig, progress: bool = True) -> Path:
+    spec, m, tr = cfg.model, cfg.method, cfg.train
+    base = check_dir(spec.path)
+    tok = load_tokenizer(base)
+    recipe = FTRecipe(tr.lr, tuple(tr.betas), tr.eps, tr.weight_decay, tr.batch_size, tr.epochs)
+    dev = _device(cfg)
+    t_start = time.perf_counter()
+    bar = tqdm(total=(m.power + 2) * m.ensemble, desc=f"fine-tune + simulate hf x{m.ensemble}", unit="stage",
+               disable=not progress)
+    corpus = _brown_ft(cfg, tok) if cfg.data.name == "brown-ft" else _jsonl(cfg, tok, _context(base))
+    members, final_spec = [], spec
+    for e in range(m.ensemble):
+        seed = tr.seed + e
+        model, params, stats = finetune(base, spec, corpus.blocks, None, seed, recipe, dev, progress=False)
+        final_spec = with_layout(spec, model)
+        held = None if corpus.heldout is None else tuple(t.to(dev) for t in corpus.heldout)
+        out = respond(cfg, model, params, corpus.blocks.to(dev), corpus.block_doc.to(dev), corpus.doc_source.to(dev),
+                      len(corpus.source_ids), seed, held, bar)
+        out["params"] = {k: v.cpu() for k, v in params.items()}
+        out["stats"] = {"seed": seed, "final_loss": stats["final_loss"], "train_s": round(stats["seconds"], 2),
+                        **out["stats"]}
+        members.append(out)
+    bar.close()
+    return _publish(cfg, final_spec, base, tok, corpus, members, recipe, time.perf_counter() - t_start)
+
+
+def _context(base: Path) -> int:
+    from transformers import AutoConfig
+
+    from influence.hf.model import context_of
+
+    return context_of(AutoConfig.from_pretrained(str(base), local_files_only=True))
+
+
+def _publish(cfg: WorkerConfig, spec, base: Path, tok, c: HFCorpus, members: list[dict], recipe: FTRecipe,
+             seconds: float) -> Path:
+    from transformers import AutoConfig
+
+    hf_cfg = AutoConfig.from_pretrained(str(base), local_files_only=True)
+    base_assets, base_fields = _base_assets(base, spec.base)
+    spec = spec.model_copy(update={**base_fields, "path": None, "architecture": (hf_cfg.architectures or ["?"])[0],
+                                   "context": _context(base), "vocab": len(tok)})
+    n_targets = int(c.blocks.shape[0] * (c.blocks.shape[1] - 1))
+    manifest = Manifest(
+        format_version=2, model=spec, method=cfg.method.model_dump(mode="json"),
+        recipe={"optimizer": "adamw", **recipe.__dict__, "schedule": "warmup 5% + cosine", "seed": cfg.train.seed,
+                "loss": "mean token cross-entropy"},
+        data={"name": c.name, **_data_file(cfg), "n": len(c.doc_ids), "n_blocks": int(c.blocks.shape[0]),
+              "block_tokens": int(c.blocks.shape[1]), "n_targets": n_targets, "level": cfg.data.sources
+              if c.name == "brown-ft" else "source", "short_docs": c.short_docs,
+              "base_path_at_build": str(base)},
+        classes=[], source_ids=c.source_ids, example_source=c.doc_source.tolist(), members=len(members),
+        dtype=cfg.store.dtype, examples_quant=cfg.quant(), has_examples=True, has_sources=False,
+        extra={"members": [mb["stats"] for mb in members], "preset": cfg.preset, "source_names": c.source_names,
+               "build_s": round(seconds, 1), "trainable_params": spec.layout().numel})
+    assets = {**base_assets, **_tokenizer_assets(tok),
+              "documents.json": json.dumps(_documents(c), ensure_ascii=False).encode()}
+    coef = [mb["coef"] for mb in members] if cfg.method.compress_rank else None
+    src = [mb["sources"] for mb in members] if members[0]["sources"] is not None else None
+    return publish(cfg.store.root, manifest, [mb["params"] for mb in members], [mb["basis"] for mb in members],
+                   src, keep=cfg.store.keep, example_coef=coef, assets=assets)
