@@ -111,7 +111,7 @@ async def whatif(att, kind: Kind, audit: dict | None, batcher, s: Settings, req:
         areq = AttributionRequest.model_construct(queries=queries[start:start + s.max_queries], top_k=1,
                                                   granularity="sources", output=req.output, order="positive",
                                                   record=False)
-        rows, tags = kind.prepare(att, areq, s)
+        rows, tags = await asyncio.to_thread(kind.prepare, att, areq, s)  # tokenizing texts: off the event loop
         output = kind.output(areq)
         r = await kind.submit(batcher, att, rows, len(tags), output, False, kind.block(s))
         for j, ok in enumerate(kind.finite(r)):

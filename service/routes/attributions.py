@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Request
 
 from ..attribute import attribute
-from ..bodies import BIG_BODY, attribution_shape, checked_route
+from ..bodies import PREPARE_OFF_LOOP, attribution_shape, checked_route
 from ..deps import QueryKey, RuntimeDep, ServedDep
 from ..errors import ApiError
 from ..schemas import AttributionRequest, AttributionResponse
@@ -55,7 +55,7 @@ async def attributions(req: Annotated[AttributionRequest, Body(openapi_examples=
         raw = await request.body()
         fingerprint = hashlib.sha256(raw).hexdigest()
         body, replayed = await attribute(rt, served, req, p.id, request.headers.get("idempotency-key"), fingerprint,
-                                         off_loop=len(raw) > BIG_BODY)
+                                         off_loop=len(raw) > PREPARE_OFF_LOOP)
         status = 200
         return JSONResponse(body, headers={"Idempotent-Replayed": "true"} if replayed else None)
     except ApiError as e:
