@@ -40,9 +40,8 @@ plus ``audit.json``, ``extra.audit`` in its manifest) is published by
 from __future__ import annotations
 
 import json
-import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -50,45 +49,17 @@ import numpy as np
 import torch
 
 from influence.attributor import Attributor
-from influence.audit import draw_source_subsets, loso, source_lds, truth_noise, whatif_check
+from influence.audit import draw_source_subsets, truth_noise
 from influence.data import Dataset, digits_split, load_query_file
 from influence.errors import DataError, StoreError
 from influence.outputs import output
 from influence.readout import mlp_forward
+from influence.spec import TEXT_KINDS
 from influence.store import AUDIT_ASSET, Store, current_version, open_store, read_manifest, republish
 
+from .audit_common import SCHEMA, AuditSettings, finite, metrics
 from .config import ConfigError, TrainConfig
 from .retrain import margins_stacked, train_models, train_padded
-
-SCHEMA = 1
-
-
-@dataclass(frozen=True)
-class AuditSettings:
-    """Audit size and draws; ``check`` names the CLI option of a bad value."""
-
-    subsets: int = 16
-    seeds: int = 2
-    queries: int = 256
-    loso: int = 20
-    keep_prob: float = 0.5
-    min_keep: int = 2
-    selection_seed: int = 2024
-    query_seed: int = 0
-    matched: bool = False
-    threads: int = 1
-
-    def check(self) -> None:
-        rules = (("subsets", "subsets", self.subsets >= 3, "at least 3"),
-                 ("seeds", "seeds", self.seeds >= 1, "at least 1"),
-                 ("queries", "queries", self.queries >= 2, "at least 2"),
-                 ("loso-sources", "loso", self.loso >= 3, "at least 3"),
-                 ("keep-prob", "keep_prob", 0 < self.keep_prob < 1, "strictly between 0 and 1"),
-                 ("min-keep", "min_keep", self.min_keep >= 1, "at least 1"),
-                 ("threads", "threads", self.threads >= 1, "at least 1"))
-        for opt, attr, ok, need in rules:
-            if not ok:
-                raise ConfigError(f"--{opt}: must be {need}, got {getattr(self, attr)}")
 
 
 def _fingerprint(X: np.ndarray, y: np.ndarray, store: Store) -> str:
@@ -187,31 +158,6 @@ def ground_truth(spec, recipe: TrainConfig, X, y, source: np.ndarray, keep: np.n
     return out
 
 
-def metrics(tau: np.ndarray, n: int, keep: np.ndarray, loso_idx: np.ndarray, full, subset, loso_m) -> dict:
-    """Every audit metric from ``tau (m, S)``, ``n`` training examples and
-    the margins ``full (E, m)``, ``subset (J, E, m)``, ``loso_m (L, E, m)``."""
-    effect = (full[None] - loso_m).mean(1)  # (L, m): full − without s
-    sub_change = subset.mean(1) - full.mean(0)[None]  # (J, m): subset − full
-    t_l = tau[:, loso_idx]
-    out = {"source_lds": source_lds(tau, keep, subset.mean(1))[0], **loso(t_l, effect)}
-    out["whatif_loso"] = whatif_check(t_l, n, -effect, np.eye(len(loso_idx), dtype=bool))
-    out["whatif_subsets"] = whatif_check(tau, n, sub_change, ~keep)
-    out["_truth"] = {"effect_abs_mean": float(np.abs(effect).mean()),
-                     "subset_change_abs_mean": float(np.abs(sub_change).mean())}
-    return out
-
-
-def _finite(x):
-    """JSON-safe copy: non-finite floats -> None, numpy scalars -> Python."""
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite(v) for v in x]
-    if isinstance(x, np.generic):
-        x = x.item()
-    return None if isinstance(x, float) and not math.isfinite(x) else x
-
-
 def store_margins(store: Store, Xq: torch.Tensor, yq: torch.Tensor, k: int) -> np.ndarray:
     """``(k, m)`` margins of the store's first ``k`` members on the queries."""
     with torch.no_grad():
@@ -270,7 +216,7 @@ def compute_audit(store: Store, s: AuditSettings, query_file: Path | None = None
                            "metrics": t_end - t_read, "total": t_end - t0}}
     if matched is not None:
         out["matched"] = matched
-    return _finite(out)
+    return finite(out)
 
 
 def run_audit(root: str | Path, s: AuditSettings, query_file: Path | None = None, keep: int = 3,
@@ -285,14 +231,13 @@ def run_audit(root: str | Path, s: AuditSettings, query_file: Path | None = None
         raise StoreError(f"{root}: no such store directory")
     version = current_version(root)
     kind = read_manifest(root / "versions" / version).model.kind
-    if kind == "gpt" and (query_file is not None or s.matched):
-        raise ConfigError(f"--{'query-file' if query_file is not None else 'matched'}: not supported for text "
-                          "stores (they are audited on the Brown corpus's held-out windows)")
+    if kind in TEXT_KINDS and s.matched:
+        raise ConfigError("--matched: not supported for text stores")
     store = open_store(root, version)
-    if kind == "gpt":
+    if kind in TEXT_KINDS:
         from .audit_text import compute_text_audit
 
-        audit = compute_text_audit(store, s, log, progress=False)
+        audit = compute_text_audit(store, s, log, progress=False, query_file=query_file)
     else:
         audit = compute_audit(store, s, query_file, log)
     blob = (json.dumps(audit, indent=1, allow_nan=False) + "\n").encode()

@@ -1,5 +1,6 @@
-"""``fa-worker audit`` of a text store (``model.kind == "gpt"``): the same
-checks as the MLP audit (``worker.audit``), with language models retrained.
+"""``fa-worker audit`` of a text store (``model.kind`` ``gpt`` or ``hf``): the
+same checks as the MLP audit (``worker.audit``), with language models
+retrained (``gpt``) or fine-tuned again from the store's base (``hf``).
 
 For the current version of a store built from the shipped Brown corpus
 (publication or genre sources) or from a JSONL file still where the build
@@ -19,8 +20,16 @@ scored on the same truth: ``bench.lm_source_quality``) by ``influence.audit`` (`
 LDS, leave-one-source-out Pearson / Spearman, top-1 agreement, what-if
 accuracy, with ``n`` = the store's training targets (``data.n_targets``).
 
-Cost: one GPT training per model (about 25–60 s each on this 2-core
-machine at 1 thread): ``(1 + subsets + loso) × seeds`` of them.
+What differs by kind is one ``Retrain`` (``RETRAINERS``): the corpus's
+blocks, the query windows and how a model is trained and evaluated. ``hf``
+stores: the store's recipe (``worker.hf_train.finetune`` from the store's own
+base, LoRA or named parameters as built), queries = held-out windows of the
+brown-ft benchmark (``influence.hf.ftdata.query_windows``), or, for a store
+built from a JSONL file (every document trained on), the texts of
+``--query-file`` (JSONL ``{"text"}`` lines).
+
+Cost: one GPT training or fine-tune per model (about 25–60 s each on this
+2-core machine at 1 thread): ``(1 + subsets + loso) × seeds`` of them.
 """
 
 from __future__ import annotations
@@ -28,7 +37,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,78 +49,171 @@ from tqdm.auto import tqdm
 from influence.audit import draw_source_subsets, truth_noise
 from influence.errors import StoreError
 from influence.store import Store
-from influence.text.attributor import TextAttributor
-from influence.text.gpt import GPT, sequence_logprob
+from influence.text.attributor import TextAttributor, TextQuery
+from influence.text.gpt import GPT, pad_right, sequence_logprob
 
+from .audit_common import SCHEMA, finite, metrics
+from .config import ConfigError
 from .lm_train import train_lm
 
-SCHEMA = 1
+
+@dataclass
+class Retrain:
+    """A text store's audit inputs: ``blocks (N, T+1)``, ``block_doc (N,)``,
+    queries ``x (m, L)`` with ``mask (m, L-1)``, ``train(keep_blocks | None,
+    seed) -> params`` with the store's recipe, ``outputs(params) -> f (m,)``."""
+
+    blocks: torch.Tensor
+    block_doc: torch.Tensor
+    x: torch.Tensor
+    mask: torch.Tensor
+    query_set: str
+    train: Callable[[np.ndarray | None, int], dict]
+    outputs: Callable[[dict], np.ndarray]
 
 
-def _corpus(store: Store):
-    """The corpus the store was built from (the shipped Brown corpus, or a
-    JSONL file still at its path with the sha256 of the build), checked
-    document by document."""
+def _jsonl_path(store: Store) -> Path | None:
+    man = store.manifest
+    path = man.data.get("path")
+    if path is None:
+        return None
+    f = Path(path)
+    if not f.is_file() or hashlib.sha256(f.read_bytes()).hexdigest() != man.data.get("sha256"):
+        raise StoreError(f"{store.path}: it was built from {path}, which is gone or has changed since (sha256); "
+                         "the audit retrains on the very corpus of the build")
+    return f
+
+
+def _check_docs(store: Store, ids: list[str], source_ids: list[str]) -> None:
+    docs = json.loads(store.assets["documents.json"].decode())
+    if [str(d["id"]) for d in docs] != list(ids) or source_ids != store.manifest.source_ids:
+        raise StoreError(f"{store.path}: its documents or sources are not those of the corpus it names")
+
+
+def _gpt_retrain(store: Store, s, query_file: Path | None) -> Retrain:
+    """The protocol GPT: the corpus of the build (Brown or its JSONL file), its held-out windows."""
     from influence.text.corpus import brown_corpus
     from influence.text.jsonl import load_jsonl_corpus
 
-    man = store.manifest
-    path = man.data.get("path")
-    if path is not None:
-        f = Path(path)
-        if not f.is_file() or hashlib.sha256(f.read_bytes()).hexdigest() != man.data.get("sha256"):
-            raise StoreError(f"{store.path}: it was built from {path}, which is gone or has changed since (sha256); "
-                             "the audit retrains on the very corpus of the build")
-        corpus = load_jsonl_corpus(f)
-    elif man.data.get("name") == "brown":
-        corpus = brown_corpus()
-    else:
+    if query_file is not None:
+        raise ConfigError("--query-file: a gpt store is audited on its corpus's held-out windows")
+    man, spec = store.manifest, store.manifest.model
+    f = _jsonl_path(store)
+    if f is None and man.data.get("name") != "brown":
         raise StoreError(f"{store.path}: its training corpus is not recorded (built before stores kept their "
                          "JSONL path); rebuild it to audit it")
+    corpus = load_jsonl_corpus(f) if f is not None else brown_corpus()
     level = man.data.get("level")
-    docs = json.loads(store.assets["documents.json"].decode())
-    if [str(d["id"]) for d in docs] != list(corpus.train_ids) or level not in corpus.source_ids \
-            or corpus.source_ids[level] != man.source_ids:
-        raise StoreError(f"{store.path}: its documents or sources are not those of the corpus it names")
-    return corpus
+    if level not in corpus.source_ids:
+        raise StoreError(f"{store.path}: source level {level!r} is not one of its corpus")
+    _check_docs(store, corpus.train_ids, corpus.source_ids[level])
+    x, _, _ = corpus.queries(s.queries, seed=s.query_seed)
+    model = GPT(spec, seed=None)
+
+    def outputs(params):
+        with torch.no_grad():
+            return sequence_logprob(model, x, params).double().numpy()
+
+    return Retrain(corpus.blocks, corpus.block_document, x, torch.ones(x.shape[0], x.shape[1] - 1, dtype=torch.bool),
+                   f"held-out windows of {x.shape[1] - 1} targets: {len(x)}",
+                   lambda keep, seed: train_lm(spec, corpus.blocks, keep, seed, threads=s.threads)[0], outputs)
 
 
-def _outputs(spec, params: dict, x: torch.Tensor) -> np.ndarray:
-    with torch.no_grad():
-        return sequence_logprob(GPT(spec, seed=None), x, params).double().numpy()
+def _hf_queries(att: TextAttributor, s, query_file: Path | None, from_jsonl: bool) -> tuple[list[list[int]], str]:
+    from influence.hf.ftdata import encode_queries, ft_text, query_windows
+
+    ctx = att.model.context
+    if query_file is not None:
+        texts = [json.loads(line)["text"] for line in Path(query_file).read_text().splitlines() if line.strip()]
+        return encode_queries(att.tokenizer.tok, texts[: s.queries], ctx), f"{query_file}: {min(len(texts), s.queries)}"
+    if from_jsonl:
+        raise ConfigError("--query-file: an hf store built from a JSONL file trained on every document; "
+                          "give held-out texts as a JSONL file of {\"text\": ...} lines")
+    wins = query_windows(ft_text(), s.queries, seed=s.query_seed)
+    return encode_queries(att.tokenizer.tok, [w[2] for w in wins], ctx), f"brown-ft held-out windows: {len(wins)}"
 
 
-def compute_text_audit(store: Store, s, log=lambda msg: None, progress: bool = True) -> dict:
-    """Run the audit of a loaded text store version; returns ``audit.json``'s dict."""
-    from .audit import _finite, metrics
+def _hf_retrain(store: Store, s, query_file: Path | None) -> Retrain:
+    """An hf store: fine-tuned again from its own base with its recipe."""
+    from influence.hf.ftdata import ft_blocks, ft_text
+    from influence.text.models import hf_base_dir
 
-    t0 = time.perf_counter()
+    from .hf_pipeline import _jsonl_blocks
+    from .hf_train import FTRecipe, finetune
+
     man, spec = store.manifest, store.manifest.model
+    att = TextAttributor(store, "cpu")
+    f = _jsonl_path(store)
+    if f is not None:
+        ids, blocks, owner = _jsonl_blocks(f, att.tokenizer.tok, int(man.data["block_tokens"]),
+                                           int(man.data.get("max_blocks", 0)))
+        _check_docs(store, ids, man.source_ids)
+    elif man.data.get("name") == "brown-ft":
+        t = ft_text()
+        blocks, owner = ft_blocks(att.tokenizer.tok, t.openings)
+        _check_docs(store, t.train_ids, t.source_ids[man.data["level"]])
+    else:
+        raise StoreError(f"{store.path}: its training corpus is not recorded; rebuild it to audit it")
+    seqs, qdesc = _hf_queries(att, s, query_file, f is not None)
+    x, mask = pad_right(seqs)
+    r = man.recipe
+    recipe = FTRecipe(r["lr"], tuple(r["betas"]), r["eps"], r["weight_decay"], r["batch"], r["epochs"])
+    base = hf_base_dir(store)
+    model = att.model
+
+    def outputs(params):
+        with torch.no_grad():
+            return sequence_logprob(model, x, params, mask).double().numpy()
+
+    def train(keep, seed):
+        return finetune(base, spec, blocks, keep, seed, recipe, "cpu", threads=s.threads)[1]
+
+    return Retrain(blocks, owner, x, mask, qdesc, train, outputs)
+
+
+RETRAINERS = {"gpt": _gpt_retrain, "hf": _hf_retrain}
+
+
+def _store_scores(att: TextAttributor, x: torch.Tensor, mask: torch.Tensor, chunk: int = 8) -> np.ndarray:
+    """``(m, S)`` per-source scores of the query windows, sources only."""
+    qs = []
+    for row, m in zip(x, mask):
+        n = int(m.sum())
+        qs.append(TextQuery(row[: n + 1].tolist(), n, 0))
+    return torch.cat([att.score(qs[i : i + chunk], examples=False).sources
+                      for i in range(0, len(qs), chunk)]).double().numpy()
+
+
+def compute_text_audit(store: Store, s, log=lambda msg: None, progress: bool = True,
+                       query_file: Path | None = None) -> dict:
+    """Run the audit of a loaded text store version; returns ``audit.json``'s dict."""
+    t0 = time.perf_counter()
+    man = store.manifest
     S, n = len(man.source_ids), int(man.data["n_targets"])
     if S < 3:
         raise StoreError(f"{store.path}: an audit needs at least 3 sources, the store has {S}")
-    corpus = _corpus(store)
+    rt = RETRAINERS[man.model.kind](store, s, query_file)
     doc_source = np.asarray(man.example_source, dtype=np.int64)
-    block_source = doc_source[corpus.block_document.numpy()]
-    x, _, _ = corpus.queries(s.queries, seed=s.query_seed)
+    block_source = doc_source[rt.block_doc.numpy()]
     keep = draw_source_subsets(s.subsets, S, s.keep_prob, min(s.min_keep, S), s.selection_seed)
     counts = np.bincount(doc_source, minlength=S)
     loso_idx = np.sort(np.argsort(-counts, kind="stable")[: min(s.loso, S)])
-    seeds = [int(man.recipe.get("seed", 0)) + e for e in range(s.seeds)]  # worker.lm_pipeline: train.seed + e
+    seeds = [int(man.recipe.get("seed", 0)) + e for e in range(s.seeds)]  # the build's members: train.seed + e
     masks = [("full", 0, np.ones(S, bool))] + [("subset", j, k) for j, k in enumerate(keep)]
     masks += [("loso", i, np.arange(S) != src) for i, src in enumerate(loso_idx)]
     log(f"retraining {len(masks) * len(seeds)} language models ({len(keep)} subsets, {len(loso_idx)} left-out "
-        f"sources, full; {len(seeds)} seed(s)) on {corpus.blocks.shape[0]} blocks")
-    out = {"full": np.zeros((len(seeds), len(x))), "subset": np.zeros((len(keep), len(seeds), len(x))),
-           "loso": np.zeros((len(loso_idx), len(seeds), len(x)))}
+        f"sources, full; {len(seeds)} seed(s)) on {rt.blocks.shape[0]} blocks")
+    m = rt.x.shape[0]
+    out = {"full": np.zeros((len(seeds), m)), "subset": np.zeros((len(keep), len(seeds), m)),
+           "loso": np.zeros((len(loso_idx), len(seeds), m))}
     t_data = time.perf_counter()
-    bar = tqdm(total=len(masks) * len(seeds), desc="audit: retrain gpt", unit="model", disable=not progress)
+    bar = tqdm(total=len(masks) * len(seeds), desc=f"audit: retrain {man.model.kind}", unit="model",
+               disable=not progress)
     done = 0
     for kind, r, k in masks:
         blocks = np.flatnonzero(k[block_source])
         for e, seed in enumerate(seeds):
-            params, _ = train_lm(spec, corpus.blocks, None if kind == "full" else blocks, seed, threads=s.threads)
-            f = _outputs(spec, params, x)
+            f = rt.outputs(rt.train(None if kind == "full" else blocks, seed))
             if kind == "full":
                 out["full"][e] = f
             else:
@@ -121,19 +224,18 @@ def compute_text_audit(store: Store, s, log=lambda msg: None, progress: bool = T
     bar.close()
     t_train = time.perf_counter()
     att = TextAttributor(store, "cpu")
-    tau = att.window_sources(x).double().numpy()
+    tau = _store_scores(att, rt.x, rt.mask)
     k = min(len(seeds), man.members)
-    own = np.stack([_outputs(spec, att.params[e], x) for e in range(k)])
+    own = np.stack([rt.outputs(att.params[e]) for e in range(k)])
     t_read = time.perf_counter()
     res = metrics(tau, n, keep, loso_idx, out["full"], out["subset"], out["loso"])
     truth = {**res.pop("_truth"), "noise": truth_noise(out["full"], out["loso"], out["subset"]),
              "full_vs_store_output_max_abs": float(np.abs(own - out["full"][:k]).max())}
     t_end = time.perf_counter()
-    settings = {**asdict(s), "query_set": f"held-out windows of {x.shape[1] - 1} targets: {len(x)}",
-                "n_train_targets": n,
+    settings = {**asdict(s), "query_set": rt.query_set, "n_train_targets": n,
                 "n_sources": S, "loso_sources": [man.source_ids[i] for i in loso_idx], "member_seeds": seeds,
                 "models_trained": len(masks) * len(seeds), "recipe": man.recipe,
-                "output": "logprob (mean log-probability of the window's 64 targets)"}
+                "output": "logprob (mean log-probability of the window's targets)"}
     audit = {"schema": SCHEMA, "audited_version": man.version,
              "content_version": ((man.extra or {}).get("audit") or {}).get("content_version") or man.version,
              "created_at": datetime.now(UTC).isoformat(timespec="seconds"), "store_kind": man.model.kind,
@@ -142,4 +244,4 @@ def compute_text_audit(store: Store, s, log=lambda msg: None, progress: bool = T
                          "subset": out["subset"].tolist(), "loso": out["loso"].tolist()},
              "durations_s": {"data": t_data - t0, "train": t_train - t_data, "readout": t_read - t_train,
                              "metrics": t_end - t_read, "total": t_end - t0}}
-    return _finite(audit)
+    return finite(audit)

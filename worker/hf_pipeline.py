@@ -66,6 +66,22 @@ def _brown_ft(cfg: WorkerConfig, tok) -> HFCorpus:
                     t.source_names[level], blocks, owner, (x, mask), 0, genre)
 
 
+def _jsonl_blocks(path, tok, size: int, max_blocks: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """``(doc ids, blocks (N, size), block_doc (N,))`` of a JSONL corpus: each
+    document's consecutive blocks of ``size`` tokens from its start, at most
+    ``max_blocks`` (0 = all)."""
+    recs = read_jsonl(path)
+    rows, owner = [], []
+    for j, r in enumerate(recs):
+        ids = tok(r["text"], add_special_tokens=False)["input_ids"]
+        n = len(ids) // size if not max_blocks else min(max_blocks, len(ids) // size)
+        rows += [ids[b * size : (b + 1) * size] for b in range(n)]
+        owner += [j] * n
+    if not rows:
+        raise ConfigError(f"{path}: no document has {size} tokens (data.block_tokens)")
+    return [r["id"] for r in recs], torch.tensor(rows, dtype=torch.long), torch.tensor(owner, dtype=torch.long)
+
+
 def _jsonl(cfg: WorkerConfig, tok, context: int) -> HFCorpus:
     recs = read_jsonl(cfg.data.path)
     size = cfg.data.block_tokens or context + 1
@@ -73,20 +89,12 @@ def _jsonl(cfg: WorkerConfig, tok, context: int) -> HFCorpus:
         raise ConfigError(f"data.block_tokens: {size} needs {size - 1} inputs, more than the model's context {context}")
     if size < 2:
         raise ConfigError("data.block_tokens: at least 2 (one input and one target)")
+    ids, blocks, owner = _jsonl_blocks(cfg.data.path, tok, size, cfg.data.max_blocks)
     src_ids = sorted({r["source"] for r in recs})
     pos = {s: i for i, s in enumerate(src_ids)}
-    rows, owner, short = [], [], 0
-    for j, r in enumerate(recs):
-        ids = tok(r["text"], add_special_tokens=False)["input_ids"]
-        n = len(ids) // size if not cfg.data.max_blocks else min(cfg.data.max_blocks, len(ids) // size)
-        short += n == 0
-        rows += [ids[b * size : (b + 1) * size] for b in range(n)]
-        owner += [j] * n
-    if not rows:
-        raise ConfigError(f"{cfg.data.path}: no document has {size} tokens (data.block_tokens)")
-    return HFCorpus(Path(cfg.data.path).stem, [r["id"] for r in recs], [r["text"] for r in recs],
-                    torch.tensor([pos[r["source"]] for r in recs]), src_ids, src_ids,
-                    torch.tensor(rows, dtype=torch.long), torch.tensor(owner, dtype=torch.long), None, short)
+    short = len(recs) - len(set(owner.tolist()))
+    return HFCorpus(Path(cfg.data.path).stem, ids, [r["text"] for r in recs],
+                    torch.tensor([pos[r["source"]] for r in recs]), src_ids, src_ids, blocks, owner, None, short)
 
 
 def _documents(c: HFCorpus) -> list[dict]:
@@ -178,8 +186,8 @@ def _publish(cfg: WorkerConfig, spec, base: Path, tok, c: HFCorpus, members: lis
         recipe={"optimizer": "adamw", **recipe.__dict__, "schedule": "warmup 5% + cosine", "seed": cfg.train.seed,
                 "loss": "mean token cross-entropy"},
         data={"name": c.name, **_data_file(cfg), "n": len(c.doc_ids), "n_blocks": int(c.blocks.shape[0]),
-              "block_tokens": int(c.blocks.shape[1]), "n_targets": n_targets, "level": cfg.data.sources
-              if c.name == "brown-ft" else "source", "short_docs": c.short_docs,
+              "block_tokens": int(c.blocks.shape[1]), "max_blocks": cfg.data.max_blocks, "n_targets": n_targets,
+              "level": cfg.data.sources if c.name == "brown-ft" else "source", "short_docs": c.short_docs,
               "base_path_at_build": str(base)},
         classes=[], source_ids=c.source_ids, example_source=c.doc_source.tolist(), members=len(members),
         dtype=cfg.store.dtype, examples_quant=cfg.quant(), has_examples=True, has_sources=False,

@@ -112,3 +112,22 @@ def test_bad_inputs_are_clear_errors(built, tmp_path):
         load_config("hf", overrides=[f'model.path="{base}"', f'data.path="{data}"', "train.optimizer=sgd"])
     with pytest.raises(ConfigError, match="text data needs kind .gpt. or .hf."):
         load_config("digits", overrides=['data.name="brown-ft"'])
+
+
+def test_audit_fine_tunes_again_from_the_store(built, tmp_path):
+    """``fa-worker audit`` on an hf store: subsets and left-out sources fine-tuned
+    again from the store's own base with its recipe; the full-data run is the
+    store's member bit for bit (the same seed and order)."""
+    tmp, data, _, _ = built
+    root = shutil.copytree(tmp / "store", tmp_path / "store")
+    common = ["audit", "--store", str(root), "--subsets", "3", "--seeds", "1", "--loso-sources", "3", "--queries", "6"]
+    r = _cli(*common)
+    assert r.returncode == 2 and "--query-file" in r.stderr and "Traceback" not in r.stderr
+    q = tmp_path / "held.jsonl"
+    q.write_text("".join(json.dumps({"text": f"w{i} w{i + 1} s{i % 3}x{i} w{i + 2} w3 w4"}) + "\n" for i in range(6)))
+    r = _cli(*common, "--query-file", str(q))
+    assert r.returncode == 0, r.stderr
+    audit = open_store(root).audit
+    assert audit["store_kind"] == "hf" and audit["settings"]["models_trained"] == 7
+    assert audit["truth"]["full_vs_store_output_max_abs"] < 1e-5
+    assert -1 <= audit["metrics"]["source_lds"] <= 1
