@@ -68,7 +68,7 @@ def test_not_ready_is_one_503_everywhere(settings_for, tmp_path, train_x):
             assert r.status_code == 503, (path, r.text)
             assert r.headers["retry-after"] == "3", path
             assert r.json()["error"] == {"status": 503, "code": "not_ready",
-                                         "message": "the store is still loading"}, path
+                                         "message": "the store is still loading", "fields": []}, path
         ready = c.get("/readyz")
         assert ready.status_code == 503 and ready.json()["error"]["message"] == "store not loaded: loading"
         stats = c.get("/v1/stats")
@@ -119,16 +119,22 @@ def test_answer_store_falls_back_to_its_local_copy_while_redis_is_down(tmp_path)
         fresh, fresh_client, _ = _answers(url, "fa:", tmp_path)
         try:
             key = a.idem_key("p", a.idem_hash("before"))
-            assert await a.idempotent_store(key, "fp", {"n": 1}) == {"n": 1}  # Redis and the local copy
+            claim = await a.claim(key, "fp")
+            assert claim.replay is None and claim.pending  # claimed in Redis
+            assert await a.finish(claim, {"n": 1}) == {"n": 1}  # Redis and the local copy
             proc.kill()
             proc.wait()
-            assert await a.idempotent_lookup(key, "fp") == {"n": 1}
-            assert await fresh.idempotent_lookup(key, "fp") is None  # (not in Redis's reach now)
+            assert (await a.claim(key, "fp")).replay == {"n": 1}
+            other = await fresh.claim(key, "fp")  # not in Redis's reach now: claimed in process only
+            assert other.replay is None and other.pending is None
+            await fresh.release(other)
             during = a.idem_key("p", a.idem_hash("during"))
-            assert await a.idempotent_store(during, "fp2", {"n": 2}) == {"n": 2}
-            assert await a.idempotent_lookup(during, "fp2") == {"n": 2}
+            claim = await a.claim(during, "fp2")
+            assert claim.pending is None and await a.finish(claim, {"n": 2}) == {"n": 2}
+            assert (await a.claim(during, "fp2")).replay == {"n": 2}
+            assert during in a.unsynced  # written to Redis once it is back
             with pytest.raises(ApiError) as e:
-                await a.idempotent_lookup(during, "another body")
+                await a.claim(during, "another body")
             assert e.value.status == 422 and e.value.fields[0][0] == "Idempotency-Key"
             cached = a.cache_key("v1", AttributionRequest.model_validate({"queries": [{"input": [0.0]}]}), "margin",
                                  ("t", b""))
