@@ -1,0 +1,139 @@
+"""BENCHMARKS.md section "Fine-tuned Hugging Face model (brown-ft)" from
+``bench/results/ft_quality.json`` and ``bench/results/ft_cost.json``.
+
+    python -m bench.ft_report
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from bench.common import RESULTS, fmt, write_section
+
+HEADING = "Fine-tuned Hugging Face model (brown-ft)"
+METHODS = ("ours", "trak", "graddot", "bm25", "overlap")
+
+
+def _row(recs, method, models):
+    by = {r["level"]: r for r in recs if r["method"] == method and r["models"] == models}
+    if not by:
+        return None
+    r0 = by["document"]
+    extra = ""
+    if method == "trak":
+        extra = " (" + ", ".join(f"{lv[:3]}: k {by[lv]['k']}, λ {by[lv]['lambda_rel']:g}" for lv in by) + ")"
+    return (f"| {method}{extra} | {models} | " + " | ".join(fmt(by[lv]["lds"]) for lv in ("document", "genre",
+                                                                                           "genre_centred"))
+            + " | " + " | ".join(fmt(by[lv]["lds_all"]) for lv in ("document", "genre", "genre_centred"))
+            + f" | {fmt(r0['precompute_s'])} | {fmt(r0.get('inference_s_source'))} | "
+              f"{fmt(r0.get('inference_s_example'))} |")
+
+
+def render(q: dict, c: dict | None) -> str:
+    g = q["ground_truth"]
+    s = g["sanity"]
+    E = q["members"]
+    st = q["ours_settings"]
+    lines = [
+        "Commands (one thread each; the ground truth runs in the background and resumes):",
+        "",
+        "    .venv/bin/python -m bench.ft_groundtruth --threads 1 --genre-seeds 2   # bench/results/ft_truth/<key>/",
+        "    .venv/bin/python -m bench.ft_ours --members 5      # per-member gradients + Nyström bases (cached)",
+        "    .venv/bin/python -m bench.ft_quality --members 5   # bench/results/ft_quality.json",
+        "    .venv/bin/python -m bench.ft_cost                  # bench/results/ft_cost.json",
+        "    .venv/bin/python -m bench.ft_report",
+        "",
+        f"Machine: the 2-core shared CPU (AMD EPYC, load average 3-6 from other work), {q['date']}, one torch "
+        f"thread per process. Protocol: `ft-protocol.md` (base `influence/hf/brown_ft_base`, LoRA r 8 on "
+        f"c_attn/c_proj/c_fc, 65,536 trained parameters); 256 query windows (seed 4242); ground truth key "
+        f"`{g['key']}`: {g['doc_subsets']} document subsets x 2 seeds, {g['genre_subsets']} genre subsets, "
+        f"{E} full-data members (seeds 2..{1 + E}), {g['seconds'] / 60:.0f} min of fine-tuning and evaluation.",
+        "",
+        f"Sanity against the protocol's pilot: base f {s.get('base_f_mean', float('nan')):.3f} nats/token "
+        f"(pilot -5.03); a full fine-tune moves f by {s.get('full_minus_base_abs_mean', float('nan')):.4f} "
+        f"on average in absolute value (pilot 0.016), mean {s.get('full_minus_base_mean', float('nan')):+.4f} "
+        f"(pilot +0.002); two full-data seeds differ by {s.get('full_member_abs_diff', float('nan')):.4f}; "
+        f"over document subsets the spread of a query's target is {s.get('doc_target_spread_sd', float('nan')):.4f}"
+        f" against a seed noise of {s.get('doc_seed_noise_sd', float('nan')):.4f}, and the two seeds agree at a "
+        f"Spearman of {s.get('doc_seed_agreement', float('nan')):.3f} across subsets (pilot about 0.7).",
+        "",
+        f"Split: our settings are chosen on the even subsets ({g['doc_subsets'] - g['report_doc_subsets']} document, "
+        f"{g['genre_subsets'] - g['report_genre_subsets']} genre), member 0 alone; the tables report the odd ones "
+        f"({g['report_doc_subsets']} document, {g['report_genre_subsets']} genre) and, right, all subsets. Ours: "
+        f"Nyström rank {st['rank']} (power {st['power']}) of the Gauss-Newton matrix on {st['curvature_blocks']} "
+        f"random training blocks, damping {st['damping']:g}, K = {st['steps']} steps, η = 1/(λ_max + damping); "
+        f"per genre = sums of the document responses. TRAK: traker's projector and score computer, projection k "
+        f"and λ (relative to the mean eigenvalue of ΦᵀΦ) chosen per level on the reported subsets themselves "
+        f"(in its favour). Forward readout vs gradient dot product: max relative difference "
+        f"{q['forward_check_max_rel']:.1e}. Precompute per member (seconds), times the models; per-query "
+        f"readout of one query (seconds), times the models.",
+        "",
+        "| method | models | document LDS | genre LDS | centred genre LDS | document (all) | genre (all) | "
+        "centred (all) | precompute (s) | per query, per genre (s) | per query, per document (s) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for models in sorted({1, E}):
+        for m in METHODS:
+            row = _row(q["records"], m, models)
+            if row:
+                lines.append(row)
+    store = [r for r in q["records"] if "store_build_s" in r]
+    if store:
+        r = store[0]
+        lines += ["", f"brown-ft store end to end: built in {fmt(r['store_build_s'])} s, {fmt(r['store_mb'])} MB, "
+                      f"{r['trainable_params']:,} trained parameters."]
+    if c:
+        pq, fl, fr = c["per_query"], c["flops"], c["fraction_of_gemm"]
+        lines += [
+            "",
+            f"Readout cost per query (one member, one query at a time, {c['queries']} queries of "
+            f"{pq['tokens']:.0f} tokens on average, medians, one thread; flops of the matrix products by "
+            f"`FlopCounterMode`; this machine's one-thread float32 GEMM rate {c['gemm_gflops_per_s']:.0f} GFLOP/s; "
+            f"a plain forward pass of the query {fl['forward'] / 1e9:.2f} GFLOP). TRAK: backward + projection to "
+            f"k = {c['trak_k']} + product with the (450, k) features.",
+            "",
+            "| readout | rows / tangents | GFLOP | ms | fraction of GEMM rate | time / TRAK |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for n, rows in (("ours_genre", c["rows"]["genre"]), ("ours_publication", c["rows"]["publication"]),
+                        ("ours_document", c["rows"]["document"]), ("trak", "1 backward"),
+                        ("graddot", "1 backward")):
+            lines.append(f"| {n} | {rows} | {fl[n] / 1e9:.2f} | {pq[f'{n}_s'] * 1e3:.1f} | {fr[n]:.2f} | "
+                         f"{c['ratio_to_trak'][n]:.2f} |")
+        for b in c["basis"]:
+            n = f"ours_basis_r{b['rank']}"
+            lines.append(f"| ours, rank-{b['rank']} basis (any of the 3 levels) | {b['rank']} | {fl[n] / 1e9:.2f} | "
+                         f"{pq[f'{n}_s'] * 1e3:.1f} | {fr[n]:.2f} | {c['ratio_to_trak'][n]:.2f} |")
+        ex = c["exact_lds_report"]
+        lines += [
+            "",
+            "Cutting the per-publisher cost with the readout kept forward-only: a rank-r basis of the document "
+            "responses (`lm_simulate.compress`, genres exact from r = 30, probe gradients on 256 training blocks), "
+            "r tangents and an (r, 312) product. Its accuracy cost, one member, on the reported subsets (exact "
+            f"rows: document LDS {ex['document']:.3f}, genre {ex['genre']:.3f}, centred {ex['genre_centred']:.3f}):",
+            "",
+            "| rank | document LDS | genre LDS | centred genre LDS | publisher scores: Spearman to exact | "
+            "publisher scores: rel. error | ms per query |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for b in c["basis"]:
+            lines.append(f"| {b['rank']} | {b['lds_document']:.3f} | {b['lds_genre']:.3f} | "
+                         f"{b['lds_genre_centred']:.3f} | {b['publisher_scores']['spearman']:.3f} | "
+                         f"{b['publisher_scores']['rel_error']:.3f} | {b['seconds_per_query'] * 1e3:.1f} |")
+    notes = q.get("notes")
+    if notes:
+        lines += ["", *notes]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    q = json.loads((RESULTS / "ft_quality.json").read_text())
+    cp = RESULTS / "ft_cost.json"
+    write_section(HEADING, render(q, json.loads(cp.read_text()) if cp.exists() else None))
+    print(f"wrote the section {HEADING!r} of BENCHMARKS.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
