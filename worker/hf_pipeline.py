@@ -34,6 +34,7 @@ from influence.text.gpt import pad_right
 from influence.text.jsonl import read_jsonl
 
 from .config import ConfigError, WorkerConfig
+from .device import device_of
 from .hf_train import FTRecipe, finetune
 from .lm_pipeline import SNIPPET_WORDS, _data_file, respond
 
@@ -108,15 +109,6 @@ def _documents(c: HFCorpus) -> list[dict]:
     return out
 
 
-def _device(cfg: WorkerConfig) -> torch.device:
-    d = cfg.train.device
-    if d == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if d.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: {d!r} asked for, but torch sees no CUDA device")
-    return torch.device(d)
-
-
 def _base_assets(base: Path, mode: str) -> tuple[dict[str, bytes], dict]:
     """``base/*`` assets when the base is copied; the spec's base fields either way."""
     files = [base / "config.json", *weight_files(base)]
@@ -143,7 +135,7 @@ def build_hf(cfg: WorkerConfig, progress: bool = True) -> Path:
     base = check_dir(spec.path)
     tok = load_tokenizer(base)
     recipe = FTRecipe(tr.lr, tuple(tr.betas), tr.eps, tr.weight_decay, tr.batch_size, tr.epochs)
-    dev = _device(cfg)
+    dev = device_of(cfg)
     t_start = time.perf_counter()
     bar = tqdm(total=(m.power + 2) * m.ensemble, desc=f"fine-tune + simulate hf x{m.ensemble}", unit="stage",
                disable=not progress)
@@ -188,7 +180,7 @@ def _publish(cfg: WorkerConfig, spec, base: Path, tok, c: HFCorpus, members: lis
         data={"name": c.name, **_data_file(cfg), "n": len(c.doc_ids), "n_blocks": int(c.blocks.shape[0]),
               "block_tokens": int(c.blocks.shape[1]), "max_blocks": cfg.data.max_blocks, "n_targets": n_targets,
               "level": cfg.data.sources if c.name == "brown-ft" else "source", "short_docs": c.short_docs,
-              "base_path_at_build": str(base)},
+              "heldout_ids": ft_text().heldout_ids if c.name == "brown-ft" else [], "base_path_at_build": str(base)},
         classes=[], source_ids=c.source_ids, example_source=c.doc_source.tolist(), members=len(members),
         dtype=cfg.store.dtype, examples_quant=cfg.quant(), has_examples=True, has_sources=False,
         extra={"members": [mb["stats"] for mb in members], "preset": cfg.preset, "source_names": c.source_names,

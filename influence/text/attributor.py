@@ -63,6 +63,8 @@ class TextAttributor:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype, self.tangent_dtype = dtype, tangent_dtype or dtype
         self.model, self.tokenizer = load_text_model(store, self.device, dtype)
+        if not self.model.manual_tangents:  # reduced-precision tangents need the hand-derived rules (gpt)
+            self.tangent_dtype = dtype
         self.documents = json.loads(store.assets["documents.json"].decode())
         self.params = [{k: v.to(self.device, dtype) for k, v in p.items()} for p in store.params]
         tdt = self.tangent_dtype
