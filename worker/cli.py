@@ -28,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--preset", default=None, choices=sorted(PRESETS),
                    help="default: digits, or hf when --model is given")
     b.add_argument("--model", type=Path, help="a Hugging Face causal LM's local directory (model.path; kind hf)")
-    b.add_argument("--device", help="hf: cpu, cuda or auto (train.device; default auto: CUDA when present)")
+    b.add_argument("--device", help="cpu, cuda[:N] or auto: where training and simulation run, every model kind "
+                   "(train.device; default auto: CUDA when present)")
     b.add_argument("--config", type=Path, help="TOML or YAML file overlaid on the preset")
     b.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     b.add_argument("--store", type=Path, help="store root (store.root)")

@@ -52,7 +52,8 @@ class TrainConfig(_Section):
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = Field(1e-8, gt=0)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
-                        description="hf: where fine-tuning and simulation run; auto = CUDA when present")
+                        description="where training, curvature products and simulation run (every model kind; "
+                        "worker.device): auto = CUDA when present, else the CPU")
     momentum: float = Field(0.9, ge=0, lt=1)
     batch_size: int = Field(128, ge=1)
     epochs: int = Field(40, ge=1)
