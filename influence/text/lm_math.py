@@ -226,6 +226,10 @@ def jvp_scores(model: CausalLM, params: Params, U: torch.Tensor, x: torch.Tensor
     primal = trunk_primal(params, model.spec, inp) if manual else None
     a = primal.a if manual else trunk(params)  # (B, T, d)
     W, bias, w_name = model.head(params)  # (V, d), (V,) or None, W's name when trained
+    # the head's softmax and its gradient in at least float32 (e_y − p loses everything in bfloat16)
+    hd = torch.promote_types(a.dtype, torch.float32)
+    a, W = a.to(hd), W.to(hd)
+    bias = None if bias is None else bias.to(hd)
     logits = a @ W.T if bias is None else torch.addmm(bias, a.flatten(0, 1), W.T).view(*a.shape[:2], -1)
     lp = torch.log_softmax(logits, dim=-1)  # (B, T, V)
     tok = lp.gather(-1, tgt[..., None])[..., 0]  # (B, T): log p(y_t | y_<t)
@@ -233,7 +237,7 @@ def jvp_scores(model: CausalLM, params: Params, U: torch.Tensor, x: torch.Tensor
     g.scatter_add_(-1, tgt[..., None], torch.ones_like(tgt[..., None], dtype=g.dtype))
     m = torch.ones_like(tgt, dtype=g.dtype) if target_mask is None else target_mask.to(g.dtype)
     g.mul_((m / m.sum(-1, keepdim=True).clamp_min(1.0))[..., None])
-    gw = g @ W.to(g.dtype)  # (B, T, d): the output gradient seen from a
+    gw = g @ W  # (B, T, d): the output gradient seen from a
     if w_name is not None:  # a trained output layer: its own tangent enters directly, ⟨Ẇ, Σ_t g_t a_tᵀ⟩
         M = torch.einsum("btv,btd->bvd", g, a).reshape(x.shape[0], -1)  # (B, V·d)
         direct = tangents[w_name].reshape(U.shape[0], -1).to(M.dtype) @ M.T  # (R, B)
