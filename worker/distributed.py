@@ -65,6 +65,7 @@ def gather_rows(part: torch.Tensor, work: Path, tag: str) -> torch.Tensor | None
     torch.save(part, path.with_suffix(".tmp"))
     os.replace(path.with_suffix(".tmp"), path)
     barrier()
-    out = torch.cat([torch.load(work / f"{tag}.shard{r}.pt") for r in range(world)]) if rank == 0 else None
+    out = torch.cat([torch.load(work / f"{tag}.shard{r}.pt", map_location=part.device)
+                     for r in range(world)]) if rank == 0 else None
     barrier()
     return out

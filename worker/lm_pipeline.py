@@ -32,6 +32,7 @@ from influence.text.lm_math import query_grads
 from influence.text.lm_simulate import compress, probe_grads, score_agreement, simulate_documents
 
 from .config import ConfigError, WorkerConfig
+from .device import device_of, to_cpu
 from .lm_train import BATCH, BETAS, EPOCHS, EPS, LR_MAX, WEIGHT_DECAY, perplexity, train_lm
 
 SNIPPET_WORDS = 40
@@ -71,8 +72,10 @@ def _heldout(corpus: LMCorpus) -> torch.Tensor:
 
 
 def _membership(doc_source: torch.Tensor, n_src: int) -> torch.Tensor:
-    return torch.zeros(len(doc_source), n_src).index_put_((torch.arange(len(doc_source)), doc_source),
-                                                          torch.ones(len(doc_source)))
+    """``(n_docs, n_src)`` 0/1 on ``doc_source``'s device."""
+    n, dev = len(doc_source), doc_source.device
+    return torch.zeros(n, n_src, device=dev).index_put_((torch.arange(n, device=dev), doc_source),
+                                                        torch.ones(n, device=dev))
 
 
 def _heldout_loss(model, params, heldout: tuple[torch.Tensor, torch.Tensor | None], U: torch.Tensor,
@@ -109,8 +112,9 @@ def respond(cfg: WorkerConfig, model, params: dict[str, torch.Tensor], blocks: t
         basis, coef, cs = compress(resp.U, doc_source, n_src, m.compress_rank, probe)
         comp = cs.__dict__
     q = cfg.quant()
-    stored = basis if q is None else dequantize(quantize(basis, q["bits"], q["group"]))
-    A = _membership(doc_source, n_src).to(resp.U.device)
+    # quantised on the CPU (influence.quant packs bits with CPU index tensors), the result back on basis' device
+    stored = basis if q is None else dequantize(quantize(basis.cpu(), q["bits"], q["group"])).to(basis.device)
+    A = _membership(doc_source.to(resp.U.device), n_src)
     if (m.compress_rank or q is not None) and heldout is not None:
         comp["quant"] = q
         comp["heldout"] = _heldout_loss(model, params, heldout, resp.U, stored, coef, A)
@@ -124,14 +128,17 @@ def respond(cfg: WorkerConfig, model, params: dict[str, torch.Tensor], blocks: t
 
 
 def _member(cfg: WorkerConfig, corpus: LMCorpus, level: str, e: int, bar) -> dict:
-    spec = cfg.model
+    """One member trained and simulated on ``train.device``; what it publishes on the CPU."""
+    spec, dev = cfg.model, device_of(cfg)
     seed = cfg.train.seed + e
-    params, stats = train_lm(spec, corpus.blocks, None, seed)
-    model = GPT(spec, seed=None)
-    doc_source = torch.from_numpy(corpus.train_doc_source[level])
-    out = respond(cfg, model, params, corpus.blocks, corpus.block_document, doc_source,
-                  len(corpus.source_ids[level]), seed, (_heldout(corpus), None), bar)
+    blocks = corpus.blocks.to(dev)
+    params, stats = train_lm(spec, blocks, None, seed)
+    model = GPT(spec, seed=None).to(dev)  # its causal-mask buffer on dev; the math runs on ``params``
+    doc_source = torch.from_numpy(corpus.train_doc_source[level]).to(dev)
+    out = respond(cfg, model, params, blocks, corpus.block_document.to(dev), doc_source,
+                  len(corpus.source_ids[level]), seed, (_heldout(corpus).to(dev), None), bar)
     windows = torch.stack([torch.tensor(t[:65]) for t in corpus.heldout_tokens if len(t) >= 65])
+    params = to_cpu(params)
     out["params"] = params
     out["stats"] = {"seed": seed, "final_loss": stats["final_loss"], "train_s": round(stats["seconds"], 2),
                     "heldout_perplexity": perplexity(spec, params, windows), **out["stats"]}

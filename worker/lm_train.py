@@ -77,34 +77,42 @@ def train_lm(
     threads: int | None = None,
     dtype: torch.dtype = torch.float32,
     on_step: Callable[[int, torch.nn.Module, torch.Tensor], None] | None = None,
+    device: str | torch.device | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict]:
     """Train from ``spec.build(seed)`` on ``blocks (N, 65) int64`` restricted to
     ``keep``. Returns ``(params, stats)``: detached parameters by name and
     ``{"steps", "final_loss", "losses" (per step), "seconds", "n_blocks"}``.
-    ``on_step(t, model, batch)`` is called before step ``t``'s update."""
+    ``on_step(t, model, batch)`` is called before step ``t``'s update.
+    ``device`` (default: ``blocks``' own): where the model trains; the
+    initialisation and the batch order are drawn on the CPU as always, the
+    returned parameters stay on ``device``."""
     old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        model = spec.build(seed, dtype)
+        dev = blocks.device if device is None else torch.device(device)
+        model = spec.build(seed, dtype).to(dev)
+        blocks = blocks.to(dev)
         order = batch_order(keep, seed, n_total=blocks.shape[0])
         S = len(order)
         opt = torch.optim.AdamW(model.parameters(), lr=LR_MAX, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY)
-        losses = np.empty(S)
+        step_loss = torch.empty(S, dtype=dtype, device=dev)  # read back once at the end: no sync per step
         t0 = time.perf_counter()
         for t, idx in enumerate(order):
             for g in opt.param_groups:
                 g["lr"] = lr_at(t, S)
-            xb = blocks[torch.from_numpy(idx)]
+            xb = blocks[torch.from_numpy(idx).to(dev)]
             if on_step is not None:
                 on_step(t, model, xb)
             loss = lm_loss(model, xb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses[t] = loss.item()
+            step_loss[t] = loss.detach()
             if progress and (t % 200 == 0 or t == S - 1):
-                print(f"step {t}/{S} loss {losses[t]:.4f} lr {lr_at(t, S):.2e} {time.perf_counter() - t0:.1f}s")
+                print(f"step {t}/{S} loss {step_loss[t].item():.4f} lr {lr_at(t, S):.2e} "
+                      f"{time.perf_counter() - t0:.1f}s")
+        losses = step_loss.cpu().double().numpy()
         params = {k: v.detach().clone() for k, v in model.named_parameters()}
         stats = {
             "steps": S,

@@ -24,6 +24,7 @@ from influence.simulate import Responses, Simulator, StepCheckpoint
 from influence.store import Manifest, publish
 
 from .config import ConfigError, WorkerConfig
+from .device import device_of, to_cpu
 from .distributed import barrier, broadcast_params, gather_rows, init_from_env, rank_world, shard, shutdown
 from .train import Trained, steps_per_run, train
 from .twotraj import two_trajectories
@@ -55,7 +56,7 @@ def _trained(cfg, X, y, seed: int, work: Path | None) -> Trained:
     from the work dir if it holds it."""
     path = None if work is None else work / f"trained-{seed}.pt"
     if path is not None and path.exists():
-        return Trained(**torch.load(path))
+        return Trained(**torch.load(path, map_location=X.device))
     t = train(cfg.model, X, y, cfg.train, seed, keep_epochs=cfg.method.iterate_epochs(cfg.train.epochs)[:-1])
     for params in t.averaged():
         broadcast_params(params)
@@ -66,8 +67,12 @@ def _trained(cfg, X, y, seed: int, work: Path | None) -> Trained:
 
 def simulate_member(cfg: WorkerConfig, X, y, source, n_sources: int, seed: int, bar=None,
                     work: Path | None = None) -> tuple[Trained, Responses | None]:
-    """Train one member and simulate its responses (rank 0 gets them all)."""
+    """Train one member and simulate its responses (rank 0 gets them all),
+    on the device of ``X`` (``mode=two`` runs on the CPU: float64, the real
+    optimizer per direction)."""
     m, spec = cfg.method, cfg.model
+    if m.mode == "two":
+        X, y, source = X.cpu(), y.cpu(), source.cpu()
     sim = Simulator(m, spec, cfg.train.weight_decay, X, y, source, n_sources)
     rank, world = rank_world()
     if world > 1 and (m.mode, m.schedule) != ("single", "posthoc"):
@@ -102,9 +107,9 @@ def _member(cfg, X, y, source, n_sources, e, work, bar) -> dict | None:
     with torch.no_grad():
         acc = (mlp_forward(trained.params, cfg.model, X)[0].argmax(1) == y).float().mean().item()
     layout = cfg.model.layout()
-    out = {"params": trained.params,
-           "examples": None if resp.examples is None else layout.unflatten(resp.examples.float().contiguous()),
-           "sources": None if resp.sources is None else layout.unflatten(resp.sources.float().contiguous()),
+    out = {"params": to_cpu(trained.params),
+           "examples": None if resp.examples is None else layout.unflatten(resp.examples.float().cpu().contiguous()),
+           "sources": None if resp.sources is None else layout.unflatten(resp.sources.float().cpu().contiguous()),
            "stats": {"seed": seed, "final_loss": trained.final_loss, "train_accuracy": acc,
                      "seconds": round(time.perf_counter() - t0, 3), **resp.diagnostics}}
     torch.save(out, done)
@@ -129,6 +134,7 @@ def build(cfg: WorkerConfig, progress: bool = True) -> Path | None:
     ds = load_dataset(cfg)
     cfg = _fit_model_to_data(cfg, ds)
     X, y, source = torch.from_numpy(ds.X), torch.from_numpy(ds.y), torch.from_numpy(ds.source)
+    dev = device_of(cfg)  # the members train and simulate there; what they publish comes back to the CPU
     work = Path(cfg.store.root) / ".work" / run_id(cfg, ds)
     work.mkdir(parents=True, exist_ok=True)
     m = cfg.method
@@ -138,7 +144,8 @@ def build(cfg: WorkerConfig, progress: bool = True) -> Path | None:
         per, unit = len(X) * (m.directions != "sources") + len(ds.source_ids) * (m.directions != "examples"), "dir"
     bar = tqdm(total=per * m.ensemble, desc=f"simulate {m.mode}/{m.schedule}/{m.resolved_solver()} x{m.ensemble}",
                disable=not progress or rank != 0, unit=unit)
-    members = [_member(cfg, X, y, source, len(ds.source_ids), e, work, bar) for e in range(m.ensemble)]
+    Xd, yd, sd = X.to(dev), y.to(dev), source.to(dev)
+    members = [_member(cfg, Xd, yd, sd, len(ds.source_ids), e, work, bar) for e in range(m.ensemble)]
     bar.close()
     if rank != 0:
         barrier()

@@ -65,17 +65,21 @@ def train(
     dtype: torch.dtype = torch.float32,
     keep_epochs: Sequence[int] = (),
 ) -> Trained:
-    """Train from ``init_params(spec, seed)``. X ``(n, d)``, y ``(n,)``.
+    """Train from ``init_params(spec, seed)``. X ``(n, d)``, y ``(n,)``, on
+    their device (initialisation and minibatch order are drawn on the CPU,
+    so every device starts from the same parameters and batches).
     ``keep_epochs``: epoch ends whose iterates are kept in ``Trained.iterates``
     (the last epoch's is ``Trained.params``)."""
-    model = build_mlp(spec).to(dtype)
-    params = {k: v.requires_grad_(True) for k, v in init_params(spec, seed, dtype).items()}
+    dev = X.device
+    model = build_mlp(spec).to(dtype=dtype, device=dev)
+    params = {k: v.to(dev).requires_grad_(True) for k, v in init_params(spec, seed, dtype).items()}
     opt = make_optimizer(recipe, list(params.values()))
     X, y = X.to(dtype), y.long()
     loss = torch.tensor(float("nan"))
     batches = batch_order(len(X), recipe.batch_size, recipe.epochs, seed + 7919)
     keep = IterateRecorder.at_epochs(keep_epochs, len(X), recipe.batch_size, recipe.epochs)
     for t, idx in enumerate(batches):
+        idx = idx.to(dev)
         keep(t, params)
         if on_step is not None:
             on_step(t, {k: v.detach() for k, v in params.items()}, idx)

@@ -129,7 +129,7 @@ def mlp_example_grads(params: dict[str, torch.Tensor], spec: MLPSpec, X: torch.T
     for s in range(0, len(X), chunk):
         logits, acts, dacts = mlp_forward(params, spec, X[s : s + chunk])
         delta = torch.softmax(logits, dim=1)
-        delta[torch.arange(len(delta)), y[s : s + chunk]] -= 1.0
+        delta[torch.arange(len(delta), device=delta.device), y[s : s + chunk]] -= 1.0
         parts = [None] * len(acts)
         for l in range(len(acts) - 1, -1, -1):
             parts[l] = (torch.einsum("no,ni->noi", delta, acts[l]).flatten(1), delta)

@@ -37,14 +37,16 @@ class Responses:
 
 
 class Simulator:
-    """X ``(n, d)``, y ``(n,)``, source ``(n,)`` in ``[0, n_sources)``."""
+    """X ``(n, d)``, y ``(n,)``, source ``(n,)`` in ``[0, n_sources)``, all on
+    one device, where everything runs (random draws are made on the CPU from
+    the seed and moved there, so every device simulates the same map)."""
 
     def __init__(self, cfg: MethodConfig, spec: MLPSpec, weight_decay: float,
                  X: torch.Tensor, y: torch.Tensor, source: torch.Tensor, n_sources: int):
         self.cfg, self.spec = cfg, spec
         self.shift = weight_decay + cfg.damping
         self.X, self.y, self.source, self.n_sources = X, y, source, n_sources
-        self.model = build_mlp(spec).to(X.dtype)
+        self.model = build_mlp(spec).to(dtype=X.dtype, device=X.device)
         self.U: torch.Tensor | None = None
         self.diagnostics: dict = {}
 
@@ -132,13 +134,13 @@ class Simulator:
         product = self.curvature(params, None) if full else None
         gen = torch.Generator().manual_seed(seed)
         if checkpoint is not None and (state := checkpoint.load()) is not None:
-            start, U = state["step"], state["U"]
+            start, U = state["step"], state["U"].to(G.device)
             gen.set_state(state["gen"])
             if progress is not None:
                 progress.update(start)
         for t in range(start, self.cfg.steps):
             if not full:
-                idx = torch.randperm(len(self.X), generator=gen)[: self.cfg.curvature_batch]
+                idx = torch.randperm(len(self.X), generator=gen)[: self.cfg.curvature_batch].to(self.X.device)
                 product = self.curvature(params, idx)
             self.step(U, G, product)
             if checkpoint is not None:
@@ -168,7 +170,7 @@ class Simulator:
             return out
 
         gen = torch.Generator().manual_seed(seed)
-        basis = nystrom(counted, p, c.rank, c.power, gen, self.X.dtype)
+        basis = nystrom(counted, p, c.rank, c.power, gen, self.X.dtype, self.X.device)
         filt = LowRankFilter(basis, self.shift, c.step_size(float(basis.h[0]) + self.shift), c.steps)
         if progress is not None:
             progress.update(c.power + 2 - done[0])  # the rest of work_units(): the filter

@@ -72,13 +72,15 @@ def _orth(Y: torch.Tensor) -> torch.Tensor:
 
 
 def nystrom(product: Product, p: int, rank: int, power: int, gen: torch.Generator,
-            dtype: torch.dtype = torch.float32) -> Eigenbasis:
+            dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Eigenbasis:
     """Rank-``rank`` eigenbasis of the PSD ``H (p, p)`` from ``1 + power``
     products of ``rank`` directions (randomised subspace iteration, then the
-    stabilised Nyström approximation). ``rank ≥ p``: exact."""
+    stabilised Nyström approximation). ``rank ≥ p``: exact. The test matrix
+    is drawn from ``gen`` on the CPU and moved to ``device`` (where
+    ``product`` runs), so every device starts from the same one."""
     if rank >= p:
-        return explicit(product, p, dtype)
-    omega = torch.randn(p, rank, generator=gen, dtype=torch.float64).to(dtype)
+        return explicit(product, p, dtype, device)
+    omega = torch.randn(p, rank, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
     for _ in range(power):
         omega = _orth(product(omega.T.contiguous()).T)
     omega = _orth(omega)
@@ -98,9 +100,10 @@ def nystrom(product: Product, p: int, rank: int, power: int, gen: torch.Generato
     return Eigenbasis(V.to(dtype), h, exact=False)
 
 
-def explicit(product: Product, p: int, dtype: torch.dtype = torch.float32) -> Eigenbasis:
+def explicit(product: Product, p: int, dtype: torch.dtype = torch.float32,
+             device: torch.device | str | None = None) -> Eigenbasis:
     """Exact eigendecomposition of ``H`` formed from ``p`` unit-vector products."""
-    H = product(torch.eye(p, dtype=dtype)).double()
+    H = product(torch.eye(p, dtype=dtype, device=device)).double()
     h, V = torch.linalg.eigh((H + H.T) / 2)
     return Eigenbasis(V.flip(1).to(dtype), h.flip(0).clamp_min(0.0), exact=True)
 

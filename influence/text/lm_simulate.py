@@ -53,7 +53,7 @@ def simulate_documents(model: GPT, params: dict[str, torch.Tensor], blocks: torc
     t_grads = time.perf_counter() - t0
     gen = torch.Generator().manual_seed(seed)
     sub = method.curvature_subset or blocks.shape[0]
-    idx = torch.randperm(blocks.shape[0], generator=gen)[:sub].sort().values
+    idx = torch.randperm(blocks.shape[0], generator=gen)[:sub].sort().values.to(blocks.device)
     product = LMGaussNewton(model, params, blocks[idx])
 
     def counted(U: torch.Tensor) -> torch.Tensor:
@@ -64,7 +64,7 @@ def simulate_documents(model: GPT, params: dict[str, torch.Tensor], blocks: torc
 
     p = G.shape[1]
     t0 = time.perf_counter()
-    basis = nystrom(counted, p, method.rank, method.power, gen, G.dtype)
+    basis = nystrom(counted, p, method.rank, method.power, gen, G.dtype, G.device)
     t_basis = time.perf_counter() - t0
     shift = weight_decay + method.damping
     eta = method.step_size(float(basis.h[0]) + shift)
@@ -98,7 +98,7 @@ def probe_grads(model: GPT, params: dict[str, torch.Tensor], blocks: torch.Tenso
     (seed ``seed + 17``): the query metric that steers ``compress``, drawn
     from training text only, never held-out text."""
     gen = torch.Generator().manual_seed(seed + 17)
-    idx = torch.randperm(blocks.shape[0], generator=gen)[:m]
+    idx = torch.randperm(blocks.shape[0], generator=gen)[:m].to(blocks.device)
     return query_grads(model, params, blocks[idx])
 
 
@@ -133,10 +133,11 @@ def compress(U: torch.Tensor, doc_source: torch.Tensor, n_sources: int, rank: in
     n = U.shape[0]
     r = min(rank, n)
     Ud = U.double()
-    A = torch.zeros(n_sources, n, dtype=torch.float64).index_put_((doc_source, torch.arange(n)),
-                                                                  torch.ones(n, dtype=torch.float64))
+    dev = U.device
+    A = torch.zeros(n_sources, n, dtype=torch.float64, device=dev).index_put_(
+        (doc_source.to(dev), torch.arange(n, device=dev)), torch.ones(n, dtype=torch.float64, device=dev))
     exact = n_sources <= r // 2
-    Rs = _orth_cols(A.T[:, A.sum(1) > 0]) if exact else torch.zeros(n, 0, dtype=torch.float64)
+    Rs = _orth_cols(A.T[:, A.sum(1) > 0]) if exact else torch.zeros(n, 0, dtype=torch.float64, device=dev)
     M = Ud @ Ud.T if probe is None else probe.double() @ Ud.T  # (n, n) Gram or (m, n) probe scores
     M_rest = M - (M @ Rs) @ Rs.T
     _, sv, Vh = torch.linalg.svd(M_rest, full_matrices=False)
