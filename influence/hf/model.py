@@ -64,7 +64,7 @@ def add_lora(base: nn.Module, lora: LoraSpec, seed: int) -> nn.Module:
 class HFCausalLM(nn.Module):
     """The wrapped model ``lm`` (a ``PreTrainedModel`` or a ``PeftModel``)."""
 
-    manual_tangents = False  # no hand-derived tangent rules: the readout uses torch.func.jvp
+    manual_tangents = False  # set by wrap(): hand-derived rules for GPT-2 + LoRA (gpt2_tangent), else torch.func
 
     def __init__(self, lm: nn.Module, context: int):
         super().__init__()
@@ -79,6 +79,20 @@ class HFCausalLM(nn.Module):
         if trunk:
             return self._decoder(input_ids=inp, use_cache=False).last_hidden_state
         return self.lm(input_ids=inp, use_cache=False).logits
+
+    def tangent_primal(self, params: dict[str, torch.Tensor], inp: torch.Tensor):
+        return self._rules.primal(params, inp)
+
+    def tangent_trunk(self, params: dict[str, torch.Tensor], inp: torch.Tensor, U: dict, primal) -> torch.Tensor:
+        return self._rules.tangents(params, inp, U, primal)
+
+    def use_manual_tangents(self, on: bool = True) -> bool:
+        """Switch the hand-derived GPT-2 + LoRA rules on (when they apply) or off; returns the state."""
+        from .gpt2_tangent import GPT2LoraTangents, applies
+
+        self.manual_tangents = bool(on and applies(self))
+        self._rules = GPT2LoraTangents(self) if self.manual_tangents else None
+        return self.manual_tangents
 
     def trained(self) -> dict[str, torch.Tensor]:
         """The trained parameters (``requires_grad``), detached, in registration order."""
@@ -138,6 +152,7 @@ def wrap(base: nn.Module, spec: HFSpec, seed: int = 0) -> HFCausalLM:
     model.eval()
     mark_trained(model.lm, spec)  # patterns name the base's parameters (transformer.h.3.*)
     model.check_head()
+    model.use_manual_tangents()
     return model
 
 

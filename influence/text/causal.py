@@ -14,9 +14,11 @@ the *trained* ones) are the inputs of ``torch.func.functional_call``:
   it is trained (then its tangent enters the readout directly);
 - ``head_ok``: whether logits really are ``trunk @ Wᵀ + bias`` (else the
   readout differentiates through the full logits);
-- ``manual_tangents``: whether ``influence.text.tangent``'s hand-derived
-  batched tangent rules apply (the protocol GPT) or the readout uses
-  ``torch.func.jvp`` (any other model);
+- ``manual_tangents``: whether hand-derived batched tangent rules apply
+  (the protocol GPT: ``influence.text.tangent``; GPT-2 with LoRA:
+  ``influence.hf.gpt2_tangent``), through ``tangent_primal(params, inp)``
+  and ``tangent_trunk(params, inp, U, primal) -> ȧ (K, B, T, d)``, or the
+  readout uses ``torch.func.jvp`` (any other model);
 - ``context``: the longest input, tokens.
 
 ``lm_math`` (gradients, Gauss-Newton products, forward-only readout) and

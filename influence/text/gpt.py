@@ -139,6 +139,18 @@ class GPT(nn.Module):
         """Every parameter is trained."""
         return {k: v.detach() for k, v in self.named_parameters()}
 
+    def tangent_primal(self, params: dict[str, torch.Tensor], inp: torch.Tensor):
+        """The primal pass the hand-derived tangents reuse (``tangent.trunk_primal``)."""
+        from .tangent import trunk_primal
+
+        return trunk_primal(params, self.spec, inp)
+
+    def tangent_trunk(self, params: dict[str, torch.Tensor], inp: torch.Tensor, U: dict, primal) -> torch.Tensor:
+        """``ȧ (K, B, T, d)`` along the directions ``U`` (``tangent.trunk_tangents``)."""
+        from .tangent import trunk_tangents
+
+        return trunk_tangents(params, self.spec, inp, U, primal)[1]
+
     def head(self, params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, None, str]:
         """The tied output layer: ``(tok_emb.weight (V, d), no bias, its name)``."""
         return params["tok_emb.weight"], None, "tok_emb.weight"

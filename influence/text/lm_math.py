@@ -38,7 +38,7 @@ from torch.nn import functional as F
 from ..layout import ParamLayout
 from .causal import CausalLM
 from .gpt import lm_loss, sequence_logprob
-from .tangent import manual_chunk, trunk_primal, trunk_tangents
+from .tangent import manual_chunk
 
 Params = dict[str, torch.Tensor]
 
@@ -223,7 +223,7 @@ def jvp_scores(model: CausalLM, params: Params, U: torch.Tensor, x: torch.Tensor
         return vmap(one, chunk_size=chunk)(tangents).T
     inp, tgt = x[:, :-1], x[:, 1:]
     trunk = lambda p: _trunk(model, p, inp)  # noqa: E731
-    primal = trunk_primal(params, model.spec, inp) if manual else None
+    primal = model.tangent_primal(params, inp) if manual else None
     a = primal.a if manual else trunk(params)  # (B, T, d)
     W, bias, w_name = model.head(params)  # (V, d), (V,) or None, W's name when trained
     # the head's softmax and its gradient in at least float32 (e_y − p loses everything in bfloat16)
@@ -249,7 +249,7 @@ def jvp_scores(model: CausalLM, params: Params, U: torch.Tensor, x: torch.Tensor
         tprimal, tgw = (primal, gw) if tdt == gw.dtype else (primal.to(tdt), gw.to(tdt))
         for s in range(0, U.shape[0], chunk):
             part = {k: v[s : s + chunk] for k, v in tangents.items()}
-            ad = trunk_tangents(tparams, model.spec, inp, part, tprimal)[1]
+            ad = model.tangent_trunk(tparams, inp, part, tprimal)
             out[s : s + chunk] = (ad * tgw).sum((-1, -2), dtype=out.dtype)
         scores = (out + direct).T
     else:

@@ -114,6 +114,8 @@ def _cast(obj, dtype: torch.dtype):
         return obj.to(dtype)
     if isinstance(obj, list):
         return [_cast(o, dtype) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _cast(v, dtype) for k, v in obj.items()}
     if is_dataclass(obj):
         return type(obj)(**{f.name: _cast(getattr(obj, f.name), dtype) for f in fields(obj)})
     return obj
@@ -123,10 +125,10 @@ def _spec(spec_or_model: GPTSpec | GPT) -> GPTSpec:
     return spec_or_model.spec if isinstance(spec_or_model, GPT) else spec_or_model
 
 
-def _ln(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> _LN:
+def _ln(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float = EPS) -> _LN:
     mu = h.mean(-1, keepdim=True)
     xc = h - mu
-    rstd = xc.square().mean(-1, keepdim=True).add_(EPS).rsqrt_()
+    rstd = xc.square().mean(-1, keepdim=True).add_(eps).rsqrt_()
     n = xc.mul_(rstd)
     return _LN(n, rstd, torch.addcmul(b, n, w))
 
@@ -144,8 +146,7 @@ def trunk_primal(params: Params, spec_or_model: GPTSpec | GPT, inp: torch.Tensor
     spec = _spec(spec_or_model)
     B, T = inp.shape
     d, H = spec.d, spec.heads
-    hs, N = d // H, B * T
-    scale = 1.0 / math.sqrt(hs)
+    N = B * T
     dtype = params["tok_emb.weight"].dtype
     mask = torch.full((T, T), float("-inf"), dtype=dtype, device=inp.device).triu(1)
     h = F.embedding(inp.reshape(-1), params["tok_emb.weight"]).view(B, T, d).add_(params["pos_emb.weight"][:T])
@@ -155,11 +156,7 @@ def trunk_primal(params: Params, spec_or_model: GPTSpec | GPT, inp: torch.Tensor
         P = lambda name, l=l: params[f"blocks.{l}.{name}"]  # noqa: E731
         ln1 = _ln(h, P("ln1.weight"), P("ln1.bias"))
         qkv = torch.addmm(P("qkv.bias"), ln1.y, P("qkv.weight").T)  # (N, 3d)
-        heads = qkv.view(B, T, 3, H, hs).permute(2, 0, 3, 1, 4)  # (3, B, H, T, hs)
-        q, k, v = (heads[i].reshape(B * H, T, hs) for i in range(3))
-        qs, ks = q * scale, k * scale
-        A = torch.baddbmm(mask, qs, k.transpose(1, 2)).softmax(dim=-1)  # (B·H, T, T)
-        o = torch.bmm(A, v).view(B, H, T, hs).permute(0, 2, 1, 3).reshape(N, d)
+        qs, ks, v, A, o = attn_primal(qkv, B, T, H, mask)
         h = h + torch.addmm(P("proj.bias"), o, P("proj.weight").T)
         ln2 = _ln(h, P("ln2.weight"), P("ln2.bias"))
         u = torch.addmm(P("fc.bias"), ln2.y, P("fc.weight").T)  # (N, 4d)
@@ -169,16 +166,18 @@ def trunk_primal(params: Params, spec_or_model: GPTSpec | GPT, inp: torch.Tensor
     return TrunkPrimal(B, T, layers, _ln(h, params["ln_f.weight"], params["ln_f.bias"]))
 
 
-def _ln_t(hd: torch.Tensor, ln: _LN, w: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor) -> torch.Tensor:
-    """LayerNorm tangent: ``hd (N, K, d)``, ``wd``/``bd (K, d)`` → ``ẏ (N, K, d)``."""
+def _ln_t(hd: torch.Tensor, ln: _LN, w: torch.Tensor, wd: torch.Tensor | None = None,
+          bd: torch.Tensor | None = None) -> torch.Tensor:
+    """LayerNorm tangent: ``hd (N, K, d)``, ``wd``/``bd (K, d)`` (None: frozen) → ``ẏ (N, K, d)``."""
     n = ln.n[:, None]  # (N, 1, d)
     m1 = hd.mean(-1, keepdim=True)  # (N, K, 1)
     m2 = (hd * n).mean(-1, keepdim=True)  # (N, K, 1): mean(n ⊙ ḣ)
     out = hd - m1
     out.addcmul_(n, m2, value=-1.0)  # σ ṅ
     out.mul_(ln.rstd[:, None] * w)  # ṅ γ
-    out.addcmul_(n, wd)  # + n γ̇
-    return out.add_(bd)  # + β̇
+    if wd is not None:
+        out.addcmul_(n, wd)  # + n γ̇
+    return out if bd is None else out.add_(bd)  # + β̇
 
 
 def _lin_t(x: torch.Tensor, xd: torch.Tensor, W: torch.Tensor, Wd: torch.Tensor, bd: torch.Tensor,
@@ -198,6 +197,43 @@ def _lin_t(x: torch.Tensor, xd: torch.Tensor, W: torch.Tensor, Wd: torch.Tensor,
     return y.view(N, K, o)
 
 
+def attn_t(yd: torch.Tensor, L, B: int, T: int, H: int) -> torch.Tensor:
+    """Causal attention's tangent: ``yd (N, K, 3d)`` the tangent of the fused
+    q, k, v projection (q, k, v consecutive ``d``-column chunks, heads
+    consecutive ``hs``-column chunks of each); ``L`` the layer's primal
+    (``qs``, ``ks`` scaled by 1/√hs, ``v``, ``A``) → ``ȯ (N, K, d)``."""
+    N, K, d3 = yd.shape
+    d = d3 // 3
+    hs, BH = d // H, B * H
+    yd = yd.view(B, T, K, 3, H, hs)
+    qd = yd[:, :, :, 0].permute(0, 3, 1, 2, 4).reshape(BH, T * K, hs)  # rows (i, k)
+    kd = yd[:, :, :, 1].permute(0, 3, 2, 1, 4).reshape(BH, K * T, hs)  # rows (k, j)
+    vd = yd[:, :, :, 2].permute(0, 3, 1, 2, 4).reshape(BH, T, K * hs)  # (j, (k, c))
+    Sd = torch.bmm(qd, L.ks.transpose(1, 2))  # (BH, T·K, T): q̇ kᵀ/√hs at [i, k, j]
+    Sd.view(BH, T, K * T).baddbmm_(L.qs, kd.transpose(1, 2))  # += q k̇ᵀ/√hs at [i, (k, j)]
+    A4 = L.A[:, :, None, :]  # (BH, T, 1, T)
+    Ad = Sd.view(BH, T, K, T).mul_(A4)  # A ⊙ Ṡ
+    Ad.addcmul_(A4, Ad.sum(-1, keepdim=True), value=-1.0)  # Ȧ = A ⊙ Ṡ − A Σ_j A ⊙ Ṡ
+    Od = torch.bmm(Ad.view(BH, T * K, T), L.v)  # (BH, T·K, hs): Ȧ v at [i, k, c]
+    Od.view(BH, T, K * hs).baddbmm_(L.A, vd)  # += A v̇
+    return Od.view(B, H, T, K, hs).permute(0, 2, 3, 1, 4).reshape(N, K, d)
+
+
+def attn_primal(qkv: torch.Tensor, B: int, T: int, H: int, mask: torch.Tensor):
+    """``(qs, ks, v, A, o)`` of causal attention from the fused projection
+    ``qkv (N, 3d)``: ``qs``/``ks`` = q/√hs, k/√hs ``(B·H, T, hs)``, ``A``
+    the probabilities ``(B·H, T, T)``, ``o (N, d)`` the heads' output."""
+    d = qkv.shape[1] // 3
+    hs = d // H
+    scale = 1.0 / math.sqrt(hs)
+    heads = qkv.view(B, T, 3, H, hs).permute(2, 0, 3, 1, 4)  # (3, B, H, T, hs)
+    q, k, v = (heads[i].reshape(B * H, T, hs) for i in range(3))
+    qs, ks = q * scale, k * scale
+    A = torch.baddbmm(mask, qs, k.transpose(1, 2)).softmax(dim=-1)  # (B·H, T, T)
+    o = torch.bmm(A, v).view(B, H, T, hs).permute(0, 2, 1, 3).reshape(B * T, d)
+    return qs, ks, v, A, o
+
+
 @torch.no_grad()
 def trunk_tangents(params: Params, spec_or_model: GPTSpec | GPT, inp: torch.Tensor,
                    U: torch.Tensor | Params, primal: TrunkPrimal | None = None
@@ -214,10 +250,9 @@ def trunk_tangents(params: Params, spec_or_model: GPTSpec | GPT, inp: torch.Tens
     pr = trunk_primal(params, spec, inp) if primal is None else primal
     B, T = inp.shape
     d, H = spec.d, spec.heads
-    hs, N = d // H, B * T
+    N = B * T
     tok = U["tok_emb.weight"]
     K = tok.shape[0]
-    BH = B * H
     # embedding: ḣ[b, t, k] = Ṫ_k[x_bt] + Ṗ_k[t], gathered straight into the (N, K, d) layout
     hd = tok.transpose(0, 1).index_select(0, inp.reshape(-1)).view(B, T, K, d)
     hd += U["pos_emb.weight"][:, :T].transpose(0, 1)
@@ -227,18 +262,8 @@ def trunk_tangents(params: Params, spec_or_model: GPTSpec | GPT, inp: torch.Tens
         D = lambda name, l=l: U[f"blocks.{l}.{name}"]  # noqa: E731
         # attention
         xd = _ln_t(hd, L.ln1, P("ln1.weight"), D("ln1.weight"), D("ln1.bias"))
-        yd = _lin_t(L.ln1.y, xd, P("qkv.weight"), D("qkv.weight"), D("qkv.bias")).view(B, T, K, 3, H, hs)
-        qd = yd[:, :, :, 0].permute(0, 3, 1, 2, 4).reshape(BH, T * K, hs)  # rows (i, k)
-        kd = yd[:, :, :, 1].permute(0, 3, 2, 1, 4).reshape(BH, K * T, hs)  # rows (k, j)
-        vd = yd[:, :, :, 2].permute(0, 3, 1, 2, 4).reshape(BH, T, K * hs)  # (j, (k, c))
-        Sd = torch.bmm(qd, L.ks.transpose(1, 2))  # (BH, T·K, T): q̇ kᵀ/√hs at [i, k, j]
-        Sd.view(BH, T, K * T).baddbmm_(L.qs, kd.transpose(1, 2))  # += q k̇ᵀ/√hs at [i, (k, j)]
-        A4 = L.A[:, :, None, :]  # (BH, T, 1, T)
-        Ad = Sd.view(BH, T, K, T).mul_(A4)  # A ⊙ Ṡ
-        Ad.addcmul_(A4, Ad.sum(-1, keepdim=True), value=-1.0)  # Ȧ = A ⊙ Ṡ − A Σ_j A ⊙ Ṡ
-        Od = torch.bmm(Ad.view(BH, T * K, T), L.v)  # (BH, T·K, hs): Ȧ v at [i, k, c]
-        Od.view(BH, T, K * hs).baddbmm_(L.A, vd)  # += A v̇
-        od = Od.view(B, H, T, K, hs).permute(0, 2, 3, 1, 4).reshape(N, K, d)
+        yd = _lin_t(L.ln1.y, xd, P("qkv.weight"), D("qkv.weight"), D("qkv.bias"))
+        od = attn_t(yd, L, B, T, H)
         _lin_t(L.o, od, P("proj.weight"), D("proj.weight"), D("proj.bias"), out=hd)
         # MLP
         xd = _ln_t(hd, L.ln2, P("ln2.weight"), D("ln2.weight"), D("ln2.bias"))

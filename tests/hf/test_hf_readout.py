@@ -130,3 +130,25 @@ def test_bfloat16_model_reads_out_close_to_float32(family):
     got = jvp_scores(m16, p16, U, x, mask).float()
     assert _rel(got, ref) < 0.15
     assert torch.corrcoef(torch.stack([got.flatten(), ref.flatten()]))[0, 1] > 0.98
+
+
+def test_gpt2_lora_manual_tangents_equal_torch_func():
+    """The hand-derived GPT-2 + LoRA tangent rules (``gpt2_tangent``) against
+    ``torch.func.jvp`` through the peft model, float64, with padding."""
+    model, params = tiny("gpt2")
+    assert model.manual_tangents  # GPT-2 with LoRA on its Conv1D layers: the fast rules apply
+    x, mask = _queries()
+    U = _responses(params, 7)
+    fast = jvp_scores(model, params, U, x, mask, chunk=3)
+    ref = jvp_scores(model, params, U, x, mask, impl="func")
+    assert _rel(fast, ref) < 1e-10
+    assert _rel(fast, gradient_scores(model, params, U, x, mask)) < 1e-10
+    lp_fast = jvp_scores(model, params, U, x, mask, logprobs=True)[1]
+    lp_ref = jvp_scores(model, params, U, x, mask, impl="func", logprobs=True)[1]
+    assert torch.allclose(lp_fast, lp_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_manual_tangents_only_where_they_apply(family):
+    for trained in ("all", "lora"):
+        model, _ = tiny(family, trained)
+        assert model.manual_tangents == (family == "gpt2" and trained == "lora")
