@@ -116,7 +116,8 @@ class Store:
         return None if blob is None else json.loads(blob)
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -186,7 +187,7 @@ def publish(
             _check_asset_name(name)
             _write_asset(tmp / name, blob)
         names = [*_FILES, *(assets or {})]
-        files = {f: _sha256(tmp / f) for f in names if (tmp / f).exists()}
+        files = {f: sha256_file(tmp / f) for f in names if (tmp / f).exists()}
         man = manifest.model_copy(
             update={
                 "format_version": FORMAT_VERSION,
@@ -296,12 +297,12 @@ def republish(root: str | Path, version: str, assets: dict[str, bytes], extra: d
                 raise StoreError(f"{src / name}: missing") from None
             with open(tmp / name, "rb+") as f:
                 os.fsync(f.fileno())
-            if _sha256(tmp / name) != digest:
+            if sha256_file(tmp / name) != digest:
                 raise StoreError(f"{src / name}: checksum mismatch (corrupt or modified)")
             files[name] = digest
         for name, blob in assets.items():
             _write_asset(tmp / name, blob)
-            files[name] = _sha256(tmp / name)
+            files[name] = sha256_file(tmp / name)
         man = old.model_copy(update={
             "format_version": max(old.format_version, 2) if assets else old.format_version,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"), "files": files,
@@ -377,7 +378,7 @@ def _load(path: Path, name: str, man: Manifest) -> dict[str, torch.Tensor]:
         return {}
     if not file.exists():
         raise StoreError(f"{file}: missing")
-    if _sha256(file) != man.files[name]:
+    if sha256_file(file) != man.files[name]:
         raise StoreError(f"{file}: checksum mismatch (corrupt or modified)")
     try:
         return load_file(str(file))

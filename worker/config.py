@@ -123,6 +123,15 @@ class WorkerConfig(_Section):
 
 BROWN_FT_BASE = Path(__file__).resolve().parents[1] / "influence" / "hf" / "brown_ft_base"
 
+# An hf fine-tune's recipe (ft-protocol's LoRA recipe) and simulation settings: the brown-ft and hf presets.
+_FT = {
+    "train": {"optimizer": "adamw", "lr": 1e-3, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.0,
+              "batch_size": 8, "epochs": 4, "seed": 2},
+    "method": {"rank": 128, "power": 1, "curvature_subset": 64, "steps": 300, "eta": 0.0, "damping": 0.003,
+               "compress_rank": 0},
+    "store": {"root": "stores/hf", "include_training_data": False, "quant_bits": 3},
+}
+
 PRESETS: dict[str, dict] = {
     # Responses averaged over the last 8 epoch ends, 4 epochs apart (bench.source_quality: source LDS
     # 0.79 -> 0.84 with one model); the build runs 8 simulations, the store and serving are unchanged.
@@ -141,21 +150,14 @@ PRESETS: dict[str, dict] = {
     "brown-ft": {
         "data": {"name": "brown-ft", "sources": "publication", "block_tokens": 65, "max_blocks": 4},
         "model": {"kind": "hf", "path": str(BROWN_FT_BASE), "trained": "lora"},
-        "train": {"optimizer": "adamw", "lr": 1e-3, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.0,
-                  "batch_size": 8, "epochs": 4, "seed": 2},
-        "method": {"rank": 128, "power": 1, "curvature_subset": 64, "steps": 300, "eta": 0.0, "damping": 0.003,
-                   "compress_rank": 0},
-        "store": {"root": "stores/brown-ft", "include_training_data": False, "quant_bits": 3},
+        **_FT,
+        "store": {**_FT["store"], "root": "stores/brown-ft"},
     },
     # `fa-worker build --model DIR --data docs.jsonl`: the same recipe on a user's model and corpus.
     "hf": {
         "data": {"name": None},
         "model": {"kind": "hf", "trained": "lora"},
-        "train": {"optimizer": "adamw", "lr": 1e-3, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.0,
-                  "batch_size": 8, "epochs": 4, "seed": 2},
-        "method": {"rank": 128, "power": 1, "curvature_subset": 64, "steps": 300, "eta": 0.0, "damping": 0.003,
-                   "compress_rank": 0},
-        "store": {"root": "stores/hf", "include_training_data": False, "quant_bits": 3},
+        **_FT,
     },
     "tiny": {
         "data": {"limit": 120, "n_sources": 5},

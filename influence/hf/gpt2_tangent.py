@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..text.tangent import _LN, _cast, _ln, _ln_t, attn_primal, attn_t
+from ..text.tangent import _LN, TrunkPrimal, _ln, _ln_t, attn_primal, attn_t
 
 ACTS = ("gelu_new", "gelu", "gelu_pytorch_tanh")
 _C = math.sqrt(2.0 / math.pi)
@@ -66,21 +66,6 @@ class _Layer:
     g: torch.Tensor
     dg: torch.Tensor
     xa: dict  # module key -> x Aᵀ (N, r) of each adapted layer (shared by every direction)
-
-
-@dataclass
-class Primal:
-    B: int
-    T: int
-    layers: list[_Layer]
-    lnf: _LN
-
-    @property
-    def a(self) -> torch.Tensor:
-        return self.lnf.y.view(self.B, self.T, -1)
-
-    def to(self, dtype: torch.dtype) -> Primal:
-        return _cast(self, dtype)
 
 
 def _modules(model) -> tuple[object, list[dict], object] | None:
@@ -134,7 +119,7 @@ class GPT2LoraTangents:
         return y.addmm_(xa, params[L.b_name].T, alpha=L.s), xa
 
     @torch.no_grad()
-    def primal(self, params: dict, inp: torch.Tensor) -> Primal:
+    def primal(self, params: dict, inp: torch.Tensor) -> TrunkPrimal:
         B, T = inp.shape
         # at least float32: LayerNorm statistics and softmax in bfloat16 arithmetic lose too much (the
         # readout rounds these activations once to the tangents' dtype, as for the protocol GPT)
@@ -157,7 +142,7 @@ class GPT2LoraTangents:
             h = h + y
             layers.append(_Layer(ln1, qs, ks, v, A, o, ln2, g, dg,
                                  {"c_attn": xa1, "a_proj": xa2, "c_fc": xa3, "m_proj": xa4}))
-        return Primal(B, T, layers, _ln(h, self.lnf.weight.to(dtype), self.lnf.bias.to(dtype), self.eps))
+        return TrunkPrimal(B, T, layers, _ln(h, self.lnf.weight.to(dtype), self.lnf.bias.to(dtype), self.eps))
 
     def _lin_t(self, L: _Lora, params: dict, U: dict, x: torch.Tensor, xa, xd: torch.Tensor | None,
                out: torch.Tensor | None = None) -> torch.Tensor | None:
@@ -183,7 +168,7 @@ class GPT2LoraTangents:
         return y if out is None else out.add_(y)
 
     @torch.no_grad()
-    def tangents(self, params: dict, inp: torch.Tensor, U: dict, pr: Primal) -> torch.Tensor:
+    def tangents(self, params: dict, inp: torch.Tensor, U: dict, pr: TrunkPrimal) -> torch.Tensor:
         """``ȧ (K, B, T, d)``: the final LayerNorm's output's tangent along the
         ``K`` directions ``U`` (``{name: (K, *shape)}`` over the LoRA factors)."""
         B, T = inp.shape

@@ -10,12 +10,12 @@ is a ``ModelFileError`` naming the path and what is missing.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from pathlib import Path
 
 from ..errors import InfluenceError
+from ..store import sha256_file
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 TOKENIZER_FILES = ("tokenizer.json",)
@@ -42,14 +42,6 @@ def offline() -> None:
         return
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def weight_files(path: Path) -> list[Path]:

@@ -91,7 +91,9 @@ class _Layer:
 
 @dataclass
 class TrunkPrimal:
-    """The trunk's primal pass over ``inp (B, T)``, kept for its tangents."""
+    """The trunk's primal pass over ``inp (B, T)``, kept for its tangents
+    (``layers``: one record per block, of this module's ``_Layer`` or another
+    architecture's, e.g. ``influence.hf.gpt2_tangent``)."""
 
     B: int
     T: int
