@@ -39,8 +39,8 @@ _PROMPT_FIELDS = ("prompt", "completion", "pretokenized", "client_id")
 _ATTRIBUTION_FIELDS = ("queries", "top_k", "granularity", "output", "order", "record")
 _WHATIF_FIELDS = ("queries", "sample", "remove", "weights", "output")
 _INPUT_CAP = 1_000_000  # values of one input before a store is loaded (the schema's own cap)
-_TEXT_FORMS = 'a text store (kind gpt) takes {"text": "..."} or {"prompt": "...", "completion": "..."}'
-_VECTOR_FORM = 'a classifier store (kind mlp) takes numeric queries {"input": [...]}'
+_TEXT_FORMS = 'a text store (kind {}) takes {{"text": "..."}} or {{"prompt": "...", "completion": "..."}}'
+_VECTOR_FORM = 'a classifier store (kind {}) takes numeric queries {{"input": [...]}}'
 
 
 def parse(raw: bytes):
@@ -70,30 +70,32 @@ def _unknown(obj: dict, allowed: tuple[str, ...], at: str) -> None:
                           + f"; expected {', '.join(allowed)}")
 
 
-def _query(q, i: int, kind: str | None, in_dim: int | None, s: Settings) -> None:
-    """One query's form and sizes for the served store's ``kind`` (None: not loaded yet)."""
+def _query(q, i: int, kind, in_dim: int | None, s: Settings) -> None:
+    """One query's form and sizes for the served store's ``kind``
+    (``service.kinds.Kind``; None: not loaded yet)."""
     if not isinstance(q, dict):
         return  # the schema names it (one error)
     at = f"queries[{i}]"
     is_text = "text" in q or "prompt" in q or "completion" in q
-    if kind == "gpt":
+    if kind is not None and kind.text:
+        forms = _TEXT_FORMS.format(kind.name)
         if "input" in q:
-            raise invalid(f"{at}.input", f"{_TEXT_FORMS}, not numbers")
+            raise invalid(f"{at}.input", f"{forms}, not numbers")
         if not is_text:
-            raise invalid(f"{at}.text", f"required: {_TEXT_FORMS}")
+            raise invalid(f"{at}.text", f"required: {forms}")
         if "text" in q and ("prompt" in q or "completion" in q):
-            raise invalid(f"{at}.text", f"{_TEXT_FORMS}: one of the two forms, not both")
+            raise invalid(f"{at}.text", f"{forms}: one of the two forms, not both")
         _unknown(q, _TEXT_FIELDS if "text" in q else _PROMPT_FIELDS, f"{at}.")
-    elif kind == "mlp" and is_text:
+    elif kind is not None and is_text:
         field = "text" if "text" in q else "prompt" if "prompt" in q else "completion"
-        raise invalid(f"{at}.{field}", f"{_VECTOR_FORM}, not text")
+        raise invalid(f"{at}.{field}", f"{_VECTOR_FORM.format(kind.name)}, not text")
     elif "input" in q or not is_text:
         _unknown(q, _VECTOR_FIELDS, f"{at}.")
     else:
         _unknown(q, _TEXT_FIELDS if "text" in q else _PROMPT_FIELDS, f"{at}.")
     x = q.get("input")
     if isinstance(x, list):
-        want = in_dim if kind == "mlp" else None
+        want = in_dim
         if want is not None and len(x) != want:
             raise invalid(f"{at}.input", f"expected {want} values, got {len(x)}")
         if len(x) > _INPUT_CAP:
@@ -110,8 +112,8 @@ def _queries(obj: dict, served, s: Settings) -> None:
         return
     if len(qs) > s.max_queries:
         raise invalid("queries", f"at most {s.max_queries} queries per request, got {len(qs)}")
-    kind = served.kind.name if served is not None else None
-    in_dim = served.att.spec.in_dim if kind == "mlp" else None
+    kind = served.kind if served is not None else None
+    in_dim = served.att.spec.in_dim if kind is not None and not kind.text else None
     for i, q in enumerate(qs):
         _query(q, i, kind, in_dim, s)
 

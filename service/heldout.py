@@ -1,8 +1,11 @@
 """Queries to try and to ask about, drawn from what the served store was
 built from: the digits test split for a store of the built-in digits data,
 windows of the held-out Brown samples for a text store built from the
-shipped corpus (one per held-out document, genres spread), else the first
-words of training documents. The dashboard's playground offers them
+shipped corpus (``brown``: one per held-out document, genres spread;
+``brown-ft``, a Hugging Face model fine-tuned on Brown openings: the
+benchmark's own 64-word query windows, ``influence.hf.ftdata``, the first of
+each held-out document, genres spread), else the first words of training
+documents. The dashboard's playground offers them
 (``passages``, ``digits_test``); ``POST /v1/whatif``'s ``sample`` uses the
 held-out ones only (``queries``)."""
 
@@ -65,8 +68,10 @@ def _brown_heldout(man: Manifest, n: int) -> list[tuple] | None:
     one per genre first -> ``(document id, words, source id, genre name)``;
     None when the store was not built from the shipped Brown corpus."""
     ids = man.data.get("heldout_ids") or []
-    if man.data.get("name") != "brown" or not ids:
+    if man.data.get("name") not in ("brown", "brown-ft") or not ids:
         return None
+    if man.data["name"] == "brown-ft":
+        return _brown_ft_heldout(man, n)
     from influence.text.brown import GENRE_IDS, GENRE_NAMES, load_brown
 
     try:
@@ -80,6 +85,31 @@ def _brown_heldout(man: Manifest, n: int) -> list[tuple] | None:
     pick = spread(np.array([GENRE_IDS.index(x.genre) for x in samples]), n)
     return [(x.id, _window(x.tokens, PASSAGE_TOKENS), x.genre if genre_level else x.publisher_id,
              GENRE_NAMES[x.genre]) for x in (samples[i] for i in pick)]
+
+
+def _brown_ft_heldout(man: Manifest, n: int) -> list[tuple] | None:
+    """A ``brown-ft`` store's held-out passages: the fine-tuning benchmark's
+    query windows (``ftdata.all_query_windows``: 64 corpus words of a
+    held-out document, joined with single spaces), the first window of each
+    held-out document, one per genre first."""
+    from influence.hf.ftdata import all_query_windows, ft_text
+    from influence.text.brown import GENRE_IDS, GENRE_NAMES, load_brown
+
+    try:
+        text, by_id = ft_text(), {x.id: x for x in load_brown()}
+    except DataError:
+        return None
+    if list(man.data["heldout_ids"]) != list(text.heldout_ids):
+        return None  # another split than the shipped benchmark's: nothing to stand on
+    first: dict[int, str] = {}
+    for d, _, window in all_query_windows(text):
+        first.setdefault(d, window)
+    docs = [d for d in range(len(text.heldout_ids)) if d in first]
+    samples = [by_id[text.heldout_ids[d]] for d in docs]
+    genre_level = man.data.get("level") == "genre"
+    pick = spread(np.array([GENRE_IDS.index(x.genre) for x in samples]), n)
+    return [(samples[i].id, first[docs[i]].split(), samples[i].genre if genre_level else samples[i].publisher_id,
+             GENRE_NAMES[samples[i].genre]) for i in pick]
 
 
 def _training_starts(docs: list[dict], n: int) -> list[tuple]:
@@ -109,12 +139,13 @@ def passages(att: TextAttributor, n: int) -> dict:
     kind = "heldout" if rows is not None else "training"
     if rows is None:
         rows = _training_starts(att.documents, n)
-    out = []
+    out, unk = [], tok.unk_id  # (None: a byte-level BPE, every text encodes)
     for doc, words, source, genre in rows:
         text, toks = _fit(words, tok, most)
         if len(toks) >= 2:
+            oov = 0 if unk is None else sum(i == unk for i in tok.encode(toks))
             out.append({"id": f"{'heldout' if kind == 'heldout' else 'train'}-{doc}", "document": doc, "text": text,
-                        "n_tokens": len(toks), "oov": sum(i == 0 for i in tok.encode(toks)), "source": source,
+                        "n_tokens": len(toks), "oov": oov, "source": source,
                         "source_name": labels.get(source, source), "genre": genre})
     note = ("windows of held-out Brown samples: the model never trained on them" if kind == "heldout" else
             "no held-out text in this store: the first words of training documents (the model trained on them)")

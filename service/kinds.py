@@ -13,8 +13,13 @@ decides how a request is read, scored and answered.
   a readout becomes answers and per-source credit (``answers``).
 
 Kinds: ``mlp`` (vector store: ``{"input": [...], "target": c}``, outputs
-margin / loss / logprob) and ``gpt`` (text store: ``{"text": ...}`` or
-``{"prompt": ..., "completion": ...}``, f = mean log-probability).
+margin / loss / logprob) and the text stores ``gpt`` (the project's own
+GPT, word-level tokenizer) and ``hf`` (a Hugging Face causal LM, LoRA or
+fully fine-tuned, its own BPE tokenizer): ``{"text": ...}`` or
+``{"prompt": ..., "completion": ...}``, f = mean log-probability. Both text
+kinds are one :class:`TextKind` (``TextAttributor`` loads either model
+through ``influence.text.models``); only the name, taken from the manifest,
+differs, and every message names it.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ class Kind:
 
     name: str
     playground = False  # the dashboard playground's example endpoints serve it (vector inputs)
+    text = False  # takes text queries ({"text"} / {"prompt", "completion"})
 
     def load(self, store: Store, s: Settings):
         """The resident attributor of ``store`` on ``s.device``."""
@@ -147,8 +153,8 @@ class VectorKind(Kind):
             raise invalid("granularity", "this store holds no per-example responses")
         for i, q in enumerate(req.queries):
             if not isinstance(q, Query):
-                raise invalid(_wrong_form(i, q), 'this store holds a classifier (kind mlp): it takes numeric '
-                              'queries {"input": [...]}, not text')
+                raise invalid(_wrong_form(i, q), f'this store holds a classifier (kind {self.name}): it takes '
+                              'numeric queries {"input": [...]}, not text')
             if len(q.input) != d:
                 raise invalid(f"queries[{i}].input", f"expected {d} values, got {len(q.input)}")
             if q.target is not None and not 0 <= q.target < c:
@@ -194,7 +200,7 @@ class VectorKind(Kind):
         return out
 
 
-# ---- text stores (model.kind == "gpt") ----------------------------------------------------------------------------
+# ---- text stores (model.kind == "gpt" or "hf") -----------------------------------------------------------------------
 @dataclass
 class TextReadout:
     """One request's rows of a batched text readout (CPU): ``logprob (b,)``,
@@ -225,7 +231,13 @@ def text_readout(att: TextAttributor, rows: list[list[Encoded]], examples: list[
 
 
 class TextKind(Kind):
-    name = "gpt"
+    """A text store of kind ``name`` (``gpt`` or ``hf``): one implementation,
+    the tokenizer, context and documents are the store's own."""
+
+    text = True
+
+    def __init__(self, name: str):
+        self.name = name
 
     def load(self, store: Store, s: Settings) -> TextAttributor:
         return TextAttributor(store, s.device, tangent_dtype=getattr(torch, s.text_tangent_dtype))
@@ -255,8 +267,8 @@ class TextKind(Kind):
         for i, q in enumerate(req.queries):
             at = f"queries[{i}]"
             if isinstance(q, Query):
-                raise invalid(f"{at}.input", 'this store holds a language model (kind gpt): it takes text '
-                              'queries {"text": "..."} or {"prompt": "...", "completion": "..."}, not numbers')
+                raise invalid(f"{at}.input", f'this store holds a language model (kind {self.name}): it takes '
+                              'text queries {"text": "..."} or {"prompt": "...", "completion": "..."}, not numbers')
             if isinstance(q, TextQuery):
                 fields = [f"{at}.text"]
                 chars = len(q.text)
@@ -331,7 +343,7 @@ def _refuse(fields: list[str], reason: str):
     raise ApiError(422, "invalid_request", f"{fields[0]}: {reason}", [(f, reason) for f in fields])
 
 
-KINDS: dict[str, Kind] = {"mlp": VectorKind(), "gpt": TextKind()}
+KINDS: dict[str, Kind] = {"mlp": VectorKind(), "gpt": TextKind("gpt"), "hf": TextKind("hf")}
 
 
 def kind_of(manifest: Manifest) -> Kind:

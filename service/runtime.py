@@ -29,13 +29,15 @@ from .answers import AnswerStore
 from .batcher import Batcher
 from .embedded_redis import EmbeddedRedis
 from .errors import ApiError, invalid
-from .kinds import Kind, kind_of
+from .kinds import KINDS, Kind, kind_of
 from .ledger import OUTAGE, Journal, Ledger
 from .settings import Settings
 from .stats import Stats
 from .tasks import cancel_and_wait
 
 log = logging.getLogger("service")
+
+TEXT_KINDS = frozenset(k for k, v in KINDS.items() if v.text)
 
 VERSION_NAME = re.compile(r"v[0-9]{6,12}")
 """A published version's name (``influence.store`` names them ``v000001``,
@@ -54,10 +56,13 @@ def change_refused(old: Manifest, old_kind: str, new: Manifest, allow_kind_chang
                    allow_source_change: bool) -> None:
     """409 naming ``version`` when ``new`` serves another model kind or
     another set of sources than ``old``, unless the matching flag allows it."""
-    new_kind = kind_of(new).name
+    kind = kind_of(new)
+    new_kind = kind.name
     if new_kind != old_kind and not allow_kind_change:
-        reason = (f"{new.version} holds a {new_kind} store, {old.version} (served) a {old_kind} store: the query "
-                  "form changes; add allow_kind_change=true to switch anyway")
+        same_form = kind.text and old_kind in TEXT_KINDS
+        reason = (f"{new.version} holds a {new_kind} store, {old.version} (served) a {old_kind} store: the "
+                  + ("model and its tokenizer change" if same_form else "query form changes")
+                  + "; add allow_kind_change=true to switch anyway")
         raise ApiError(409, "conflict", f"version: {reason}", [("version", reason)], "query")
     gone, added = set(old.source_ids) - set(new.source_ids), set(new.source_ids) - set(old.source_ids)
     if (gone or added) and not allow_source_change:

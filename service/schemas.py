@@ -7,7 +7,7 @@ source: ``τ > 0`` means it pushed the output up. Credit is in integer units
 
 A query is one of three forms, told apart by its keys: ``{"input": [...]}``
 (a vector store: ``model.kind == "mlp"``), ``{"text": "..."}`` or
-``{"prompt": "...", "completion": "..."}`` (a text store: ``"gpt"``). Which
+``{"prompt": "...", "completion": "..."}`` (a text store: ``"gpt"`` or ``"hf"``). Which
 forms the served store takes is decided by ``service.kinds``; a form the
 store does not take is a 422 naming the field.
 """
@@ -44,7 +44,7 @@ _TEXT_CAP = 1_000_000  # a parse-time cap; the served limit is the setting max_t
 class TextQuery(_Strict):
     """A text store's query: f = mean log-probability of the text's tokens,
     each given the ones before it (at least 2, at most the model's context
-    + 1 = 65 tokens)."""
+    + 1: 65 tokens for the brown preset, 129 for brown-ft)."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"text": "The jury said the election was fair."}]})
 
@@ -56,7 +56,7 @@ class TextQuery(_Strict):
 
 class PromptQuery(_Strict):
     """A text store's query: f = mean log-probability of the completion's
-    tokens given the prompt (prompt + completion at most 65 tokens)."""
+    tokens given the prompt (prompt + completion at most the model's context + 1 tokens)."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"prompt": "The jury said", "completion":
                                                                "the election was fair."}]})
@@ -152,12 +152,14 @@ class TextAttribution(BaseModel):
     client_id: str | None = None
     logprob: float = Field(..., description="f: mean log-probability (natural log) of the scored tokens")
     token_logprobs: list[float] = Field(..., description="log p of each scored token given its prefix, in order")
-    tokens: list[str] | None = Field(None, description="every token of the query as the model reads it (`<unk>` "
-                                     "out of vocabulary), n_tokens of them; token_logprobs are those of the last "
-                                     "n_targets")
+    tokens: list[str] | None = Field(None, description="every token of the query as the model reads it, as "
+                                     "readable text (`<unk>` out of vocabulary; an hf store's BPE pieces decoded, "
+                                     "a leading space kept: `\" jury\"`), n_tokens of them; token_logprobs are "
+                                     "those of the last n_targets")
     n_tokens: int = Field(..., description="tokens of the query (prompt + completion)")
     n_targets: int = Field(..., description="tokens f is taken over")
-    oov: int = Field(..., description="tokens out of the vocabulary (scored as <unk>)")
+    oov: int = Field(..., description="tokens out of the vocabulary (scored as <unk>; always 0 for a byte-level "
+                     "BPE, which encodes every text)")
     sources: list[SourceName] | None = None
     examples: list[DocumentScore] | None = None
     cached: bool = False

@@ -24,14 +24,17 @@ ATTRIBUTION_EXAMPLES = {
                               "target: the class to attribute (default: the predicted one).",
                "value": {"queries": [{"input": [0.0] * 64, "target": 3, "client_id": "q1"}], "top_k": 5,
                          "granularity": "both", "output": "margin"}},
-    "text": {"summary": "text store (kind gpt): a text",
-             "description": "f = mean log-probability of the text's tokens, each given the ones before it; "
-                            "2 to 65 tokens (the model's context + 1), at most max_text_chars characters.",
+    "text": {"summary": "text store (kind gpt or hf): a text",
+             "description": "f = mean log-probability of the text's tokens, each given the ones before it, "
+                            "tokenized by the store's own tokenizer (word-level for gpt, the Hugging Face model's "
+                            "BPE for hf); 2 tokens to the model's context + 1 (65 for the brown preset, 129 for "
+                            "brown-ft), at most max_text_chars characters.",
              "value": {"queries": [{"text": "The jury said the election was conducted fairly."}], "top_k": 5,
                        "granularity": "both"}},
-    "prompt": {"summary": "text store (kind gpt): prompt and completion",
+    "prompt": {"summary": "text store (kind gpt or hf): prompt and completion",
                "description": "f = mean log-probability of the completion's tokens given the prompt; "
-                              "pretokenized: whitespace-separated corpus tokens.",
+                              "pretokenized: whitespace-separated corpus tokens (joined with single spaces "
+                              "for an hf store's tokenizer).",
                "value": {"queries": [{"prompt": "the jury said", "completion": "the election was fair .",
                                       "pretokenized": True}], "granularity": "sources"}},
 }
@@ -44,9 +47,10 @@ async def attributions(req: Annotated[AttributionRequest, Body(openapi_examples=
 
     The served store decides the query form: a vector store (``model.kind``
     ``mlp``) takes ``{"input": [...], "target": c}``, a text store
-    (``gpt``) ``{"text": "..."}`` or ``{"prompt": "...", "completion":
-    "..."}`` (optional ``"pretokenized": true``), at most 65 tokens (the
-    model's context + 1) and ``max_text_chars`` characters per query; the
+    (``gpt``, or ``hf``: a Hugging Face causal LM) ``{"text": "..."}`` or
+    ``{"prompt": "...", "completion": "..."}`` (optional ``"pretokenized":
+    true``), encoded by the store's own tokenizer, at most the model's
+    context + 1 tokens (65 for ``brown``) and ``max_text_chars`` characters per query; the
     other form is a 422 naming the field. Text answers carry ``logprob``
     (f), ``token_logprobs``, ``oov``, publishers (id, name) and documents
     (id, genre, snippet)."""

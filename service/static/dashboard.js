@@ -174,9 +174,12 @@
   }
 
   // ------------------------------------------------------------ live view
+  // a text store (the project's GPT or a Hugging Face causal LM) takes text queries
+  const TEXT_KINDS = ["gpt", "hf"];
+  function isText(b) { return !!(b && b.model && TEXT_KINDS.includes(b.model.kind)); }
   function renderStore(b) {
     S.store = b;
-    const rows = b.model && b.model.kind === "gpt" ? "documents" : "examples";
+    const rows = isText(b) ? "documents" : "examples";
     $("store-badge").textContent = `store ${b.version} · ${b.device} · ${num(b.n_examples)} ${rows} · ${b.n_sources} sources`;
     $("store-badge").dataset.version = b.version;
     if (S.namesVersion !== b.version) loadNames(b.version);
@@ -435,7 +438,7 @@
   const textPg = TextPlayground({ api, el, setText, fix, label });
   async function loadExamples() {
     if (!S.store) return;  // connect() loads them once the store is known
-    if (S.store.model && S.store.model.kind === "gpt") { S.examples = await textPg.load(); return; }
+    if (isText(S.store)) { S.examples = await textPg.load(); return; }
     const r = await api("v1/playground/examples?n=12");
     if (!r.ok) {
       $("pg-unavailable").hidden = false;

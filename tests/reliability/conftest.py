@@ -2,8 +2,9 @@
 bad input fuzzed, overload shed. The service fixtures are those of
 ``tests/service`` (a private copy of the tiny store, a real Redis under a
 unique key prefix, uvicorn on loopback). ``target`` runs a scenario on a
-vector store (the tiny digits MLP) and on a text store (a tiny GPT built by
-the worker from a synthetic corpus) alike.
+vector store (the tiny digits MLP), on a text store (a tiny GPT built by
+the worker from a synthetic corpus) and on a Hugging Face store (``hf``: a
+tiny GPT-2 with its own BPE, LoRA fine-tuned on that corpus) alike.
 
 Each scenario reports its figures (``scenario, requests, lost,
 double_counted, failed_requests`` and more) to the ``figures`` fixture; with
@@ -23,6 +24,7 @@ import pytest
 
 from tests.service.conftest import (  # noqa: F401  (fixtures, re-exported for these tests)
     built_store,
+    hf_store,
     prefix,
     redis_client,
     settings_for,
@@ -66,15 +68,17 @@ class Target:
     bodies: object
 
 
-@pytest.fixture(params=["vector", "text"])
+@pytest.fixture(params=["vector", "text", "hf"])
 def target(request, tmp_path) -> Target:
     kind, fixture = request.param, request.getfixturevalue
-    src = fixture("built_store" if kind == "vector" else "built_text_store")
+    src = fixture({"vector": "built_store", "text": "built_text_store", "hf": "hf_store"}[kind])
     key_prefix = fixture("prefix")
     root = tmp_path / "store"
     shutil.copytree(src, root)
 
     def bodies(count: int = 40) -> list[dict]:
-        return load.text_bodies(count) if kind == "text" else load.bodies(fixture("train_x"), count)
+        if kind == "vector":
+            return load.bodies(fixture("train_x"), count)
+        return load.text_bodies(count, max_words=40 if kind == "text" else 6)  # hf: 33 BPE tokens at most
 
     return Target(kind, root, settings_factory(root, key_prefix, tmp_path), bodies)

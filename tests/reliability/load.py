@@ -75,11 +75,11 @@ def bodies(train_x, count: int = 40, output: str = "margin") -> list[dict]:
     return out
 
 
-def text_bodies(count: int = 40) -> list[dict]:
-    """``count`` recorded text requests of 1-3 queries (2-40 tokens), top_k covering every publisher."""
+def text_bodies(count: int = 40, max_words: int = 40) -> list[dict]:
+    """``count`` recorded text requests of 1-3 queries (2-``max_words`` words), top_k covering every publisher."""
     rng = np.random.default_rng(0)
     pool = [f"w{i}" for i in range(60)] + [f"s{s}x{i}" for s in range(3) for i in range(15)]
-    text = lambda: " ".join(rng.choice(pool, size=int(rng.integers(2, 41))))  # noqa: E731
+    text = lambda: " ".join(rng.choice(pool, size=int(rng.integers(2, max_words + 1))))  # noqa: E731
     return [{"queries": [{"text": text()} for _ in range(1 + n % 3)], "top_k": 100, "output": "logprob",
              "record": True} for n in range(count)]
 

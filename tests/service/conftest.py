@@ -15,6 +15,7 @@ from influence.store import open_store
 from influence.text.attributor import TextAttributor
 
 from ..text_corpus import TINY_TEXT_STORE, build_text_store
+from .hf_store import build_hf_store
 from .util import REDIS_URL, serve, settings_factory
 
 
@@ -85,3 +86,19 @@ def text_att(text_store) -> TextAttributor:
 @pytest.fixture
 def text_settings(text_store, prefix, tmp_path):
     return settings_factory(text_store, prefix, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def hf_store(tmp_path_factory) -> Path:
+    """A tiny Hugging Face (``hf``) store: LoRA on a random GPT-2 with its own BPE (read only; ``hf_store.py``)."""
+    return build_hf_store(tmp_path_factory.mktemp("hf-store"))
+
+
+@pytest.fixture(scope="session")
+def hf_att(hf_store) -> TextAttributor:
+    return TextAttributor(open_store(hf_store), "cpu")
+
+
+@pytest.fixture
+def hf_settings(hf_store, prefix, tmp_path):
+    return settings_factory(hf_store, prefix, tmp_path)
