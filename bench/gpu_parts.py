@@ -183,22 +183,6 @@ def processes_setting() -> str | None:
     return next((k for k in ("processes", "serving_processes", "workers") if k in Settings.model_fields), None)
 
 
-def redis_url(ctx: Ctx) -> tuple[str, object | None]:
-    """``bench.load``'s Redis if it answers, else an embedded one (returned to stop)."""
-    import redis
-
-    from .load import REDIS_URL
-
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
-        return REDIS_URL, None
-    except redis.RedisError:
-        from service.embedded_redis import EmbeddedRedis
-
-        emb = EmbeddedRedis(ctx.scratch / "redis")
-        return emb.start(), emb
-
-
 def served(ctx: Ctx) -> None:
     from influence.store import open_store
     from influence.text.attributor import TextAttributor
@@ -209,9 +193,9 @@ def served(ctx: Ctx) -> None:
     many = max(2, min(4, (os.cpu_count() or 2) // 4))
     counts = [1] + ([many] if setting and not ctx.small else [])
     ctx.emit("info", {"processes_setting": setting, "process_counts": counts,
-                      "note": None if setting else "the service has no processes setting in this tree: 1 process"})
-    url, emb = redis_url(ctx)
-    conc, dur = ((4,), 1.0) if ctx.small else ((32, 128), 5.0)
+                      "note": "the service has no processes setting in this tree: 1 process" if not setting
+                      else "dry run: 1 process" if ctx.small else None})
+    conc, dur = ((4,), 1.0) if ctx.small else ((32, 128), 4.0)
     threads = 1 if ctx.small else 4
     text_root = gpu_stores.store_for("tiny-gpt" if ctx.small else "brown", ctx.dev, ctx.scratch)
     texts = _raw_texts(ctx, TextAttributor(open_store(text_root), "cpu"))
@@ -220,22 +204,18 @@ def served(ctx: Ctx) -> None:
                 {**load_text.SETTINGS, **({} if ctx.small else {"max_batch": 128, "text_readout_block": 64,
                                                                  "readout_workers": 2,
                                                                  "text_tangent_dtype": "bfloat16"})})]
-    try:
-        for kind, store, bodies, extra in targets:
-            for n in counts:
-                settings = {"device": ctx.dev, **extra, **({setting: n} if n > 1 else {})}
-                rows = load.run_matrix(store, [{"batching": True, "cache": False}], conc, (1,), dur, 200_000, log,
-                                       url, settings, "sources", threads, bodies, kind,
-                                       service_log=ctx.scratch / "service.log")
-                for r in rows:
-                    ctx.emit("served", {"store_kind": kind, "processes": n, "concurrency": r["concurrency"],
-                                        "queries_per_request": r["queries_per_request"],
-                                        "qps": r["throughput_qps"], "p99_ms": r["p99_ms"], "p50_ms": r["p50_ms"],
-                                        "error_rate": r["error_rate"], "torch_threads": threads,
-                                        "settings": {k: v for k, v in settings.items() if k != "request_timeout_s"}})
-    finally:
-        if emb is not None:
-            emb.stop()
+    for kind, store, bodies, extra in targets:
+        for n in counts:
+            settings = {"device": ctx.dev, **extra, **({setting: n} if n > 1 else {})}
+            rows = load.run_matrix(store, [{"batching": True, "cache": False}], conc, (1,), dur, 200_000, log,
+                                   load.REDIS_URL, settings, "sources", threads, bodies, kind,
+                                   service_log=ctx.scratch / "service.log")
+            for r in rows:
+                ctx.emit("served", {"store_kind": kind, "processes": n, "concurrency": r["concurrency"],
+                                    "queries_per_request": r["queries_per_request"],
+                                    "qps": r["throughput_qps"], "p99_ms": r["p99_ms"], "p50_ms": r["p50_ms"],
+                                    "error_rate": r["error_rate"], "torch_threads": threads,
+                                    "settings": {k: v for k, v in settings.items() if k != "request_timeout_s"}})
 
 
 def _raw_texts(ctx: Ctx, att) -> list[str]:

