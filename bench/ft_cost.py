@@ -7,8 +7,14 @@ gradients), one member, one query at a time (each query runs every method
 before the next starts; medians), one thread; and the fraction of this
 machine's one-thread float32 GEMM rate each reaches.
 
-One way to cut the per-publisher cost with the readout kept forward-only: a
-rank-``r`` basis of the document responses (``lm_simulate.compress`` with
+Two ways to cut the per-publisher cost with the readout kept forward-only.
+(1) Tangents that start late: the responses restricted to the LoRA
+parameters of the last ``n`` transformer blocks (the others zero), read out
+with only those parameters as jvp inputs, so the first ``4 − n`` blocks run
+once as a plain primal and every tangent flows through ``n`` blocks only
+(a proxy of "LoRA only on the last blocks": same fine-tune, responses cut
+to that subspace, accuracy measured on the same ground truth).
+(2) A rank-``r`` basis of the document responses (``lm_simulate.compress`` with
 the genres as its exact sources when ``r ≥ 30``, probe queries from training
 blocks): ``r`` tangents, then publisher (and document) scores by an
 ``(r, 312)`` product. Its accuracy cost: document / genre LDS on the
@@ -38,7 +44,7 @@ from bench.common import RESULTS, machine
 from bench.ft_groundtruth import load_groundtruth
 from bench.ft_ours import member_artefacts, member_model, responses
 from bench.ft_protocol import DEFAULT, N_GENRES, N_PUBLICATIONS, blocks, doc_source, queries
-from bench.lm_baselines import evaluate_one, lam_grid, projector, trak_features
+from bench.lm_baselines import evaluate_one, lam_grid, lds, projector, trak_features
 from influence.text.gpt import sequence_logprob
 from influence.text.lm_math import jvp_scores
 from influence.text.lm_simulate import compress, probe_grads, score_agreement
@@ -77,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", type=int, default=8)
     ap.add_argument("--ranks", default="8,16,32,64")
     ap.add_argument("--k", type=int, default=0, help="TRAK projection (default: the best of ft_quality at 1 model)")
+    ap.add_argument("--late", default="1,2", help="last-n-blocks variants")
+    ap.add_argument("--genre-ranks", default="4,8", help="rank-r bases of the 15 genre rows alone")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -127,16 +135,43 @@ def main(argv: list[str] | None = None) -> int:
         L = int(mask[i].sum()) + 1
         return x[i : i + 1, :L], mask[i : i + 1, : L - 1]
 
-    def readout(R, C=None):
+    def readout(R, C=None, p=params, **kw):
         if C is None:
-            return lambda xb, mb: jvp_scores(model, params, R, xb, mb)
-        return lambda xb, mb: jvp_scores(model, params, R, xb, mb) @ C.T
+            return lambda xb, mb: jvp_scores(model, p, R, xb, mb, **kw)
+        return lambda xb, mb: jvp_scores(model, p, R, xb, mb, **kw) @ C.T
 
     fns = {f"ours_{lvl}": readout(R) for lvl, R in rows.items()}
+    fns["ours_genre_func"] = readout(rows["genre"], impl="func")  # the torch.func reference path
+    fns["ours_publication_func"] = readout(rows["publication"], impl="func")
+    bf = {n_: v.bfloat16() for n_, v in params.items()}
+    if getattr(model, "manual_tangents", False):
+        for lvl in ("genre", "publication"):
+            fns[f"ours_{lvl}_bf16"] = readout(rows[lvl], tangent_params=bf)
     fns["trak"] = trak
     fns["graddot"] = lambda xb, mb: backward(xb, mb) @ G.T
     for r in ranks:
         fns[f"ours_basis_r{r}"] = readout(comp[r][0], comp[r][1])
+    granks = [int(r) for r in a.genre_ranks.split(",") if r]
+    gcomp = {r: compress(rows["genre"], torch.arange(N_GENRES), N_GENRES, r, probe) for r in granks}
+    for r in granks:
+        fns[f"ours_genre_basis_r{r}"] = readout(gcomp[r][0], gcomp[r][1])
+    late = [int(n) for n in a.late.split(",") if n]
+    with torch.no_grad():  # the module holds the fine-tuned adapters: params left out of a jvp keep them
+        for n_, v in model.named_parameters():
+            if n_ in params:
+                v.copy_(params[n_])
+    cols, off = {}, 0
+    for n_, v in params.items():
+        cols[n_] = (off, off + v.numel())
+        off += v.numel()
+    n_layers = 1 + max(int(n_.split(".h.")[1].split(".")[0]) for n_ in params)
+    late_idx = {}
+    for n in late:
+        names = [n_ for n_ in params if int(n_.split(".h.")[1].split(".")[0]) >= n_layers - n]
+        late_idx[n] = torch.cat([torch.arange(*cols[n_]) for n_ in names])
+        sub = {n_: params[n_] for n_ in names}
+        for lvl in ("genre", "publication"):
+            fns[f"ours_late{n}_{lvl}"] = readout(rows[lvl][:, late_idx[n]].contiguous(), p=sub, impl="func")
     xb, mb = trim(0)
     fl = {name: flops(lambda f=f: f(xb, mb)) for name, f in fns.items()}
     fl["forward"] = flops(lambda: sequence_logprob(model, xb, None, mb))
@@ -168,9 +203,31 @@ def main(argv: list[str] | None = None) -> int:
                       "publisher_scores": score_agreement(pub_exact, approx @ Ap.double().T),
                       "document_scores": score_agreement(exact, approx),
                       **{f"lds_{k_}": v for k_, v in lv.items()},
-                      **{f"lds_loss_{k_}": ex_lds[k_] - v for k_, v in lv.items()},
+                      **{f"lds_loss_{k_}": ex_lds.get(k_, float("nan")) - v for k_, v in lv.items()},
                       "seconds_per_query": med[f"ours_basis_r{r}_s"], "flops": fl[f"ours_basis_r{r}"]})
-    result = {"per_query": per_query, "flops": fl,
+    for r in granks:  # genre-level accuracy of the genre-only bases (genre scores = (Q Bᵀ) Cᵀ)
+        B, C, _ = gcomp[r]
+        tg = ((Qg @ B.T) @ C.T).double().numpy()
+        gl = {"genre": lds(tg, gt.genre_subsets, gt.genre_targets),
+              "genre_centred": lds(tg, gt.genre_subsets, gt.genre_targets, centred=True)}
+        basis.append({"rank": r, "genre_only": True, **{f"lds_{k_}": v for k_, v in gl.items()},
+                      **{f"lds_loss_{k_}": ex_lds.get(k_, float("nan")) - v for k_, v in gl.items()},
+                      "seconds_per_query": med[f"ours_genre_basis_r{r}_s"], "flops": fl[f"ours_genre_basis_r{r}"]})
+    xb, mb = trim(0)
+    checks = {n: float((fns[f"ours_late{n}_genre"](xb, mb)[0].double() - Qg[0, late_idx[n]].double()
+                        @ rows["genre"][:, late_idx[n]].double().T).abs().max()
+                       / (Qg[0] @ rows["genre"].T).abs().max()) for n in late}
+    late_rows = []
+    for n in late:
+        li = late_idx[n]
+        approx = (Qg[:, li] @ U[:, li].T).double()
+        lv = evaluate_one(approx.numpy(), gt, genre, N_GENRES)
+        late_rows.append({"blocks": n, "params": int(len(li)), **{f"lds_{k_}": v for k_, v in lv.items()},
+                          **{f"lds_loss_{k_}": ex_lds.get(k_, float("nan")) - v for k_, v in lv.items()},
+                          "publisher_scores": score_agreement(pub_exact, approx @ Ap.double().T),
+                          **{f"{lvl}_s": med[f"ours_late{n}_{lvl}_s"] for lvl in ("genre", "publication")},
+                          **{f"{lvl}_flops": fl[f"ours_late{n}_{lvl}"] for lvl in ("genre", "publication")}})
+    result = {"per_query": per_query, "late": late_rows, "late_forward_check_max_rel": checks, "flops": fl,
               "gflops_per_s": {n: fl[n] / med[f"{n}_s"] / 1e9 for n in fns},
               "gemm_gflops_per_s": rate,
               "fraction_of_gemm": {n: fl[n] / med[f"{n}_s"] / 1e9 / rate for n in fns},

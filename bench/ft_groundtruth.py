@@ -14,7 +14,9 @@ at every level):
 Every finished run writes one small file ``<kind>-<index>-s<seed>.npz`` in
 ``bench/results/ft_truth/<key>/`` (``outputs (m,) float64`` = f(q) of every
 query, ``seconds`` of fine-tuning, ``wall``, the subset), atomically; a
-killed computation resumes where it stopped. One thread per run:
+killed computation resumes where it stopped. Several workers may share the
+plan (each run is claimed with a ``.lock`` file holding the worker's pid;
+a dead worker's claims are taken over). One thread per run:
 
     nohup python -m bench.ft_groundtruth --threads 1 > bench/.cache/ft_gt.log 2>&1 &
     python -m bench.ft_groundtruth --status
@@ -240,6 +242,42 @@ def status(p: FTProtocol, runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim(p: FTProtocol, r: Run) -> Path | None:
+    """An exclusive claim on run ``r`` (``<run>.lock`` holding the pid), or ``None`` when it is done or
+    claimed by a live process: several workers can share one plan. Stale claims are taken over."""
+    path = run_path(p, *r)
+    if path.exists():
+        return None
+    lock = path.with_name(path.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text() or "0")
+            except (OSError, ValueError):
+                pid = 0
+            if pid and _alive(pid):
+                return None
+            lock.unlink(missing_ok=True)
+            continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return None if path.exists() else lock
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full", type=int, default=DEFAULT_FULL)
@@ -261,8 +299,14 @@ def main(argv: list[str] | None = None) -> int:
     todo = [r for r in runs if not run_path(p, *r).exists()]
     t_all = time.perf_counter()
     bar = tqdm(todo, desc="ft ground truth", unit="run", mininterval=30)
-    for r in bar:
-        s = run_one(p, *r, threads=a.threads)
+    for r in bar:  # several workers may share the plan: each run is claimed first (a .lock beside it)
+        lock = claim(p, r)
+        if lock is None:
+            continue
+        try:
+            s = run_one(p, *r, threads=a.threads)
+        finally:
+            lock.unlink(missing_ok=True)
         bar.write(f"[{runs.index(r) + 1}/{len(runs)}] {r[0]} {r[1]} seed {r[2]}: {s:.1f} s "
                   f"(total {time.perf_counter() - t_all:.0f} s)")
     print(status(p, runs), flush=True)

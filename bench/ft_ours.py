@@ -45,10 +45,14 @@ CHECK_QUERIES, CHECK_ROWS = 4, 8
 
 
 def member_model(p: FTProtocol, e: int):
-    """``(HFCausalLM with LoRA, LoRA params)`` of full-data member ``e``."""
+    """``(HFCausalLM with LoRA, LoRA params)`` of full-data member ``e``; ``e = -1``: the base model
+    alone (no fine-tune: the LoRA adapters as initialised with seed 2, B = 0)."""
     from influence.hf.loader import load_model
     from influence.hf.model import wrap
 
+    if e < 0:
+        model = wrap(load_model(BASE_DIR), SPEC, seed=p.full_seed(0))
+        return model, model.trained()
     path = full_params_path(p, e)
     if not path.exists():
         finetune_full(p, e, threads=torch.get_num_threads())
@@ -94,7 +98,7 @@ def member_artefacts(e: int, p: FTProtocol = DEFAULT, rank: int = RANK, power: i
     t = time.perf_counter()
     Q = query_grads(model, params, x, mask)
     secs["query_grads_s"] = time.perf_counter() - t
-    gen = torch.Generator().manual_seed(p.full_seed(e))
+    gen = torch.Generator().manual_seed(p.full_seed(max(e, 0)))
     idx = torch.randperm(b.shape[0], generator=gen)[:curvature].sort().values
     gn = LMGaussNewton(model, params, b[idx])
     t = time.perf_counter()
@@ -148,9 +152,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rank", type=int, default=RANK)
     ap.add_argument("--curvature", type=int, default=CURVATURE)
+    ap.add_argument("--base", action="store_true", help="also the base model alone (member -1, last)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    for e in range(a.members):
+    for e in [*range(a.members), *([-1] if a.base else [])]:
         t = time.perf_counter()
         art = member_artefacts(e, rank=a.rank, curvature=a.curvature)
         print(f"member {e}: {time.perf_counter() - t:.0f} s, forward check {art['check']:.2e}, "

@@ -32,7 +32,7 @@ import time
 import numpy as np
 import torch
 
-from bench.common import RESULTS, machine
+from bench.common import RESULTS, fmt, machine
 from bench.ft_baselines import KS, LAMBDAS, graddot, trak_sweep
 from bench.ft_groundtruth import load_groundtruth, sanity
 from bench.ft_lexical import bm25, overlap
@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--members", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--base", action="store_true",
+                    help="also 'base': ours on the base model alone (no fine-tune; bench.ft_ours --base)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     gt = load_groundtruth(DEFAULT)
@@ -90,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     per = [ours_tau(a_, best["damping"], best["steps"]) for a_ in arts]
     taus["ours", 1], taus["ours", E] = per[0], np.mean(per, 0)
     taus["graddot", 1], taus["graddot", E] = graddot(arts[:1]), graddot(arts)
+    if a.base:
+        art_b = member_artefacts(-1)
+        taus["base", 1] = ours_tau(art_b, best["damping"], best["steps"])
     lex, lex_s = lexical_scores()
     for k in lex:
         taus[k, 1] = taus[k, E] = lex[k]
@@ -102,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     response_filter(arts[0], best["damping"], best["steps"])(arts[0]["G"])
     filt_s = time.perf_counter() - t
     pre = {"ours": grads_s + float(np.mean([s["basis_s"] for s in secs])) + filt_s, "graddot": grads_s,
+           "base": (art_b["seconds"]["doc_grads_s"] + art_b["seconds"]["basis_s"] + filt_s) if a.base else None,
            "bm25": lex_s["bm25"], "overlap": lex_s["overlap"]}
     cost = json.loads(COST.read_text()) if COST.exists() else {}
     per_query = cost.get("per_query", {})
@@ -147,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             result[k] = prev[k]
     OUT.write_text(json.dumps(result, indent=1, default=float) + "\n")
     for r in recs:
-        print(f"{r['method']:8s} x{r['models']} {r['level']:14s} LDS {r['lds']:.3f} (all {r['lds_all']:.3f})")
+        print(f"{r['method']:8s} x{r['models']} {r['level']:14s} LDS {fmt(r['lds'])} (all {fmt(r['lds_all'])})")
     print(f"wrote {OUT}")
     return 0
 
@@ -155,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 def _inference(method: str, models: int, per_query: dict, lexical: bool, k: int | None = None) -> dict:
     """Per-query seconds per source (genre) and per example (document) of one member, times the models."""
     m = 1 if lexical else models
-    if method == "ours":
+    if method in ("ours", "base"):
         src, ex = per_query.get("ours_genre_s"), per_query.get("ours_document_s")
     elif method == "trak":
         src = ex = per_query.get(f"trak_k{k}_s", per_query.get("trak_s"))

@@ -12,7 +12,8 @@ import sys
 from bench.common import RESULTS, fmt, write_section
 
 HEADING = "Fine-tuned Hugging Face model (brown-ft)"
-METHODS = ("ours", "trak", "graddot", "bm25", "overlap")
+SHORT = {"document": "doc", "genre": "genre", "genre_centred": "centred"}
+METHODS = ("ours", "base", "trak", "graddot", "bm25", "overlap")
 
 
 def _row(recs, method, models):
@@ -22,7 +23,7 @@ def _row(recs, method, models):
     r0 = by["document"]
     extra = ""
     if method == "trak":
-        extra = " (" + ", ".join(f"{lv[:3]}: k {by[lv]['k']}, λ {by[lv]['lambda_rel']:g}" for lv in by) + ")"
+        extra = " (" + ", ".join(f"{SHORT[lv]}: k {by[lv]['k']}, λ {by[lv]['lambda_rel']:g}" for lv in by) + ")"
     return (f"| {method}{extra} | {models} | " + " | ".join(fmt(by[lv]["lds"]) for lv in ("document", "genre",
                                                                                            "genre_centred"))
             + " | " + " | ".join(fmt(by[lv]["lds_all"]) for lv in ("document", "genre", "genre_centred"))
@@ -96,31 +97,54 @@ def render(q: dict, c: dict | None) -> str:
             "| readout | rows / tangents | GFLOP | ms | fraction of GEMM rate | time / TRAK |",
             "| --- | --- | --- | --- | --- | --- |",
         ]
-        for n, rows in (("ours_genre", c["rows"]["genre"]), ("ours_publication", c["rows"]["publication"]),
-                        ("ours_document", c["rows"]["document"]), ("trak", "1 backward"),
-                        ("graddot", "1 backward")):
-            lines.append(f"| {n} | {rows} | {fl[n] / 1e9:.2f} | {pq[f'{n}_s'] * 1e3:.1f} | {fr[n]:.2f} | "
-                         f"{c['ratio_to_trak'][n]:.2f} |")
+        named = (("ours_genre", "15 tangents (genres)"), ("ours_genre_bf16", "15, bfloat16 tangents"),
+                 ("ours_genre_func", "15, torch.func jvp (reference path)"),
+                 ("ours_publication", "312 tangents (publishers)"), ("ours_publication_bf16", "312, bfloat16"),
+                 ("ours_publication_func", "312, torch.func jvp"),
+                 ("ours_document", "450 tangents (documents)"), ("trak", "1 backward + projection"),
+                 ("graddot", "1 backward + (450, p) product"))
+        for n, rows in named:
+            if n in fl:
+                lines.append(f"| {n} | {rows} | {fl[n] / 1e9:.2f} | {pq[f'{n}_s'] * 1e3:.1f} | {fr[n]:.2f} | "
+                             f"{c['ratio_to_trak'][n]:.2f} |")
         for b in c["basis"]:
-            n = f"ours_basis_r{b['rank']}"
-            lines.append(f"| ours, rank-{b['rank']} basis (any of the 3 levels) | {b['rank']} | {fl[n] / 1e9:.2f} | "
+            n = f"ours_genre_basis_r{b['rank']}" if b.get("genre_only") else f"ours_basis_r{b['rank']}"
+            what = "genre rows only" if b.get("genre_only") else "documents, publishers, genres"
+            lines.append(f"| rank-{b['rank']} basis ({what}) | {b['rank']} tangents | {fl[n] / 1e9:.2f} | "
                          f"{pq[f'{n}_s'] * 1e3:.1f} | {fr[n]:.2f} | {c['ratio_to_trak'][n]:.2f} |")
+        for r in c.get("late", []):
+            for lvl in ("genre", "publication"):
+                n = f"ours_late{r['blocks']}_{lvl}"
+                lines.append(f"| last {r['blocks']} block(s) only, {lvl} (torch.func) | "
+                             f"{c['rows'][lvl]} tangents | {fl[n] / 1e9:.2f} | {pq[f'{n}_s'] * 1e3:.1f} | "
+                             f"{fr[n]:.2f} | {c['ratio_to_trak'][n]:.2f} |")
         ex = c["exact_lds_report"]
         lines += [
             "",
-            "Cutting the per-publisher cost with the readout kept forward-only: a rank-r basis of the document "
-            "responses (`lm_simulate.compress`, genres exact from r = 30, probe gradients on 256 training blocks), "
-            "r tangents and an (r, 312) product. Its accuracy cost, one member, on the reported subsets (exact "
-            f"rows: document LDS {ex['document']:.3f}, genre {ex['genre']:.3f}, centred {ex['genre_centred']:.3f}):",
+            "Accuracy cost of the cheaper readouts, one member, on the reported subsets (exact rows: document "
+            f"LDS {ex.get('document', float('nan')):.3f}, genre {ex.get('genre', float('nan')):.3f}, centred "
+            f"{ex.get('genre_centred', float('nan')):.3f}). Bases: `lm_simulate.compress` (probe gradients on 256 "
+            "training blocks; genres exact from r = 30); late blocks: the responses cut to the LoRA parameters "
+            "of the last blocks (the same fine-tune).",
             "",
-            "| rank | document LDS | genre LDS | centred genre LDS | publisher scores: Spearman to exact | "
-            "publisher scores: rel. error | ms per query |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
+            "| variant | document LDS | genre LDS | centred genre LDS | publisher scores: Spearman to exact | "
+            "publisher scores: rel. error |",
+            "| --- | --- | --- | --- | --- | --- |",
         ]
+
+        def g(d, k):
+            return fmt(d.get(k))
+
         for b in c["basis"]:
-            lines.append(f"| {b['rank']} | {b['lds_document']:.3f} | {b['lds_genre']:.3f} | "
-                         f"{b['lds_genre_centred']:.3f} | {b['publisher_scores']['spearman']:.3f} | "
-                         f"{b['publisher_scores']['rel_error']:.3f} | {b['seconds_per_query'] * 1e3:.1f} |")
+            ps = b.get("publisher_scores", {})
+            what = "genre rows only" if b.get("genre_only") else "all rows"
+            lines.append(f"| rank-{b['rank']} basis ({what}) | {g(b, 'lds_document')} | {g(b, 'lds_genre')} | "
+                         f"{g(b, 'lds_genre_centred')} | {g(ps, 'spearman')} | {g(ps, 'rel_error')} |")
+        for r in c.get("late", []):
+            ps = r["publisher_scores"]
+            lines.append(f"| last {r['blocks']} block(s) ({r['params']:,} params) | {g(r, 'lds_document')} | "
+                         f"{g(r, 'lds_genre')} | {g(r, 'lds_genre_centred')} | {g(ps, 'spearman')} | "
+                         f"{g(ps, 'rel_error')} |")
     notes = q.get("notes")
     if notes:
         lines += ["", *notes]
