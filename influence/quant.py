@@ -82,7 +82,8 @@ def _pack(u: torch.Tensor, bits: int) -> torch.Tensor:
     of 8 codes is one ``8·bits``-bit little-endian word."""
     r = u.shape[0]
     v = u.to(torch.int64).reshape(r, -1, 8)
-    word = (v << (bits * torch.arange(8))).sum(-1)  # (r, P/8): disjoint bit fields, so the sum is an OR
+    # (r, P/8): disjoint bit fields, so the sum is an OR
+    word = (v << (bits * torch.arange(8, device=u.device))).sum(-1)
     out = torch.stack([(word >> (8 * j)) & 0xFF for j in range(bits)], dim=-1)
     return out.to(torch.uint8).reshape(r, -1)
 
@@ -91,6 +92,6 @@ def _unpack(b: torch.Tensor, bits: int) -> torch.Tensor:
     """Inverse of :func:`_pack` → int8 ``(r, P)``."""
     r = b.shape[0]
     y = b.to(torch.int64).reshape(r, -1, bits)
-    word = (y << (8 * torch.arange(bits))).sum(-1)
-    v = (word[..., None] >> (bits * torch.arange(8))) & ((1 << bits) - 1)
+    word = (y << (8 * torch.arange(bits, device=b.device))).sum(-1)
+    v = (word[..., None] >> (bits * torch.arange(8, device=b.device))) & ((1 << bits) - 1)
     return v.to(torch.int8).reshape(r, -1)

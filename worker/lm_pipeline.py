@@ -113,7 +113,7 @@ def respond(cfg: WorkerConfig, model, params: dict[str, torch.Tensor], blocks: t
         comp = cs.__dict__
     q = cfg.quant()
     # quantised on the CPU (influence.quant packs bits with CPU index tensors), the result back on basis' device
-    stored = basis if q is None else dequantize(quantize(basis.cpu(), q["bits"], q["group"])).to(basis.device)
+    stored = basis if q is None else dequantize(quantize(basis, q["bits"], q["group"]))
     A = _membership(doc_source.to(resp.U.device), n_src)
     if (m.compress_rank or q is not None) and heldout is not None:
         comp["quant"] = q
