@@ -13,6 +13,7 @@ the middleware checks keys before the lifespan's objects are involved.
 from __future__ import annotations
 
 import gc
+import json
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -25,6 +26,21 @@ from .middleware import BodyLimit, RequestGate
 from .routes import ROUTERS
 from .runtime import Runtime
 from .settings import Settings
+
+WORKER_SETTINGS = "FA_WORKER_SETTINGS"
+"""The environment variable through which ``python -m service --workers N``
+hands its settings (JSON) to each serving process (``worker_app``)."""
+WORKER_LOG_LEVEL = "FA_WORKER_LOG_LEVEL"
+
+
+def worker_app() -> FastAPI:
+    """The app of one of several serving processes (``service.__main__.serve_workers``)."""
+    import logging
+    import os
+
+    logging.basicConfig(level=os.environ.get(WORKER_LOG_LEVEL, "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    return create_app(Settings(_env_file=None, **json.loads(os.environ[WORKER_SETTINGS])))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -25,6 +25,16 @@ Because of the marker, a replay interrupted half way and run again still
 counts each record exactly once. The journal holds at most
 ``journal_max_entries`` records: beyond that a recording request gets 503.
 
+Several serving processes on one host (``workers``) share the data dir:
+each claims its own journal *slot* (``Journal.claim``: slot 0 is
+``journal/`` itself, slot k ``journal/p{k}``), held by an ``flock`` on the
+slot's ``.lock`` for the life of the process, so no two live processes ever
+append to or replay the same files. The lock goes with the process however
+it ends; a slot left with records (a process killed during an outage, or a
+restart with fewer processes) is *adopted*: any live process whose Redis
+answers takes the free slot's lock and replays it (``Ledger.adopt``), and a
+process starting later may claim it and replay it as its own.
+
 Group commit: concurrent ``record`` calls share one script call (records
 that arrive while one is in flight ride the next), one Redis round trip for
 a whole micro-batch of requests instead of one each. A failed call sends
@@ -35,6 +45,7 @@ the call had in fact been applied.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
@@ -84,6 +95,7 @@ return out
 APPLY_CHUNK = 128
 
 OUTAGE = (RedisError, OSError, asyncio.TimeoutError)
+ADOPT_EVERY = 5  # replay ticks between looks for journal slots left by processes that are gone
 
 
 def new_record(queries: int, credit: dict[str, int], hits: dict[str, int], bucket_s: int,
@@ -93,8 +105,43 @@ def new_record(queries: int, credit: dict[str, int], hits: dict[str, int], bucke
             "credit": credit, "hits": hits}
 
 
+def _try_lock(directory: Path) -> int | None:
+    """An fd holding an exclusive ``flock`` on ``directory/.lock``, or None
+    when another open file (any process, this one included) holds it."""
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def slot_dirs(root: Path) -> list[tuple[int, Path]]:
+    """Every journal slot under ``root`` that exists: ``(k, directory)``."""
+    out = [(0, root)] if root.is_dir() else []
+    for d in root.glob("p*") if root.is_dir() else []:
+        if d.is_dir() and d.name[1:].isdigit():
+            out.append((int(d.name[1:]), d))
+    return sorted(out)
+
+
+def slot_live(directory: Path) -> bool:
+    """Whether a process holds the slot (its lock is taken)."""
+    fd = _try_lock(directory)
+    if fd is None:
+        return True
+    os.close(fd)
+    return False
+
+
 class Journal:
-    """Bounded append-only JSON-lines file; thread safe."""
+    """Bounded append-only JSON-lines file; thread safe. ``claim`` gives a
+    process its own slot of a shared journal root (module doc)."""
+
+    slot: int | None = None  # the slot this process holds (``claim``), else None
+    root: Path | None = None  # the shared journal root of a claimed slot
+    _lock_fd: int | None = None
 
     def __init__(self, directory: Path, max_entries: int, fsync: bool = True):
         self.dir, self.max_entries, self.fsync = Path(directory), max_entries, fsync
@@ -102,6 +149,29 @@ class Journal:
         self.active = self.dir / "active.jsonl"
         self._lock = threading.Lock()
         self.entries = sum(len(self._read(p)) for p in self.dir.glob("*.jsonl"))
+
+    @classmethod
+    def claim(cls, root: Path, max_entries: int, fsync: bool = True) -> Journal:
+        """The lowest slot under ``root`` no live process holds, locked for
+        this process until ``release`` (or its end); its records are this
+        journal's (a slot left with records is replayed as one's own)."""
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        k = 0
+        while True:
+            d = root if k == 0 else root / f"p{k}"
+            d.mkdir(exist_ok=True)
+            fd = _try_lock(d)
+            if fd is not None:
+                j = cls(d, max_entries, fsync)
+                j.slot, j._lock_fd, j.root = k, fd, root
+                return j
+            k += 1
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     @staticmethod
     def _read(path: Path) -> list[dict]:
@@ -223,21 +293,53 @@ class Ledger:
                 if not fut.done():
                     fut.set_result(ok)
 
-    async def replay(self) -> int:
-        """Apply every journaled record; returns how many were new."""
-        new = 0
-        for path in await asyncio.to_thread(self.journal.take):
-            recs = await asyncio.to_thread(self.journal._read, path)
+    async def replay(self, journal: Journal | None = None) -> int:
+        """Apply every record of ``journal`` (default: this process's own);
+        returns how many were new."""
+        journal, new = journal or self.journal, 0
+        for path in await asyncio.to_thread(journal.take):
+            recs = await asyncio.to_thread(journal._read, path)
             new += sum(await self.apply_many(recs))
-            await asyncio.to_thread(self.journal.done, path, len(recs))
+            await asyncio.to_thread(journal.done, path, len(recs))
         self.replayed += new
         return new
 
+    def _orphans(self) -> list[Path]:
+        """Other journal slots of the shared root that hold records and that no live process holds."""
+        own, root = self.journal.dir, self.journal.root
+        if root is None:
+            return []
+        out = []
+        for _, d in slot_dirs(root):
+            if d != own and any(p.stat().st_size for p in d.glob("*.jsonl")) and not slot_live(d):
+                out.append(d)
+        return out
+
+    async def adopt(self) -> int:
+        """Replay the slots left with records by processes that are gone
+        (module doc), each under its lock; returns the new records."""
+        new = 0
+        for d in await asyncio.to_thread(self._orphans):
+            fd = await asyncio.to_thread(_try_lock, d)
+            if fd is None:
+                continue  # a process claimed it meanwhile: it replays it itself
+            try:
+                j = await asyncio.to_thread(Journal, d, self.journal.max_entries, self.journal.fsync)
+                n = await self.replay(j)
+                log.info("journal slot %s of a process that is gone: %d new records replayed", d.name, n)
+                new += n
+            finally:
+                os.close(fd)
+        return new
+
     async def _replay_loop(self) -> None:
+        tick = 0
         while True:
             await asyncio.sleep(self.replay_interval_s)
+            tick += 1
             hooks = [run for waiting, run in self.recovery_hooks if waiting()]
-            if self.healthy and not self.journal.entries and not hooks:
+            shared = self.journal.root is not None and tick % ADOPT_EVERY == 0
+            if self.healthy and not self.journal.entries and not hooks and not shared:
                 continue
             try:
                 await self.r.ping()
@@ -247,6 +349,8 @@ class Ledger:
                     log.info("journal replayed: %d new records", n)
                 for run in hooks:
                     await run()
+                if shared:
+                    await self.adopt()
             except OUTAGE:
                 self.healthy = False
 

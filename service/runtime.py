@@ -31,6 +31,7 @@ from .embedded_redis import EmbeddedRedis
 from .errors import ApiError, invalid
 from .kinds import KINDS, Kind, kind_of
 from .ledger import OUTAGE, Journal, Ledger
+from .peers import FOLLOW_S, Peers
 from .settings import Settings
 from .stats import Stats
 from .tasks import cancel_and_wait
@@ -114,6 +115,7 @@ class Runtime:
         self.redis, self.ledger, self.batcher, self.embedded = redis, ledger, batcher, embedded
         self.answers = AnswerStore(redis, ledger, settings, self.serving)
         self.served: Served | None = None
+        self.peers: Peers | None = None  # the other serving processes of this host (workers > 1)
         self.sources_cache: dict = {}  # (rev, version, bucket) -> view (service.sources)
         self._tasks: list[asyncio.Task] = []
         self._reload_lock = asyncio.Lock()
@@ -129,7 +131,7 @@ class Runtime:
             log.warning("no API keys configured (FA_QUERY_KEYS, FA_ADMIN_KEYS, ...): access is open")
         redis, embedded, url = await _connect(s)
         try:
-            journal = Journal(s.journal_dir, s.journal_max_entries, s.journal_fsync)
+            journal = Journal.claim(s.journal_dir, s.journal_max_entries, s.journal_fsync)
         except BaseException:  # nothing else started yet: leave no server or pool behind
             await redis.aclose()
             if embedded:
@@ -149,6 +151,9 @@ class Runtime:
         ledger.start()
         batcher.start()
         rt = cls(s, stats, redis, ledger, batcher, embedded)
+        if s.workers > 1:
+            rt.peers = Peers(s.data_dir / "peers", journal.slot, s.journal_dir)
+            rt._spawn(rt._follow(), "follow-peers")
         rt._spawn(rt._initial_load(), "initial-load")
         if s.watch_store_s > 0:
             rt._spawn(rt._watch(), "store-watch")
@@ -160,6 +165,7 @@ class Runtime:
         await cancel_and_wait(self._tasks)
         await self.batcher.stop()
         await self.ledger.stop()
+        self.ledger.journal.release()
         await self.redis.aclose()
         if self.embedded:
             await asyncio.to_thread(self.embedded.stop)
@@ -196,6 +202,8 @@ class Runtime:
             if not VERSION_NAME.fullmatch(target):
                 raise StoreError(f"{self.s.store}/CURRENT names {target[:80]!r}, not a version name")
             if target == prev:
+                if self.peers:
+                    self.peers.announce(prev)
                 return {"previous_version": prev, "store_version": prev, "changed": False, "load_s": 0.0}
             if old is not None:
                 man = await asyncio.to_thread(read_manifest, self.s.store / "versions" / target)
@@ -203,6 +211,8 @@ class Runtime:
             t0 = time.perf_counter()
             served = await asyncio.to_thread(self._load, target)
             self.served = served  # the whole hot swap
+            if self.peers:
+                self.peers.announce(served.version)
             self.stats.m_reloads.inc()
             if prev and self.s.cache_ttl_s:
                 self._spawn(self.answers.drop_version(prev), f"drop-cache-{prev}")
@@ -211,6 +221,44 @@ class Runtime:
                      served.att.device, dt)
             return {"previous_version": prev, "store_version": served.version, "changed": True,
                     "load_s": round(dt, 4)}
+
+    async def reload_all(self, version: str | None = None, allow_kind_change: bool = False,
+                         allow_source_change: bool = False) -> dict:
+        """``reload`` here, then, with other serving processes on this host
+        (``service.peers``), in every one of them: the answer comes when all
+        live processes serve the version (``processes``: how many do, of how
+        many), or after ``request_timeout_s``."""
+        out = await self.reload(version, allow_kind_change, allow_source_change)
+        if self.peers is None:
+            return out
+        target = out["store_version"]
+        self.peers.publish(target, allow_kind_change, allow_source_change)
+        deadline = time.monotonic() + self.s.request_timeout_s
+        while True:
+            seen = await asyncio.to_thread(self.peers.serving)
+            done = sum(v == target for v in seen.values())
+            if done == len(seen) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(FOLLOW_S / 2)
+        if done < len(seen):
+            log.warning("reload to %s: %d of %d serving processes serve it after %.0f s", target, done, len(seen),
+                        self.s.request_timeout_s)
+        return {**out, "processes": {"serving": done, "total": len(seen)}}
+
+    async def _follow(self) -> None:
+        """Load what another process's admin reload asked of all (``service.peers``)."""
+        while True:
+            await asyncio.sleep(FOLLOW_S)
+            want = await asyncio.to_thread(self.peers.desired)
+            if not want or want.get("seq") == self.peers.seen or self.served is None:
+                continue
+            self.peers.seen = want["seq"]
+            try:
+                await self.reload(want["version"], bool(want.get("allow_kind_change")),
+                                  bool(want.get("allow_source_change")))
+            except (InfluenceError, OSError, ApiError) as e:
+                log.error("reload asked by another serving process failed, still serving %s: %s", self.serving(),
+                          getattr(e, "message", e))
 
     def _load(self, version: str) -> Served:
         """(in a thread) Open, load and probe one store version."""
@@ -226,8 +274,13 @@ class Runtime:
 
     async def _initial_load(self) -> None:
         while self.served is None:
+            want = self.peers.desired() if self.peers else None  # a group's version (an admin reload) over CURRENT
             try:
-                await self.reload()
+                if want:
+                    self.peers.seen = want["seq"]
+                    await self.reload(want["version"] if want["version"] in list_versions(self.s.store) else None)
+                else:
+                    await self.reload()
             except (InfluenceError, OSError) as e:
                 log.error("cannot load the store yet (retrying in 2 s): %s", e)
                 await asyncio.sleep(2.0)

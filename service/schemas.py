@@ -223,11 +223,18 @@ class CompensationReport(BaseModel):
     store_version: str
 
 
+class ProcessCount(BaseModel):
+    serving: int = Field(..., description="serving processes of this host that serve store_version now")
+    total: int = Field(..., description="live serving processes of this host")
+
+
 class ReloadResponse(BaseModel):
     previous_version: str | None
     store_version: str
     changed: bool
     load_s: float
+    processes: ProcessCount | None = Field(None, description="with several serving processes (workers > 1): how "
+                                           "many serve store_version when this answer was sent; null with one")
 
 
 class StoreInfo(BaseModel):

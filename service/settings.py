@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     device: str | None = Field(None, description="torch device for the store; unset = CUDA when present, else CPU")
     torch_threads: int = Field(0, ge=0, description="CPU threads of torch's readout (0 = torch's default)")
     watch_store_s: float = Field(0.0, ge=0, description="poll CURRENT every this many seconds and reload (0 = off)")
+    workers: int = Field(1, ge=1, le=64, description="serving processes behind the one port (uvicorn's "
+                         "multiprocess supervisor): each with its own batcher and its own copy of the store")
 
     # request limits (checked before any work)
     max_queries: int = Field(64, ge=1, description="queries per request")

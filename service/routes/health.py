@@ -27,7 +27,7 @@ async def readyz(request: Request):
         raise unavailable("store not loaded: loading", 2, "not_ready")
     return {"status": "ready", "store_version": served.version, "device": str(served.att.device),
             "redis": rt.ledger.healthy, "journal_entries": rt.ledger.journal.entries,
-            "batch_invariant": served.batch_invariant}
+            "batch_invariant": served.batch_invariant, "process": rt.ledger.journal.slot}
 
 
 @router.get("/metrics")

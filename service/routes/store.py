@@ -46,9 +46,10 @@ async def reload(p: AdminKey, rt: RuntimeDep, version: str | None = None, allow_
     served one is a 409 unless ``allow_kind_change`` / ``allow_source_change``
     is true; credit recorded for sources no longer served stays in the
     aggregates (reports list it, ``/v1/sources`` marks it ``in_store:
-    false``)."""
+    false``). With several serving processes (``workers``) every one of
+    them switches; the answer comes once all do (``processes``)."""
     try:
-        return await rt.reload(version, allow_kind_change, allow_source_change)
+        return await rt.reload_all(version, allow_kind_change, allow_source_change)
     except StoreError:
         if version:
             raise invalid("version", "this store version cannot be loaded", "query", 404) from None

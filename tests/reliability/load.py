@@ -36,8 +36,15 @@ class Tally:
     versions: Counter = field(default_factory=Counter)  # recorded queries per store version
     version_credit: dict[str, Counter] = field(default_factory=dict)
     answers: list[tuple[int, dict]] = field(default_factory=list)  # (body index, response)
+    keyed: dict[str, list] = field(default_factory=dict)  # Idempotency-Key -> its first answer's attributions
+    fresh_twins: int = 0  # a key's answer computed again, not replayed (another process during a Redis outage)
 
-    def add(self, r: httpx.Response, body: dict, index: int, keep: bool = False) -> None:
+    def add(self, r: httpx.Response, body: dict, index: int, keep: bool = False, key: str | None = None) -> None:
+        """``key``: the request's Idempotency-Key. A key is credited once
+        whatever happens (the ledger's record id comes from it): a second
+        answer computed afresh, which a process that never saw the key gives
+        while Redis is away (SETTINGS.md, Idempotency-Key), must be the same
+        answer and is not counted again."""
         self.requests += 1
         if r.status_code != 200:
             self.failed.append((r.status_code, r.text[:200]))
@@ -48,6 +55,13 @@ class Tally:
         if r.headers.get("idempotent-replayed") == "true":
             self.replays += 1
             return
+        if key is not None:
+            atts = [{k: v for k, v in a.items() if k != "cached"} for a in out["attributions"]]
+            if key in self.keyed:
+                assert self.keyed[key] == atts, "an idempotent key answered twice differently"
+                self.fresh_twins += 1
+                return
+            self.keyed[key] = atts
         if not out["recorded"]:
             return
         ver = out["store_version"]
@@ -86,13 +100,16 @@ def text_bodies(count: int = 40, max_words: int = 40) -> list[dict]:
 
 async def run_load(base: str, tally: Tally, requests: list[dict], concurrency: int, seconds: float,
                    max_requests: int, events: list[tuple[float, Callable[[], Awaitable[None]]]] = (),
-                   idem_every: int = 7, keep: bool = False, after_events_s: float = 0.0) -> None:
+                   idem_every: int = 7, keep: bool = False, after_events_s: float = 0.0,
+                   keepalive: bool = True) -> None:
     """``concurrency`` closed-loop clients for ``seconds`` (at most
     ``max_requests`` requests); ``events``: ``(at_seconds, coroutine fn)``
     run meanwhile (stop Redis, swap the store...). Every ``idem_every``-th
     request carries an ``Idempotency-Key`` and is sent twice. ``after_events_s``:
     go on at least this long after the last event has finished (a store swap
-    takes as long as it takes on a busy machine; the load must outlast it)."""
+    takes as long as it takes on a busy machine; the load must outlast it).
+    ``keepalive`` False: a new connection per request (several serving
+    processes behind one port then all get requests)."""
     sent = 0
     t0 = time.perf_counter()
     end = [t0 + seconds, not events]  # (the time to stop, the events are done)
@@ -105,7 +122,8 @@ async def run_load(base: str, tally: Tally, requests: list[dict], concurrency: i
             body = requests[i % len(requests)]
             headers = {"Idempotency-Key": f"rel-{k}-{i}"} if idem_every and i % idem_every == 0 else None
             for _ in range(2 if headers else 1):
-                tally.add(await c.post("/v1/attributions", json=body, headers=headers), body, i % len(requests), keep)
+                tally.add(await c.post("/v1/attributions", json=body, headers=headers), body, i % len(requests), keep,
+                          headers and headers["Idempotency-Key"])
 
     async def timeline():
         for at, fn in events:
@@ -113,7 +131,7 @@ async def run_load(base: str, tally: Tally, requests: list[dict], concurrency: i
             await fn()
         end[:] = [max(end[0], time.perf_counter() + after_events_s), True]
 
-    limits = httpx.Limits(max_connections=concurrency + 4)
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=None if keepalive else 0)
     async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as c:
         await asyncio.gather(timeline(), *(client(c, k) for k in range(concurrency)))
 
@@ -145,4 +163,5 @@ def compare(tally: Tally, base: str) -> dict:
             "credit_units_lost": sum(max(0, tally.credit[s] - cred[s]) for s in srcs),
             "credit_units_double": sum(max(0, cred[s] - tally.credit[s]) for s in srcs),
             "hits_mismatch": sum(abs(hits[s] - tally.hits[s]) for s in srcs),
-            "failed_requests": len(tally.failed), "idempotent_replays": tally.replays}
+            "failed_requests": len(tally.failed), "idempotent_replays": tally.replays,
+            "idempotent_answered_again": tally.fresh_twins}

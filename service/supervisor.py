@@ -1,0 +1,126 @@
+"""Several serving processes behind one port (``--workers N``): a small
+supervisor of our own.
+
+Why not uvicorn's ``--workers`` (or gunicorn's): they bind one listening
+socket in the supervisor and let every process accept on it. Keep-alive
+clients then do not spread: Linux hands a new connection to whichever
+process happens to be waiting in ``accept``, and on this host 32 concurrent
+connections landed 27/5, 31/1 and 32/0 on two processes (``BENCHMARKS.md``,
+Serving speed: several processes), so one process did nearly all the work.
+Here each process binds its **own** listening socket to the port with
+``SO_REUSEPORT`` and the kernel spreads new connections over them by a hash
+of the connection (16/16-ish). The supervisor
+
+- starts the embedded Redis once when no URL is given (``__main__``), so all
+  processes share it, and hands every process the same settings (JSON);
+- reserves the port (a bound, non-listening ``SO_REUSEPORT`` socket: with
+  ``--port 0`` the port is chosen once for all processes);
+- starts ``workers`` spawned processes (``multiprocessing`` spawn: no fork of
+  a process that has loaded torch), each running uvicorn on its socket and
+  the app's lifespan (its batcher, its copy of the store, its journal slot);
+- starts a process again when one dies (its journal slot is then free: the
+  new process claims it and replays what it holds, ``service.ledger``); stops
+  the group with exit status 3 when a process fails at startup (a store that
+  does not load, a bad setting) instead of restarting it forever;
+- on SIGTERM or SIGINT asks every process to stop (uvicorn's graceful
+  shutdown: in-flight requests finish, the ledger's last commit is made) and
+  waits for them. A process whose supervisor is gone gets SIGTERM (Linux
+  ``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import signal
+import socket
+import time
+
+log = logging.getLogger("service")
+
+STARTUP_FAILURE = 3  # uvicorn's exit status when the lifespan fails
+RESTART_PAUSE_S = 1.0
+
+
+def reuseport_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def _die_with_parent() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _child(settings_json: str, host: str, port: int, log_level: str) -> None:
+    """One serving process (spawned): its own SO_REUSEPORT socket, uvicorn, ``service.app.worker_app``."""
+    _die_with_parent()
+    import uvicorn
+
+    from .app import WORKER_LOG_LEVEL, WORKER_SETTINGS
+
+    os.environ[WORKER_SETTINGS], os.environ[WORKER_LOG_LEVEL] = settings_json, log_level.upper()
+    sock = reuseport_socket(host, port)
+    config = uvicorn.Config("service.app:worker_app", factory=True, host=host, port=port, log_level=log_level,
+                            access_log=log_level == "debug")
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def supervise(settings_json: str, host: str, port: int, workers: int, log_level: str = "info") -> int:
+    """Run ``workers`` serving processes until SIGTERM / SIGINT; -> exit status."""
+    reserve = reuseport_socket(host, port)
+    port = reserve.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    stopping: list[int] = []
+
+    def on_signal(sig, _frame):
+        stopping.append(sig)
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def start(i: int):
+        p = ctx.Process(target=_child, args=(settings_json, host, port, log_level), name=f"fa-serve-{i}")
+        p.start()
+        return p
+
+    procs = [start(i) for i in range(workers)]
+    scheme_host = f"[{host}]" if ":" in host else host
+    log.info("Uvicorn running on http://%s:%d with %d serving processes (SO_REUSEPORT; supervisor pid %d)",
+             scheme_host, port, workers, os.getpid())
+    status = 0
+    try:
+        while not stopping:
+            time.sleep(0.2)
+            for i, p in enumerate(procs):
+                if p.is_alive() or stopping:
+                    continue
+                if p.exitcode == STARTUP_FAILURE:
+                    log.error("serving process %d (pid %s) failed at startup: stopping the group", i, p.pid)
+                    stopping.append(signal.SIGTERM)
+                    status = STARTUP_FAILURE
+                    break
+                log.warning("serving process %d (pid %s) exited with %s: starting it again", i, p.pid, p.exitcode)
+                time.sleep(RESTART_PAUSE_S)
+                procs[i] = start(i)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGTERM)  # (a SIGINT from a terminal reached them already: the same)
+        for p in procs:
+            p.join(60)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        reserve.close()
+        for s, h in old.items():
+            signal.signal(s, h)
+    return status
