@@ -411,12 +411,13 @@ def run_matrix(store: Path, configs: list[dict], concurrency, qprs, duration_s: 
 def run_profile(store: Path, seconds: float, log, redis_url: str = REDIS_URL, threads: int = 1, qpr: int = 1,
                 concurrency: int = 32, granularity: str = "sources", cache: bool = False,
                 make_bodies: BodiesFn | None = None, store_kind: str = "vector", raw: Path | None = None,
-                service_log: Path | None = None, extra: dict | None = None) -> dict:
+                service_log: Path | None = None, extra: dict | None = None, cwd: Path = ROOT) -> dict:
     """py-spy on the service during ``seconds`` of load (batching on); the
-    raw stacks go to ``raw`` (default ``bench/.cache/load-profile-GRAN.txt``)."""
+    raw stacks go to ``raw`` (default ``bench/.cache/load-profile-GRAN.txt``);
+    ``cwd``: the tree whose service runs (``source_tree``: another revision)."""
     make_bodies = make_bodies or digits_bodies()
     raw = raw or CACHE / f"load-profile-{granularity}.txt"
-    with service(store, redis_url, service_log or CACHE / "load-service.log", batching=True,
+    with service(store, redis_url, service_log or CACHE / "load-service.log", cwd=cwd, batching=True,
                  cache_ttl_s=3600 if cache else 0, torch_threads=threads, **(extra or {})) as (base, pid, _):
         reqs = http_requests(base, make_bodies(qpr, granularity))
         asyncio.run(closed_loop(base, reqs, concurrency, 1.0, 10**6, warmup_s=0.0))  # warm

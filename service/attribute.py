@@ -19,7 +19,7 @@ import time
 import uuid
 
 from .errors import invalid, unavailable
-from .kinds import NOT_FINITE, Kind, query_field
+from .kinds import NOT_FINITE, Kind, NotFinite, query_field
 from .ledger import new_record
 from .runtime import Runtime, Served
 from .schemas import AttributionRequest
@@ -82,11 +82,12 @@ async def _answer(rt: Runtime, att, kind: Kind, req: AttributionRequest, rows, t
         todo = rows if len(miss) == n else kind.take(rows, miss)
         r = await kind.submit(rt.batcher, att, todo, len(miss), output, req.granularity != "sources",
                               kind.block(rt.s))
-        for j, ok in enumerate(kind.finite(r)):
-            if not ok:
-                raise invalid(query_field(miss[j], req.queries[miss[j]]), NOT_FINITE)
+        try:
+            built = kind.answers(att, req, output, rt.s, r, todo)
+        except NotFinite as e:
+            raise invalid(query_field(miss[e.row], req.queries[miss[e.row]]), NOT_FINITE) from None
         fresh = {}
-        for i, (a, c) in zip(miss, kind.answers(att, req, output, rt.s, r, todo), strict=True):
+        for i, (a, c) in zip(miss, built, strict=True):
             found[i] = {"a": a, "c": c}
             if caching:
                 fresh[keys[i]] = found[i]

@@ -24,6 +24,7 @@ differs, and every message names it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from functools import partial
@@ -81,6 +82,9 @@ class Kind:
         raise NotImplementedError
 
     def answers(self, att, req: AttributionRequest, output: str, s: Settings, r, rows) -> Answers:
+        """Per row of readout ``r``: the answer and its credit; ``NotFinite``
+        for a row whose numbers are not all finite (checked on the lists the
+        answer is built from, before any of it)."""
         raise NotImplementedError
 
     def whatif_scale(self, manifest: Manifest) -> tuple[int, str]:
@@ -102,6 +106,25 @@ class Kind:
 
 
 NOT_FINITE = "the model's output or scores for this query are not finite numbers (values too large)"
+
+
+class NotFinite(Exception):
+    """Raised by ``Kind.answers`` for the first row (of the readout) whose
+    numbers are not all finite: the request is a 422 naming that query."""
+
+    def __init__(self, row: int):
+        super().__init__(row)
+        self.row = row
+
+
+def _examples_finite(r) -> list[bool] | None:
+    return None if r.examples is None else torch.isfinite(r.examples).all(1).tolist()
+
+
+def _row_finite(*rows: list[float]) -> bool:
+    """Every value finite: a sum of floats is inf or nan exactly when one of
+    them is (float32 values summed in float64 cannot overflow)."""
+    return all(math.isfinite(sum(row)) for row in rows)
 
 
 def query_field(i: int, q) -> str:
@@ -164,10 +187,9 @@ class VectorKind(Kind):
         finite = np.isfinite(xn).all(1)
         if not finite.all():
             raise invalid(f"queries[{int(np.argmin(finite))}].input", "values must be finite float32 numbers")
-        y = torch.tensor([-1 if q.target is None else q.target for q in req.queries], dtype=torch.long)
-        x = torch.from_numpy(xn)
-        tags = [(str(int(y[i])), x[i].numpy().tobytes()) for i in range(len(x))]
-        return (x, y), tags
+        ys = [-1 if q.target is None else q.target for q in req.queries]
+        tags = [(str(t), row.tobytes()) for t, row in zip(ys, xn, strict=True)]  # (numpy rows: no torch op each)
+        return (torch.from_numpy(xn), torch.tensor(ys, dtype=torch.long)), tags
 
     def take(self, rows, idx: list[int]):
         x, y = rows
@@ -181,6 +203,10 @@ class VectorKind(Kind):
         man = att.manifest
         probs, preds, tgts = r.probs.tolist(), r.pred.tolist(), r.target.tolist()
         src_rows = r.sources.tolist()
+        ex_ok = _examples_finite(r)
+        for j, (p, row) in enumerate(zip(probs, src_rows, strict=True)):
+            if not (_row_finite(p, row) and (ex_ok is None or ex_ok[j])):
+                raise NotFinite(j)
         src_top, ex_top = _tops(r, req)
         sign, ids, ex_src = output_sign(output), man.source_ids, man.example_source
         out = []
@@ -310,6 +336,10 @@ class TextKind(Kind):
         ids = man.source_ids
         names = man.extra.get("source_names") or ids
         lps, src_rows = r.logprob.tolist(), r.sources.tolist()
+        ex_ok = _examples_finite(r)
+        for j, (lp, row, toks) in enumerate(zip(lps, src_rows, r.token_logprobs, strict=True)):
+            if not (_row_finite([lp], row, toks) and (ex_ok is None or ex_ok[j])):
+                raise NotFinite(j)
         src_top, ex_top = _tops(r, req)
         sign = output_sign(output)
         out = []
