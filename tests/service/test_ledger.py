@@ -211,3 +211,38 @@ def test_outage_journal_replay_exact_totals(settings_for, train_x, tmp_path):
     assert v["total_queries"] == sent
     assert sum(src["credit_units"] for src in v["sources"]) == credited * s.credit_units
     assert sum(src["queries"] for src in v["sources"]) >= credited
+
+
+def test_journal_slots_are_exclusive_and_a_left_slot_is_adopted(redis_client, prefix, tmp_path):
+    """Several serving processes share ``data_dir/journal``: each claims its
+    own slot under an flock (slot 0 is the folder itself), a released slot
+    is claimed again, and a slot left with records by a process that is gone
+    is replayed once by a live process (``Ledger.adopt``), never while its
+    owner lives."""
+    root = tmp_path / "journal"
+    a, b = Journal.claim(root, 10), Journal.claim(root, 10)
+    assert (a.slot, a.dir, b.slot, b.dir) == (0, root, 1, root / "p1")
+    recs = [new_record(1, {"x": 700_000, "y": 300_000}, {"x": 1, "y": 1}, 3600, f"left-{i}", now=3600.0)
+            for i in range(3)]
+    for r in recs:
+        assert b.append(r)
+
+    async def go():
+        client = aioredis.from_url(REDIS_URL)
+        ledger = Ledger(client, prefix, a, 3600)
+        held = await ledger.adopt()  # b's owner lives: not touched
+        b.release()  # its process is gone
+        left = await ledger.adopt()
+        again = await ledger.adopt()
+        totals = await ledger.totals()
+        await client.aclose()
+        return held, left, again, totals
+
+    held, left, again, totals = asyncio.run(go())
+    assert (held, left, again) == (0, 3, 0)
+    assert totals == ({"x": 2_100_000, "y": 900_000}, {"x": 3, "y": 3}, 3)
+    assert not any(p.stat().st_size for p in (root / "p1").glob("*.jsonl"))
+    c = Journal.claim(root, 10)  # the free slot is claimed again
+    assert c.slot == 1 and c.entries == 0
+    a.release()
+    assert Journal.claim(root, 10).slot == 0
