@@ -58,26 +58,42 @@ def batch_invariant(att: Attributor, block: int, kind: str = "margin") -> bool:
     return True
 
 
+def length_buckets(context: int) -> list[int]:
+    """Padded lengths of text readout rows: 17, 33, 65, ... (2^k + 1 tokens, at
+    least 17) up to the model's context + 1, which is always the last."""
+    out, n = [], 16
+    while n < context:
+        out.append(n + 1)
+        n *= 2
+    return [*out, context + 1]
+
+
 def text_readout_rows(att: TextAttributor, queries: list[TextQuery], block: int, examples: bool = True):
-    """Score ``queries`` in calls of exactly ``block`` rows of exactly
-    context + 1 tokens (right padding with masks; the last block filled up
-    with filler rows), so every call has the same shape (causal attention
-    keeps rows independent) and a query's numbers do not depend on what it
-    is batched with. -> CPU (logprob, token log-probabilities, sources,
-    examples or None: ``examples`` False on a store with per-source rows)."""
-    length = att.spec.context + 1
-    fill = TextQuery([0] * length, 1, 0)
-    lp, toks, src, ex = [], [], [], []
-    for s in range(0, len(queries), block):
-        part = queries[s:s + block]
-        sc = att.score(part + [fill] * (block - len(part)), length, examples)
-        k = len(part)
-        lp.append(sc.logprob[:k])
-        toks += sc.token_logprobs[:k]
-        src.append(sc.sources[:k])
-        ex.append(None if sc.examples is None else sc.examples[:k])
-    exs = None if ex[0] is None else torch.cat(ex).cpu()
-    return torch.cat(lp).cpu(), toks, torch.cat(src).cpu(), exs
+    """Score ``queries`` in calls of exactly ``block`` rows, each row right-padded
+    (with masks) to the smallest of ``length_buckets`` that holds it and the
+    rows of one call all of that length (the last call of a length filled up
+    with filler rows). A call's shape thus depends on nothing but its bucket,
+    and causal attention keeps rows independent, so a query's numbers do not
+    depend on what it is batched with; short queries do not pay for a full
+    context (a 129-token context costs a 15-token query 8x more than its
+    bucket of 17). -> CPU (logprob, token log-probabilities, sources, examples
+    or None: ``examples`` False on a store with per-source rows), in order."""
+    buckets = length_buckets(att.spec.context)
+    by_len: dict[int, list[int]] = {}
+    for i, q in enumerate(queries):
+        by_len.setdefault(next(b for b in buckets if b >= len(q.ids)), []).append(i)
+    lp, src = [None] * len(queries), [None] * len(queries)
+    toks, ex = [None] * len(queries), [None] * len(queries)
+    for length, idx in sorted(by_len.items()):
+        fill = TextQuery([0] * length, 1, 0)
+        for s in range(0, len(idx), block):
+            part = idx[s:s + block]
+            sc = att.score([queries[i] for i in part] + [fill] * (block - len(part)), length, examples)
+            for j, i in enumerate(part):
+                lp[i], src[i], toks[i] = sc.logprob[j], sc.sources[j], sc.token_logprobs[j]
+                ex[i] = None if sc.examples is None else sc.examples[j]
+    exs = None if ex[0] is None else torch.stack(ex).cpu()
+    return torch.stack(lp).cpu(), toks, torch.stack(src).cpu(), exs
 
 
 def text_batch_invariant(att: TextAttributor, block: int) -> bool:
