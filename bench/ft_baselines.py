@@ -27,7 +27,7 @@ import torch
 
 from bench.lm_baselines import lam_grid, projector, trak_features, trak_scores
 
-KS = (512, 2048, 8192)
+KS = (256, 512, 1024, 2048)  # n = 450 documents: Φ has rank ≤ 450, and traker inverts a (k, k) matrix per λ
 LAMBDAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 
 

@@ -80,7 +80,7 @@ def membership(src: np.ndarray, n: int) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--queries", type=int, default=8)
+    ap.add_argument("--queries", type=int, default=5)
     ap.add_argument("--ranks", default="8,16,32,64")
     ap.add_argument("--k", type=int, default=0, help="TRAK projection (default: the best of ft_quality at 1 model)")
     ap.add_argument("--late", default="1,2", help="last-n-blocks variants")
@@ -142,7 +142,6 @@ def main(argv: list[str] | None = None) -> int:
 
     fns = {f"ours_{lvl}": readout(R) for lvl, R in rows.items()}
     fns["ours_genre_func"] = readout(rows["genre"], impl="func")  # the torch.func reference path
-    fns["ours_publication_func"] = readout(rows["publication"], impl="func")
     bf = {n_: v.bfloat16() for n_, v in params.items()}
     if getattr(model, "manual_tangents", False):
         for lvl in ("genre", "publication"):

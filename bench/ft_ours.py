@@ -153,11 +153,12 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=RANK)
     ap.add_argument("--curvature", type=int, default=CURVATURE)
     ap.add_argument("--base", action="store_true", help="also the base model alone (member -1, last)")
+    ap.add_argument("--base-rank", type=int, default=32)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     for e in [*range(a.members), *([-1] if a.base else [])]:
         t = time.perf_counter()
-        art = member_artefacts(e, rank=a.rank, curvature=a.curvature)
+        art = member_artefacts(e, rank=a.base_rank if e < 0 else a.rank, curvature=a.curvature)
         print(f"member {e}: {time.perf_counter() - t:.0f} s, forward check {art['check']:.2e}, "
               f"λ_max {float(art['h'][0]):.4g}, λ_k {float(art['h'][-1]):.3g}", flush=True)
 
