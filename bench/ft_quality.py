@@ -77,11 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--members", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--genre-seeds", type=int, default=1, help="seeds per genre subset in the target (1 or 2)")
     ap.add_argument("--base", action="store_true",
                     help="also 'base': ours on the base model alone (no fine-tune; bench.ft_ours --base)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    gt = load_groundtruth(DEFAULT)
+    gt = load_groundtruth(DEFAULT, genre_seeds=tuple(2 + s for s in range(a.genre_seeds)))
     choose, report = gt.split(0), gt.split(1)
     print(f"ground truth: {len(gt.doc_targets)} document subsets, {len(gt.genre_targets)} genre subsets, "
           f"{len(gt.full_outputs)} members", flush=True)
