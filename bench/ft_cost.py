@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     per_query["tokens"] = float(mask[: a.queries].sum(1).float().mean() + 1)
 
     # accuracy of the rank-r bases, on the reported (odd) subsets
-    gt = load_groundtruth(DEFAULT).split(1)
+    gs = q["ground_truth"].get("genre_seeds", 1)  # the same targets as ft_quality's
+    gt = load_groundtruth(DEFAULT, genre_seeds=tuple(2 + s for s in range(gs))).split(1)
     Qg = art["Q"]
     exact = (Qg @ U.T).double()
     ex_lds = evaluate_one(exact.numpy(), gt, genre, N_GENRES)

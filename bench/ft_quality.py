@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         "members": E, "member_seconds": secs, "forward_check_max_rel": max(a_["check"] for a_ in arts),
         "largest_eigenvalue": [float(a_["h"][0]) for a_ in arts],
         "ground_truth": {"doc_subsets": len(gt.doc_targets), "genre_subsets": len(gt.genre_targets),
+                         "genre_seeds": a.genre_seeds,
                          "report_doc_subsets": len(report.doc_targets),
                          "report_genre_subsets": len(report.genre_targets),
                          "seconds": gt.seconds, "sanity": sanity(gt), "key": DEFAULT.key()},

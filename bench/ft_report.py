@@ -41,14 +41,16 @@ def render(q: dict, c: dict | None) -> str:
         "",
         "    .venv/bin/python -m bench.ft_groundtruth --threads 1 --genre-seeds 2   # bench/results/ft_truth/<key>/",
         "    .venv/bin/python -m bench.ft_ours --members 5      # per-member gradients + Nyström bases (cached)",
-        "    .venv/bin/python -m bench.ft_quality --members 5   # bench/results/ft_quality.json",
+        "    .venv/bin/python -m bench.ft_ours --members 5 --base   # + the base model alone",
+        "    .venv/bin/python -m bench.ft_quality --members 5 --base --genre-seeds 2   # ft_quality.json",
         "    .venv/bin/python -m bench.ft_cost                  # bench/results/ft_cost.json",
         "    .venv/bin/python -m bench.ft_report",
         "",
-        f"Machine: the 2-core shared CPU (AMD EPYC, load average 3-6 from other work), {q['date']}, one torch "
+        f"Machine: the 2-core shared CPU (AMD EPYC, shared with other work), {q['date']}, one torch "
         f"thread per process. Protocol: `ft-protocol.md` (base `influence/hf/brown_ft_base`, LoRA r 8 on "
         f"c_attn/c_proj/c_fc, 65,536 trained parameters); 256 query windows (seed 4242); ground truth key "
-        f"`{g['key']}`: {g['doc_subsets']} document subsets x 2 seeds, {g['genre_subsets']} genre subsets, "
+        f"`{g['key']}`: {g['doc_subsets']} document subsets x 2 seeds, {g['genre_subsets']} genre subsets x "
+        f"{g.get('genre_seeds', 1)} seed(s), "
         f"{E} full-data members (seeds 2..{1 + E}), {g['seconds'] / 60:.0f} min of fine-tuning and evaluation.",
         "",
         f"Sanity against the protocol's pilot: base f {s.get('base_f_mean', float('nan')):.3f} nats/token "
@@ -172,16 +174,16 @@ NOTES = [
     "largest swept (traker inverts a (k, k) matrix per λ, and Φ has rank at most 450). Its ensemble is the "
     "mean of member scores, as `TRAKer.finalize_scores` does.",
     "- Readout: with the hand-derived GPT-2 + LoRA tangents (`influence.hf.gpt2_tangent`) a query against "
-    "the 15 genres costs about what TRAK's backward + projection costs (0.8-1.1x over two runs; bfloat16 "
-    "tangents 0.65-0.7x); the torch.func reference path is 2.6-2.9x. Per publisher (312 rows) and per "
+    "the 15 genres costs about what TRAK's backward + projection costs (0.87-1.07x over three runs; bfloat16 "
+    "tangents 0.65-0.71x); the torch.func reference path is 2.4-2.9x. Per publisher (312 rows) and per "
     "document (450) the forward readout is 16-28x TRAK: one tangent per row is about one forward pass. "
     "Neither cut measured keeps the document / publisher accuracy: the document responses are high-rank "
     "(a rank-64 basis leaves 88% of their norm; document LDS 0.70 -> 0.34), and cutting the responses to the "
     "last one or two blocks' adapters (the same fine-tune) drops document LDS to 0.40 / 0.52 for a third / "
     "a half of the torch.func path's flops. A rank-8 basis of the 15 genre rows alone costs 0.55-0.67x TRAK "
-    "for 0.04 genre LDS.",
-    "- Timings were taken with the machine shared (load average 4-7 on 2 cores: two ground-truth workers "
-    "and other engineers' test suites): absolute times are inflated and noisy; each query ran every method "
+    "for 0.04 genre LDS (over three runs).",
+    "- Timings were taken with the machine shared (load average 1-7 on 2 cores over the runs: ground-truth "
+    "workers and other engineers' test suites): absolute times are inflated and noisy; each query ran every method "
     "back to back, so the ratios are the figures to read. The fraction of the GEMM rate is low for every "
     "method at one query of ~85 tokens: small matrices, attention and LayerNorm tangents, Python overhead.",
 ]
