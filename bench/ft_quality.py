@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     prev = json.loads(OUT.read_text()) if OUT.exists() else {}
     result["records"] += [r for r in prev.get("records", []) if "store_build_s" in r]
-    for k in ("store", "store_build"):
+    for k in ("store", "store_build", "store_quantized"):
         if k in prev:
             result[k] = prev[k]
     OUT.write_text(json.dumps(result, indent=1, default=float) + "\n")

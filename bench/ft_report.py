@@ -84,8 +84,19 @@ def render(q: dict, c: dict | None) -> str:
     store = [r for r in q["records"] if "store_build_s" in r]
     if store:
         r = store[0]
-        lines += ["", f"brown-ft store end to end: built in {fmt(r['store_build_s'])} s, {fmt(r['store_mb'])} MB, "
-                      f"{r['trainable_params']:,} trained parameters."]
+        lines += ["", f"brown-ft store end to end (`fa-worker build --preset brown-ft`, `python -m bench.ft_store`): "
+                      f"built in {fmt(r['store_build_s'])} s, {fmt(r['store_mb'])} MB, "
+                      f"{r['trainable_params']:,} trained parameters; its responses {fmt(r.get('responses_mb'))} MB "
+                      f"as 3-bit codes against {fmt(r.get('responses_float32_mb'))} MB in float32."]
+    sq = q.get("store_quantized")
+    if sq:
+        lines += ["", "| 3-bit store vs exact float32 rows | models | document | genre | centred genre |",
+                  "|---|---:|---:|---:|---:|"]
+        for key in (k for k in sq if k.startswith("models_")):
+            v = sq[key]
+            cells = [f"{fmt(v[lv]['exact'])} → {fmt(v[lv]['quantized'])} ({v[lv]['loss']:+.3f})"
+                     for lv in ("document", "genre", "genre_centred") if lv in v]
+            lines.append(f"| LDS exact → 3-bit (loss) | {key[7:]} | " + " | ".join(cells) + " |")
     if c:
         pq, fl, fr = c["per_query"], c["flops"], c["fraction_of_gemm"]
         lines += [
