@@ -14,7 +14,7 @@ tangent and a layer's tangent is
 with ``x Aᵀ`` shared by all directions: for rank r the extra terms cost
 ``2 r (in + out)`` flops per position and direction beside ``ẋ W_eff``'s
 ``2 in·out``. GELU is GPT-2's ``gelu_new`` (tanh) or exact ``gelu``.
-``applies(model)`` says whether a wrapped model is of this form (else the
+``rules_for(model)`` gives the rules when a wrapped model is of this form (else the
 readout uses ``torch.func.jvp``).
 """
 
@@ -192,12 +192,12 @@ class GPT2LoraTangents:
         return ad.view(B, T, K, -1).permute(2, 0, 1, 3)
 
 
-def applies(model) -> bool:
-    """A GPT-2 whose trained parameters are exactly LoRA factors of its Conv1D layers."""
-    found = _modules(model)
-    if found is None:
-        return False
+def rules_for(model) -> GPT2LoraTangents | None:
+    """The rules bound to ``model`` when it is a GPT-2 whose trained parameters
+    are exactly LoRA factors of its Conv1D layers, else None."""
+    if _modules(model) is None:
+        return None
     t = GPT2LoraTangents(model)
     lora = {n for e in t.blocks for k in ("c_attn", "a_proj", "c_fc", "m_proj") for n in (e[k].a_name, e[k].b_name)
             if n is not None}
-    return lora == set(model.trained())
+    return t if lora == set(model.trained()) else None

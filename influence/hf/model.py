@@ -73,6 +73,7 @@ class HFCausalLM(nn.Module):
         base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
         self._decoder = getattr(base, base.base_model_prefix)
         self._head = base.get_output_embeddings()
+        self._head_name: str | None = None  # the output weight's name among named_parameters (head())
         self.head_ok = True
 
     def forward(self, inp: torch.Tensor, trunk: bool = False) -> torch.Tensor:
@@ -88,10 +89,10 @@ class HFCausalLM(nn.Module):
 
     def use_manual_tangents(self, on: bool = True) -> bool:
         """Switch the hand-derived GPT-2 + LoRA rules on (when they apply) or off; returns the state."""
-        from .gpt2_tangent import GPT2LoraTangents, applies
+        from .gpt2_tangent import rules_for
 
-        self.manual_tangents = bool(on and applies(self))
-        self._rules = GPT2LoraTangents(self) if self.manual_tangents else None
+        self._rules = rules_for(self) if on else None
+        self.manual_tangents = self._rules is not None
         return self.manual_tangents
 
     def trained(self) -> dict[str, torch.Tensor]:
@@ -101,8 +102,10 @@ class HFCausalLM(nn.Module):
     def head(self, params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None, str | None]:
         """``(W (V, d), bias (V,) or None, name of W among params or None)``."""
         w = self._head.weight
-        name = next((k for k, v in self.named_parameters() if v is w), None)
-        if name is not None and name in params:
+        if self._head_name is None:  # found once: the readout calls this for every batch
+            self._head_name = next((k for k, v in self.named_parameters() if v is w), "")
+        name = self._head_name
+        if name and name in params:
             return params[name], self._head.bias, name
         return w.detach(), self._head.bias, None
 
