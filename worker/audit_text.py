@@ -122,15 +122,21 @@ def _gpt_retrain(store: Store, s, query_file: Path | None) -> Retrain:
 def _hf_queries(att: TextAttributor, s, query_file: Path | None, from_jsonl: bool) -> tuple[list[list[int]], str]:
     from influence.hf.ftdata import encode_queries, ft_text, query_windows
 
-    ctx = att.model.context
-    if query_file is not None:
-        texts = [json.loads(line)["text"] for line in Path(query_file).read_text().splitlines() if line.strip()]
-        return encode_queries(att.tokenizer.tok, texts[: s.queries], ctx), f"{query_file}: {min(len(texts), s.queries)}"
+    if query_file is not None:  # validated and encoded like fa-worker score's query files (errors name the line)
+        from influence.errors import DataError
+
+        from .score_text import read_queries
+
+        qs = read_queries(Path(query_file), att)[: s.queries]
+        if any(q.n_targets != len(q.ids) - 1 for q in qs):
+            raise DataError(query_file, 'audit queries are {"text": ...} lines (f = every token after the first)')
+        return [q.ids for q in qs], f"{query_file}: {len(qs)}"
     if from_jsonl:
         raise ConfigError("--query-file: an hf store built from a JSONL file trained on every document; "
                           "give held-out texts as a JSONL file of {\"text\": ...} lines")
     wins = query_windows(ft_text(), s.queries, seed=s.query_seed)
-    return encode_queries(att.tokenizer.tok, [w[2] for w in wins], ctx), f"brown-ft held-out windows: {len(wins)}"
+    seqs = encode_queries(att.tokenizer.tok, [w[2] for w in wins], att.model.context)
+    return seqs, f"brown-ft held-out windows: {len(wins)}"
 
 
 def _hf_retrain(store: Store, s, query_file: Path | None) -> Retrain:

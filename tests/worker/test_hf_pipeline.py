@@ -123,6 +123,10 @@ def test_audit_fine_tunes_again_from_the_store(built, tmp_path):
     common = ["audit", "--store", str(root), "--subsets", "3", "--seeds", "1", "--loso-sources", "3", "--queries", "6"]
     r = _cli(*common)
     assert r.returncode == 2 and "--query-file" in r.stderr and "Traceback" not in r.stderr
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "w1 w2"}\n{"txt": "w3"}\n')
+    r = _cli(*common, "--query-file", str(bad))
+    assert r.returncode == 2 and "line 2" in r.stderr and "Traceback" not in r.stderr
     q = tmp_path / "held.jsonl"
     q.write_text("".join(json.dumps({"text": f"w{i} w{i + 1} s{i % 3}x{i} w{i + 2} w3 w4"}) + "\n" for i in range(6)))
     r = _cli(*common, "--query-file", str(q))
