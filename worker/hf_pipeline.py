@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from influence.hf.ftdata import encode_queries, ft_blocks, ft_text, query_windows
 from influence.hf.loader import check_dir, load_tokenizer, weight_checksums, weight_files
-from influence.hf.model import with_layout
+from influence.hf.model import context_of, with_layout
 from influence.store import Manifest, publish
 from influence.text.gpt import pad_right
 from influence.text.jsonl import read_jsonl
@@ -131,15 +131,18 @@ def _tokenizer_assets(tok) -> dict[str, bytes]:
 
 
 def build_hf(cfg: WorkerConfig, progress: bool = True) -> Path:
+    from transformers import AutoConfig
+
     spec, m, tr = cfg.model, cfg.method, cfg.train
     base = check_dir(spec.path)
     tok = load_tokenizer(base)
+    hf_cfg = AutoConfig.from_pretrained(str(base), local_files_only=True)  # read once: context, architecture
     recipe = FTRecipe(tr.lr, tuple(tr.betas), tr.eps, tr.weight_decay, tr.batch_size, tr.epochs)
     dev = device_of(cfg)
     t_start = time.perf_counter()
     bar = tqdm(total=(m.power + 2) * m.ensemble, desc=f"fine-tune + simulate hf x{m.ensemble}", unit="stage",
                disable=not progress)
-    corpus = _brown_ft(cfg, tok) if cfg.data.name == "brown-ft" else _jsonl(cfg, tok, _context(base))
+    corpus = _brown_ft(cfg, tok) if cfg.data.name == "brown-ft" else _jsonl(cfg, tok, context_of(hf_cfg))
     members, final_spec = [], spec
     for e in range(m.ensemble):
         seed = tr.seed + e
@@ -153,25 +156,14 @@ def build_hf(cfg: WorkerConfig, progress: bool = True) -> Path:
                         **out["stats"]}
         members.append(out)
     bar.close()
-    return _publish(cfg, final_spec, base, tok, corpus, members, recipe, time.perf_counter() - t_start)
+    return _publish(cfg, final_spec, base, hf_cfg, tok, corpus, members, recipe, time.perf_counter() - t_start)
 
 
-def _context(base: Path) -> int:
-    from transformers import AutoConfig
-
-    from influence.hf.model import context_of
-
-    return context_of(AutoConfig.from_pretrained(str(base), local_files_only=True))
-
-
-def _publish(cfg: WorkerConfig, spec, base: Path, tok, c: HFCorpus, members: list[dict], recipe: FTRecipe,
+def _publish(cfg: WorkerConfig, spec, base: Path, hf_cfg, tok, c: HFCorpus, members: list[dict], recipe: FTRecipe,
              seconds: float) -> Path:
-    from transformers import AutoConfig
-
-    hf_cfg = AutoConfig.from_pretrained(str(base), local_files_only=True)
     base_assets, base_fields = _base_assets(base, spec.base)
     spec = spec.model_copy(update={**base_fields, "path": None, "architecture": (hf_cfg.architectures or ["?"])[0],
-                                   "context": _context(base), "vocab": len(tok)})
+                                   "context": context_of(hf_cfg), "vocab": len(tok)})
     n_targets = int(c.blocks.shape[0] * (c.blocks.shape[1] - 1))
     manifest = Manifest(
         format_version=2, model=spec, method=cfg.method.model_dump(mode="json"),
