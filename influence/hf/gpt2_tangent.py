@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..text.tangent import _LN, TrunkPrimal, _ln, _ln_t, attn_primal, attn_t
+from ..text.rules import LNPrimal, TrunkPrimal, attn_primal, attn_t, layer_norm, layer_norm_t
 
 ACTS = ("gelu_new", "gelu", "gelu_pytorch_tanh")
 _C = math.sqrt(2.0 / math.pi)
@@ -56,13 +56,13 @@ class _Lora:
 
 @dataclass
 class _Layer:
-    ln1: _LN
+    ln1: LNPrimal
     qs: torch.Tensor
     ks: torch.Tensor
     v: torch.Tensor
     A: torch.Tensor
     o: torch.Tensor
-    ln2: _LN
+    ln2: LNPrimal
     g: torch.Tensor
     dg: torch.Tensor
     xa: dict  # module key -> x Aᵀ (N, r) of each adapted layer (shared by every direction)
@@ -130,19 +130,19 @@ class GPT2LoraTangents:
         h = (self.wte.weight[inp] + self.wpe.weight[pos]).to(dtype).view(B * T, -1)
         layers = []
         for e in self.blocks:
-            ln1 = _ln(h, e["ln1"].weight.to(dtype), e["ln1"].bias.to(dtype), self.eps)
+            ln1 = layer_norm(h, e["ln1"].weight.to(dtype), e["ln1"].bias.to(dtype), self.eps)
             qkv, xa1 = self._lin(e["c_attn"], params, ln1.y, dtype)
             qs, ks, v, A, o = attn_primal(qkv, B, T, self.H, mask)
             y, xa2 = self._lin(e["a_proj"], params, o, dtype)
             h = h + y
-            ln2 = _ln(h, e["ln2"].weight.to(dtype), e["ln2"].bias.to(dtype), self.eps)
+            ln2 = layer_norm(h, e["ln2"].weight.to(dtype), e["ln2"].bias.to(dtype), self.eps)
             u, xa3 = self._lin(e["c_fc"], params, ln2.y, dtype)
             g, dg = _act(u, self.act)
             y, xa4 = self._lin(e["m_proj"], params, g, dtype)
             h = h + y
             layers.append(_Layer(ln1, qs, ks, v, A, o, ln2, g, dg,
                                  {"c_attn": xa1, "a_proj": xa2, "c_fc": xa3, "m_proj": xa4}))
-        return TrunkPrimal(B, T, layers, _ln(h, self.lnf.weight.to(dtype), self.lnf.bias.to(dtype), self.eps))
+        return TrunkPrimal(B, T, layers, layer_norm(h, self.lnf.weight.to(dtype), self.lnf.bias.to(dtype), self.eps))
 
     def _lin_t(self, L: _Lora, params: dict, U: dict, x: torch.Tensor, xa, xd: torch.Tensor | None,
                out: torch.Tensor | None = None) -> torch.Tensor | None:
@@ -175,12 +175,12 @@ class GPT2LoraTangents:
         K = next(iter(U.values())).shape[0]
         hd = None  # (N, K, d): the residual stream's tangent (zero until the first adapter)
         for e, L in zip(self.blocks, pr.layers):
-            xd = None if hd is None else _ln_t(hd, L.ln1, e["ln1"].weight.to(hd.dtype))
+            xd = None if hd is None else layer_norm_t(hd, L.ln1, e["ln1"].weight.to(hd.dtype))
             yd = self._lin_t(e["c_attn"], params, U, L.ln1.y, L.xa["c_attn"], xd)
             od = None if yd is None else attn_t(yd, L, B, T, self.H)
             y = self._lin_t(e["a_proj"], params, U, L.o, L.xa["a_proj"], od)
             hd = y if hd is None else (hd if y is None else hd.add_(y))
-            xd = None if hd is None else _ln_t(hd, L.ln2, e["ln2"].weight.to(hd.dtype))
+            xd = None if hd is None else layer_norm_t(hd, L.ln2, e["ln2"].weight.to(hd.dtype))
             ud = self._lin_t(e["c_fc"], params, U, L.ln2.y, L.xa["c_fc"], xd)
             gd = None if ud is None else ud.mul_(L.dg[:, None])
             y = self._lin_t(e["m_proj"], params, U, L.g, L.xa["m_proj"], gd)
@@ -188,7 +188,7 @@ class GPT2LoraTangents:
         if hd is None:
             d = pr.lnf.y.shape[-1]
             return pr.lnf.y.new_zeros(K, B, T, d)
-        ad = _ln_t(hd, pr.lnf, self.lnf.weight.to(hd.dtype))
+        ad = layer_norm_t(hd, pr.lnf, self.lnf.weight.to(hd.dtype))
         return ad.view(B, T, K, -1).permute(2, 0, 1, 3)
 
 

@@ -42,6 +42,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from ..layout import ParamLayout
+from .tangent import trunk_primal, trunk_tangents
 
 
 class GPTSpec(BaseModel):
@@ -141,14 +142,10 @@ class GPT(nn.Module):
 
     def tangent_primal(self, params: dict[str, torch.Tensor], inp: torch.Tensor):
         """The primal pass the hand-derived tangents reuse (``tangent.trunk_primal``)."""
-        from .tangent import trunk_primal
-
         return trunk_primal(params, self.spec, inp)
 
     def tangent_trunk(self, params: dict[str, torch.Tensor], inp: torch.Tensor, U: dict, primal) -> torch.Tensor:
         """``ȧ (K, B, T, d)`` along the directions ``U`` (``tangent.trunk_tangents``)."""
-        from .tangent import trunk_tangents
-
         return trunk_tangents(params, self.spec, inp, U, primal)[1]
 
     def head(self, params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, None, str]:

@@ -38,7 +38,7 @@ from torch.nn import functional as F
 from ..layout import ParamLayout
 from .causal import CausalLM
 from .gpt import lm_loss, sequence_logprob
-from .tangent import manual_chunk
+from .rules import manual_chunk
 
 Params = dict[str, torch.Tensor]
 
@@ -183,7 +183,7 @@ def jvp_scores(model: CausalLM, params: Params, U: torch.Tensor, x: torch.Tensor
       rounding; tested against it at 1e-10 in float64), the primal computed
       once for all ``R`` (its ``a`` also feeds the head) and each chunk of
       directions batched into a few large GEMMs; ``chunk`` default
-      ``tangent.manual_chunk``: 8 in float32 (the fastest on a 1-thread
+      ``rules.manual_chunk``: 8 in float32 (the fastest on a 1-thread
       CPU for R = 15 and 450, blocks of 4 × 64 positions), 16 in bfloat16;
       about ``6 · chunk · B · T · 4d`` values live;
     - ``impl="func"``: ``torch.func.jvp`` of ``_trunk`` vmapped over
