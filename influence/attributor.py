@@ -48,7 +48,7 @@ class Attributor:
     def __init__(self, store: Store, device: torch.device | str | None = None,
                  compute_dtype: torch.dtype = torch.float32, resident_dtype: torch.dtype | None = None):
         man = store.manifest
-        self.manifest, self.version = man, man.version
+        self.manifest, self.version, self.heldout = man, man.version, store.heldout
         self.spec = man.model
         self.device = torch.device(device) if device is not None else best_device()
         self.dtype = self.tangent_dtype = compute_dtype  # the readout's tangents run in compute_dtype

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
+from .heldout import HeldoutQuery, HeldoutSample
 
 LABEL_COLUMN = "label"
 SOURCE_COLUMN = "source"
@@ -35,6 +36,8 @@ class Dataset:
     classes: list[str]
     name: str = "data"
     meta: dict = field(default_factory=dict)
+    heldout: HeldoutSample | None = None  # queries never trained on (published as the store's heldout.json)
+    image: dict | None = None  # {"height", "width", "scale"}: inputs are images of pixels / scale
 
     @property
     def n(self) -> int:
@@ -77,12 +80,21 @@ def load_digits_train(n_sources: int = 20, skew: float = 1.0, affinity: float = 
     X, _, y, _ = digits_split()
     src = assign_sources(y, n_sources, skew, affinity, seed, 10)
     ids = [f"publisher-{k:02d}" for k in range(n_sources)]
-    return Dataset(X, y, src, ids, [str(c) for c in range(10)], name="digits")
+    return Dataset(X, y, src, ids, [str(c) for c in range(10)], name="digits", heldout=digits_heldout(),
+                   image={"height": 8, "width": 8, "scale": 16})
 
 
 def load_digits_test() -> tuple[np.ndarray, np.ndarray]:
     _, X, _, y = digits_split()
     return X, y
+
+
+def digits_heldout() -> HeldoutSample:
+    """The digits test split as a held-out sample, in its row order (``test-<row>``)."""
+    X, y = load_digits_test()
+    return HeldoutSample(description=f"the digits test split ({len(X)} examples the model never trained on)",
+                         queries=[HeldoutQuery(id=f"test-{i}", input=X[i].tolist(), target=int(y[i]))
+                                  for i in range(len(X))])
 
 
 def _read_table(path: Path):

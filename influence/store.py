@@ -55,6 +55,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import StoreError
+from .heldout import HELDOUT_ASSET, HeldoutSample
 from .layout import ParamLayout
 from .quant import QMAX, QTensor, dequantize, quantize
 from .spec import ModelSpec
@@ -114,6 +115,12 @@ class Store:
         ``truth``, ``durations_s``, ...), or None when it has none."""
         blob = (self.assets or {}).get(AUDIT_ASSET)
         return None if blob is None else json.loads(blob)
+
+    @property
+    def heldout(self) -> HeldoutSample | None:
+        """The version's held-out query sample (``heldout.json``, ``influence.heldout``), or None."""
+        blob = (self.assets or {}).get(HELDOUT_ASSET)
+        return None if blob is None else HeldoutSample.from_bytes(blob)
 
 
 def sha256_file(path: Path) -> str:
@@ -429,6 +436,11 @@ def load_version(path: str | Path) -> Store:
     assets = {name: _load_asset(path, name, man) for name in man.assets}
     if AUDIT_ASSET in assets:
         _check_audit(path / AUDIT_ASSET, assets[AUDIT_ASSET])
+    if HELDOUT_ASSET in assets:
+        try:
+            HeldoutSample.from_bytes(assets[HELDOUT_ASSET])
+        except ValueError as e:
+            raise StoreError(f"{path / HELDOUT_ASSET}: not a held-out sample ({str(e).splitlines()[0]})") from None
     return Store(path, man, params, ex, src, train.get("X"), train.get("y"), coef, assets)
 
 

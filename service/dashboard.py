@@ -10,16 +10,16 @@ inputs to ``POST /v1/attributions``.
 Small endpoints feed the playground (query, report or admin key; ``names``
 also a publisher key):
 
-* ``GET /v1/playground/examples?n=`` — a few inputs to pick: held-out test
-  digits when the store was built from the built-in digits data, else the
-  first rows of the store's training data;
+* ``GET /v1/playground/examples?n=`` — a few inputs to pick: the store's
+  held-out sample (the digits test split for the built-in digits) where it
+  has one, else rows of the store's training data;
 * ``GET /v1/playground/training/{i}`` — training example ``i`` of the
   served store (its input, label and source), to render the most
   influential examples of an answer as images;
 * ``GET /v1/playground/passages?n=`` — a text store's passages to try:
-  windows of held-out Brown samples (the store's ``data.heldout_ids``) when
-  the store was built from the shipped Brown corpus, else (no held-out text
-  in the store) the first words of training documents, labelled so;
+  the store's held-out sample (``heldout.json``: windows of held-out Brown
+  samples for the shipped corpus) where it has one, else the first words of
+  training documents, labelled so;
 * ``GET /v1/playground/names`` — the served store's source ids and display
   names (``source_names``), the labels of the credit and report views.
 
@@ -43,17 +43,17 @@ from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from influence.errors import StoreError
+from influence.heldout import spread
 from influence.store import open_store
 from influence.text.attributor import TextAttributor
 
 from .deps import AnyKey, QueryReportKey, RuntimeDep, ServedDep
 from .errors import invalid, unavailable
-from .heldout import digits_test, is_digits, names, passages, spread
+from .heldout import names, passages, vector_sample
 from .runtime import Runtime, Served
 from .schemas import PassagesResponse, SourceNames
 
 STATIC_DIR = Path(__file__).parent / "static"
-DIGITS_SCALE = 16  # the built-in digits: pixel intensities 0..16, the model sees pixels / 16
 
 # The page loads only its own files and talks only to its own origin.
 PAGE_HEADERS = {
@@ -97,11 +97,12 @@ def _att(served: Served):
     return served.att
 
 
-def _image(in_dim: int, digits: bool) -> dict | None:
-    side = math.isqrt(in_dim)
-    if side * side != in_dim:
-        return None
-    return {"height": side, "width": side, "scale": DIGITS_SCALE if digits else 1}
+def _image(att) -> dict | None:
+    """The grid to draw an input on: the dataset's (``data.image``), else a square of pixels at scale 1, else None."""
+    if (image := att.manifest.data.get("image")) is not None:
+        return image
+    side = math.isqrt(att.spec.in_dim)
+    return {"height": side, "width": side, "scale": 1} if side * side == att.spec.in_dim else None
 
 
 @router.get("/dashboard", include_in_schema=False)
@@ -118,15 +119,16 @@ async def dashboard_slash():
 @router.get("/v1/playground/examples", tags=["playground"])
 async def playground_examples(request: Request, p: QueryReportKey, rt: RuntimeDep, served: ServedDep,
                               n: int = Query(10, ge=1, le=50)):
-    """A few inputs to try: held-out digits test examples (one per class
-    first) for a store of the built-in digits data, else the first rows of the
-    store's training data. ``image`` gives the grid to draw inputs on (null
-    when the input is not square); ``scale``: the model sees pixels / scale."""
+    """A few inputs to try, one per class first: the store's held-out sample
+    (``kind: heldout``; the digits test split for the built-in digits) where
+    it has one, else rows of its training data. ``image`` gives the grid to
+    draw inputs on (the dataset's; else a square at scale 1; null when the
+    input is not square); ``scale``: the model sees pixels / scale."""
     att = _att(served)
-    man, digits = att.manifest, is_digits(att)
-    if digits:
-        X, y = await asyncio.to_thread(digits_test)
-        kind, prefix = "digits-test", "test"
+    man, held = att.manifest, vector_sample(att)
+    if held is not None:
+        X, y, _ = held
+        kind, prefix = "heldout", "test"
     else:
         X, y = await _training(request, rt, att)
         if X is None:
@@ -134,7 +136,7 @@ async def playground_examples(request: Request, p: QueryReportKey, rt: RuntimeDe
         kind, prefix = "training", "train"
     rows = spread(y, n) if y is not None else list(range(min(n, len(X))))
     return {"store_version": att.version, "kind": kind, "in_dim": att.spec.in_dim, "classes": man.classes,
-            "image": _image(att.spec.in_dim, digits),
+            "image": _image(att), "note": held[2] if held is not None else None,
             "examples": [{"id": f"{prefix}-{i}", "label": None if y is None else man.classes[int(y[i])],
                           "input": [float(v) for v in X[i]]} for i in rows]}
 
@@ -162,7 +164,7 @@ async def playground_training(index: int, request: Request, p: QueryReportKey, r
     return {"store_version": att.version, "index": index,
             "label": None if y is None else man.classes[int(y[index])],
             "source": man.source_ids[man.example_source[index]],
-            "image": _image(att.spec.in_dim, is_digits(att)),
+            "image": _image(att),
             "input": [float(v) for v in X[index]]}
 
 

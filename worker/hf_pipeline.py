@@ -26,7 +26,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from influence.hf.ftdata import encode_queries, ft_blocks, ft_text, query_windows
+from influence import heldout
+from influence.heldout import HeldoutSample
+from influence.hf.ftdata import encode_queries, ft_blocks, ft_heldout_sample, ft_text, query_windows
 from influence.hf.loader import check_dir, load_tokenizer, weight_checksums, weight_files
 from influence.hf.model import context_of, with_layout
 from influence.store import Manifest, publish
@@ -55,6 +57,7 @@ class HFCorpus:
     heldout: tuple[torch.Tensor, torch.Tensor] | None  # (x, target_mask) windows never trained on
     short_docs: int = 0
     genre: list[str] | None = None
+    heldout_sample: HeldoutSample | None = None  # published as heldout.json
 
 
 def _brown_ft(cfg: WorkerConfig, tok) -> HFCorpus:
@@ -64,7 +67,7 @@ def _brown_ft(cfg: WorkerConfig, tok) -> HFCorpus:
     x, mask = pad_right(encode_queries(tok, [w[2] for w in wins]))
     genre = [t.source_names["genre"][g] for g in t.doc_source["genre"]]
     return HFCorpus("brown-ft", t.train_ids, t.openings, torch.from_numpy(t.doc_source[level]), t.source_ids[level],
-                    t.source_names[level], blocks, owner, (x, mask), 0, genre)
+                    t.source_names[level], blocks, owner, (x, mask), 0, genre, ft_heldout_sample(level))
 
 
 def _jsonl_blocks(path, tok, size: int, max_blocks: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
@@ -177,7 +180,7 @@ def _publish(cfg: WorkerConfig, spec, base: Path, hf_cfg, tok, c: HFCorpus, memb
         dtype=cfg.store.dtype, examples_quant=cfg.quant(), has_examples=True, has_sources=False,
         extra={"members": [mb["stats"] for mb in members], "preset": cfg.preset, "source_names": c.source_names,
                "build_s": round(seconds, 1), "trainable_params": spec.layout().numel})
-    assets = {**base_assets, **_tokenizer_assets(tok),
+    assets = {**base_assets, **_tokenizer_assets(tok), **heldout.asset(c.heldout_sample),
               "documents.json": json.dumps(_documents(c), ensure_ascii=False).encode()}
     coef = [mb["coef"] for mb in members] if cfg.method.compress_rank else None
     src = [mb["sources"] for mb in members] if members[0]["sources"] is not None else None

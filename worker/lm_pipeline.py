@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from influence import heldout
 from influence.layout import ParamLayout
 from influence.quant import dequantize, quantize
 from influence.store import Manifest, publish
@@ -180,7 +181,8 @@ def build(cfg: WorkerConfig, progress: bool = True) -> Path:
                "source_names": corpus.source_names[level]},
     )
     assets = {"tokenizer.json": corpus.tokenizer.to_json().encode(),
-              "documents.json": json.dumps(documents_asset(corpus, level), ensure_ascii=False).encode()}
+              "documents.json": json.dumps(documents_asset(corpus, level), ensure_ascii=False).encode(),
+              **heldout.asset(corpus.heldout_sample.get(level))}
     coef = [mb["coef"] for mb in members] if m.compress_rank else None
     src = [mb["sources"] for mb in members] if members[0]["sources"] is not None else None
     return publish(cfg.store.root, manifest, [mb["params"] for mb in members], [mb["basis"] for mb in members],

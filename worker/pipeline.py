@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from influence import heldout
 from influence.data import Dataset, load_digits_train, load_training_file
 from influence.readout import mlp_forward
 from influence.simulate import Responses, Simulator, StepCheckpoint
@@ -163,7 +164,8 @@ def _publish(cfg: WorkerConfig, ds: Dataset, members: list[dict], X, y) -> Path:
     manifest = Manifest(
         format_version=2, model=cfg.model, recipe=cfg.train.model_dump(mode="json"),
         method=m.model_dump(mode="json"),
-        data={"name": ds.name, "fingerprint": ds.fingerprint(), "n": ds.n, "dim": int(ds.X.shape[1])},
+        data={"name": ds.name, "fingerprint": ds.fingerprint(), "n": ds.n, "dim": int(ds.X.shape[1]),
+              **({"image": ds.image} if ds.image else {})},
         classes=ds.classes, source_ids=ds.source_ids, example_source=ds.source.tolist(),
         members=m.ensemble, dtype=cfg.store.dtype, examples_quant=cfg.quant(),
         has_examples=members[0]["examples"] is not None,
@@ -174,4 +176,4 @@ def _publish(cfg: WorkerConfig, ds: Dataset, members: list[dict], X, y) -> Path:
     src = [mb["sources"] for mb in members] if manifest.has_sources else None
     training = (X, y) if cfg.store.include_training_data else None
     return publish(cfg.store.root, manifest, [mb["params"] for mb in members], ex, src, training,
-                   keep=cfg.store.keep)
+                   keep=cfg.store.keep, assets=heldout.asset(ds.heldout))

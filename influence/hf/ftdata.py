@@ -23,7 +23,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from ..text.brown import load_brown, source_table
+from ..heldout import HeldoutSample
+from ..text.brown import heldout_sample, load_brown, source_table
 from ..text.corpus import split_ids
 
 OPENING = 260  # corpus tokens of a document's opening
@@ -102,3 +103,13 @@ def encode_queries(tokenizer, texts: list[str], context: int = CONTEXT) -> list[
     if any(len(o) < 2 for o in out):
         raise ValueError("a query encodes to fewer than 2 tokens")
     return out
+
+
+def ft_heldout_sample(level: str) -> HeldoutSample:
+    """The benchmark's held-out sample: the first query window of each
+    held-out document (``all_query_windows``), one per genre first."""
+    text = ft_text()
+    first: dict[str, str] = {}
+    for d, _, w in all_query_windows(text):
+        first.setdefault(text.heldout_ids[d], w)
+    return heldout_sample([i for i in text.heldout_ids if i in first], level, first)

@@ -60,6 +60,7 @@ class TextAttributor:
         memory and, on CPUs with AVX512-BF16, about halves the readout time)."""
         man = store.manifest
         self.manifest, self.version, self.spec = man, man.version, man.model
+        self.heldout = store.heldout  # the held-out query sample, or None
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype, self.tangent_dtype = dtype, tangent_dtype or dtype
         self.model, self.tokenizer = load_text_model(store, self.device, dtype)

@@ -33,6 +33,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..errors import DataError
+from ..heldout import HeldoutQuery, HeldoutSample, spread, window
 from .publishers import GENRES
 
 DATA = Path(__file__).with_name("data") / "brown.jsonl.gz"
@@ -113,3 +114,22 @@ def publisher_table(samples: list[Sample] | None = None) -> str:
     for pid, (name, n, gs) in sorted(rows.items(), key=lambda kv: (-kv[1][1], kv[0])):
         lines.append(f"| `{pid}` | {name} | {n} | {' '.join(g for g in GENRE_IDS if g in gs)} |")
     return "\n".join(lines)
+
+
+PASSAGE_WORDS = 48  # corpus words per held-out passage of a word-level store
+
+
+def heldout_sample(ids: list[str], level: str, texts: dict[str, str] | None = None) -> HeldoutSample:
+    """Held-out Brown samples ``ids`` as a store's held-out sample, one per
+    genre first: a ``PASSAGE_WORDS``-word ``window`` of each, or
+    ``texts[id]`` where given (the fine-tuning benchmark's own windows).
+    ``level``: which source a query belongs to (``genre`` or the publication)."""
+    by_id = {x.id: x for x in load_brown()}
+    samples = [by_id[i] for i in ids if texts is None or i in texts]
+    pick = spread([GENRE_IDS.index(x.genre) for x in samples], len(samples))
+    return HeldoutSample(
+        description="windows of held-out Brown samples: the model never trained on them",
+        queries=[HeldoutQuery(id=f"heldout-{x.id}", document=x.id, genre=GENRE_NAMES[x.genre],
+                              text=texts[x.id] if texts is not None else " ".join(window(x.tokens, PASSAGE_WORDS)),
+                              source=x.genre if level == "genre" else x.publisher_id)
+                 for x in (samples[i] for i in pick)])

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..heldout import HeldoutSample
 from .tokenizer import Tokenizer
 
 BLOCK = 65  # tokens per block: 64 inputs + 1 (targets are the last 64)
@@ -99,6 +100,7 @@ class LMCorpus:
     heldout_doc_source: dict[str, np.ndarray]
     short_docs: int = 0
     meta: dict = field(default_factory=dict)
+    heldout_sample: dict[str, HeldoutSample] = field(default_factory=dict)  # per level; published as heldout.json
 
     def block_source(self, level: str) -> np.ndarray:
         """``(N,)`` source index of every block."""
@@ -142,7 +144,7 @@ def build_corpus(
 def brown_corpus() -> LMCorpus:
     """The ``brown`` preset: 450 training documents, 1,800 blocks, V = 2000,
     sources at the ``publication`` and ``genre`` levels."""
-    from .brown import load_brown, source_table
+    from .brown import LEVELS, heldout_sample, load_brown, source_table
 
     samples = load_brown()
     ids = [s.id for s in samples]
@@ -150,4 +152,6 @@ def brown_corpus() -> LMCorpus:
     for level in ("publication", "genre"):
         sids, names, index = source_table(samples, level)
         sources[level] = (sids, names, dict(zip(ids, index)))
-    return build_corpus("brown", ids, {s.id: list(s.tokens) for s in samples}, sources)
+    corpus = build_corpus("brown", ids, {s.id: list(s.tokens) for s in samples}, sources)
+    corpus.heldout_sample = {lv: heldout_sample(corpus.heldout_ids, lv) for lv in LEVELS}
+    return corpus

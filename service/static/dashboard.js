@@ -460,7 +460,7 @@
     $("pg-caption").textContent = b.image.scale === 16
       ? `${b.image.width}×${b.image.height}, intensities 0–16 (the model sees pixels / 16)`
       : `${b.image.width}×${b.image.height}`;
-    $("pg-examples-caption").textContent = b.kind === "digits-test" ? "(held-out digits test set)" : "(training rows)";
+    $("pg-examples-caption").textContent = b.kind === "heldout" ? "(held-out: " + b.note + ")" : "(training rows)";
     const sel = $("pg-target");
     sel.replaceChildren(el("option", { value: "", text: "predicted" }));
     b.classes.forEach((c, i) => sel.appendChild(el("option", { value: String(i), text: c })));

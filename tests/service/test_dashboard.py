@@ -89,7 +89,8 @@ def test_playground_examples_and_training_rows(dash, built_store):
     r = httpx.get(base + "/v1/playground/examples?n=12", headers=_h(QUERY))
     assert r.status_code == 200
     b = r.json()
-    assert b["kind"] == "digits-test" and b["in_dim"] == 64 and b["image"] == {"height": 8, "width": 8, "scale": 16}
+    assert b["kind"] == "heldout" and b["in_dim"] == 64 and b["image"] == {"height": 8, "width": 8, "scale": 16}
+    assert "digits test split" in b["note"]  # the store's own held-out sample (heldout.json), no dataset name here
     Xt, yt = load_digits_test()
     assert len(b["examples"]) == 12
     assert [e["label"] for e in b["examples"][:10]] == [str(c) for c in range(10)]  # one per class first

@@ -215,19 +215,20 @@ def test_hf_whatif_and_passages(hf_server, hf_att):
 
 
 def test_brown_ft_passages_are_the_benchmarks_heldout_windows(hf_att):
-    """A ``brown-ft`` store (``data.name``, ``data.heldout_ids``): its
-    passages and what-if sample are the fine-tuning benchmark's query
-    windows of held-out documents, one per genre first (no brown-ft store is
-    built here: its manifest and the tiny store's tokenizer stand in)."""
-    from influence.hf.ftdata import all_query_windows, ft_text
+    """A ``brown-ft`` store's held-out sample (``ftdata.ft_heldout_sample``,
+    published as ``heldout.json``): its passages and what-if sample are the
+    fine-tuning benchmark's query windows of held-out documents, one per
+    genre first (no brown-ft store is built here: its sample and the tiny
+    store's tokenizer stand in)."""
+    from influence.hf.ftdata import all_query_windows, ft_heldout_sample, ft_text
     from influence.text.brown import load_brown
 
     text = ft_text()
-    man = SimpleNamespace(data={"name": "brown-ft", "heldout_ids": list(text.heldout_ids), "level": "publication"},
+    man = SimpleNamespace(data={"name": "brown-ft", "level": "publication"},
                           source_ids=text.source_ids["publication"], extra={"source_names":
                                                                            text.source_names["publication"]})
     att = SimpleNamespace(manifest=man, version="v000009", tokenizer=hf_att.tokenizer,
-                          spec=SimpleNamespace(context=128), documents=[])
+                          spec=SimpleNamespace(context=128), documents=[], heldout=ft_heldout_sample("publication"))
     got = heldout.passages(att, 15)
     assert got["kind"] == "heldout" and got["max_tokens"] == 129 and len(got["passages"]) == 15
     windows = {}
@@ -244,9 +245,9 @@ def test_brown_ft_passages_are_the_benchmarks_heldout_windows(hf_att):
     qs, ids = heldout.queries(att, KINDS["hf"], 5)
     assert ids == [p["id"] for p in got["passages"][:5]] and [q.text for q in qs] == \
         [p["text"] for p in got["passages"][:5]]
-    # another split than the shipped benchmark's: no held-out passages claimed
-    man.data["heldout_ids"] = ["nope"]
-    assert heldout.passages(att, 3)["kind"] == "training"
+    # a store without a held-out sample: training starts, labelled so, and no what-if sample
+    att.heldout = None
+    assert heldout.passages(att, 3)["kind"] == "training" and heldout.queries(att, KINDS["hf"], 3) is None
 
 
 def test_switching_gpt_and_hf_needs_allow_kind_change(hf_store, text_store):
