@@ -137,7 +137,7 @@ PRESETS: dict[str, dict] = {
     # Responses averaged over the last 8 epoch ends, 4 epochs apart (bench.source_quality: source LDS
     # 0.79 -> 0.84 with one model); the build runs 8 simulations, the store and serving are unchanged.
     "digits": {"method": {"iterates": 8, "iterate_every": 4}},
-    # The language-model protocol (../shared/docs/lm-protocol.md): GPT 232k params on Brown, seed 2.
+    # The language-model protocol (docs/lm-protocol.md): GPT 232k params on Brown, seed 2.
     "brown": {
         "data": {"name": "brown", "sources": "publication"},
         "model": {"kind": "gpt"},
@@ -146,7 +146,7 @@ PRESETS: dict[str, dict] = {
                    "compress_rank": 0},
         "store": {"root": "stores/brown", "include_training_data": False, "quant_bits": 3},
     },
-    # The fine-tuning benchmark (../shared/docs/ft-protocol.md): the shipped GPT-2-architecture base,
+    # The fine-tuning benchmark (docs/ft-protocol.md): the shipped GPT-2-architecture base,
     # LoRA r=8 on c_attn/c_proj/c_fc, fine-tuned on the 450 Brown openings, 312 publishers as sources.
     "brown-ft": {
         "data": {"name": "brown-ft", "sources": "publication", "block_tokens": 65, "max_blocks": 4},
