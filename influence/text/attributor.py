@@ -48,6 +48,10 @@ class TextScores:
     token_logprobs: list[list[float]]
     examples: torch.Tensor | None
     sources: torch.Tensor
+    # per_token reads: per query, each target token's own scores ``(n_targets, S)`` / ``(n_targets, n)``
+    # (``τ_t``: their mean over the query's targets is its row of ``sources`` / ``examples``)
+    token_sources: list[torch.Tensor] | None = None
+    token_examples: list[torch.Tensor] | None = None
 
 
 class TextAttributor:
@@ -133,32 +137,49 @@ class TextAttributor:
         return torch.cat([self.score(qs[i:i + chunk], examples=False).sources for i in range(0, len(qs), chunk)])
 
     @torch.no_grad()
-    def score(self, queries: list[TextQuery], length: int | None = None, examples: bool = True) -> TextScores:
+    def score(self, queries: list[TextQuery], length: int | None = None, examples: bool = True,
+              per_token: bool = False) -> TextScores:
         """Score a batch, padded to ``length`` tokens (default: the longest).
         ``examples`` False: sources only (``examples`` is then None when the
-        store has per-source rows; without them the documents are read anyway)."""
+        store has per-source rows; without them the documents are read anyway).
+        ``per_token``: also every target token's scores (``TextScores.token_*``),
+        from the same tangents (no extra row read); the sequence scores are
+        the same numbers with it on or off."""
         x, mask = self.batch(queries, length)
         Q, E = len(queries), len(self.params)
         docs = examples or self.source_rows is None
         ex = torch.zeros(Q, self.n_examples, device=self.device, dtype=self.dtype) if docs else None
         src = torch.zeros(Q, self.n_sources, device=self.device, dtype=self.dtype) if self.source_rows else None
+        zeros = lambda n: torch.zeros(*mask.shape, n, device=self.device, dtype=self.dtype)  # noqa: E731
+        tex = zeros(self.n_examples) if per_token and docs else None
+        tsrc = zeros(self.n_sources) if per_token and src is not None else None
         f = torch.zeros(Q, device=self.device, dtype=self.dtype)
         tok = torch.zeros(mask.shape, device=self.device, dtype=self.dtype)
         m = mask.to(self.dtype)
         for e, (params, B, C) in enumerate(zip(self.params, self.basis, self.coef, strict=True)):
             lp = None  # (Q, T) token log-probabilities, from the readout's own primal pass
             tp = None if self.tparams is None else self.tparams[e]
+            read = lambda rows, params=params, tp=tp: jvp_scores(  # noqa: E731
+                self.model, params, rows, x, mask, logprobs=True, tangent_params=tp, per_token=per_token)
             if docs:
-                t, lp = jvp_scores(self.model, params, B, x, mask, logprobs=True, tangent_params=tp)
+                t, lp, *pt = read(B)
                 ex += t @ C.T
+                if per_token:
+                    tex += pt[0] @ C.T
             if src is not None:
-                t, lp = jvp_scores(self.model, params, self.source_rows[e], x, mask, logprobs=True,
-                                   tangent_params=tp)
+                t, lp, *pt = read(self.source_rows[e])
                 src += t
+                if per_token:
+                    tsrc += pt[0]
             f += (lp * m).sum(-1) / m.sum(-1).clamp_min(1.0)  # sequence_logprob's masked mean
             tok += lp
         ex = ex / E if docs else None
         src = src / E if src is not None else ex @ self.membership
         f, tok = f / E, tok / E
         toks = [tok[i][mask[i]].tolist() for i in range(Q)]
-        return TextScores(f, toks, ex, src)
+        if not per_token:
+            return TextScores(f, toks, ex, src)
+        tex = tex / E if tex is not None else None
+        tsrc = tsrc / E if tsrc is not None else tex @ self.membership
+        pick = lambda t: None if t is None else [t[i][mask[i]] for i in range(Q)]  # noqa: E731
+        return TextScores(f, toks, ex, src, pick(tsrc), pick(tex) if examples else None)

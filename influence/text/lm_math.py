@@ -162,7 +162,8 @@ def _query_fn(model: CausalLM, x: torch.Tensor, target_mask: torch.Tensor | None
 def jvp_scores(model: CausalLM, params: Params, U: torch.Tensor, x: torch.Tensor,
                target_mask: torch.Tensor | None = None, chunk: int | None = None, head: bool = True,
                impl: Literal["manual", "func"] = "manual", logprobs: bool = False,
-               tangent_params: Params | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+               tangent_params: Params | None = None, per_token: bool = False
+               ) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """Forward-only readout ``τ(q, r) = d/dh f(q; θ + h u_r)|₀``: ``(B, R)``.
 
     ``U (R, p)`` responses (cast to the parameters' dtype), ``x (B, T+1)``
@@ -203,7 +204,18 @@ def jvp_scores(model: CausalLM, params: Params, U: torch.Tensor, x: torch.Tensor
     contraction and the per-row sums stay in ``params``' dtype (the primal's
     activations are rounded once to the tangent dtype). About 3x the GEMM
     rate on CPUs with AVX512-BF16; scores to about 1e-2 relative
-    (``bench.load_text``'s precision part measures it)."""
+    (``bench.load_text``'s precision part measures it).
+
+    ``per_token=True`` (``head=True``): also return every target token's own
+    score ``τ_t(q, r) = d/dh log p(y_t | y_<t; θ + h u_r)|₀`` as ``(B, T, R)``
+    (0 where ``target_mask`` is 0), from the same tangents before their sum
+    over positions: the row's score is the mean of its masked ``τ_t``, to
+    rounding. No extra tangent; the trained output layer's direct term per
+    token costs one ``(R, V, d)`` contraction per position (a tied, trained
+    embedding: the protocol GPT), nothing for a frozen one (LoRA).
+
+    Returns ``scores``, then ``token log-probabilities`` if ``logprobs``, then
+    the per-token scores if ``per_token`` (a tuple when either is set)."""
     if impl not in ("manual", "func"):
         raise ValueError(f"impl must be 'manual' or 'func', not {impl!r}")
     params = _detached(params)
@@ -216,8 +228,8 @@ def jvp_scores(model: CausalLM, params: Params, U: torch.Tensor, x: torch.Tensor
     tangents = layout.unflatten(U.to(_dtype(tparams)))
     chunk = chunk or (manual_chunk(_dtype(tparams)) if manual else 16)
     if not head:
-        if logprobs:
-            raise ValueError("logprobs=True needs head=True")
+        if logprobs or per_token:
+            raise ValueError("logprobs=True and per_token=True need head=True")
         f = _query_fn(model, x, target_mask)
         one = lambda u: jvp(f, (params,), (u,))[1]  # noqa: E731
         return vmap(one, chunk_size=chunk)(tangents).T
@@ -238,24 +250,39 @@ def jvp_scores(model: CausalLM, params: Params, U: torch.Tensor, x: torch.Tensor
     m = torch.ones_like(tgt, dtype=g.dtype) if target_mask is None else target_mask.to(g.dtype)
     g.mul_((m / m.sum(-1, keepdim=True).clamp_min(1.0))[..., None])
     gw = g @ W  # (B, T, d): the output gradient seen from a
+    R, (B, T) = U.shape[0], tgt.shape
+    direct = torch.zeros(R, B, dtype=g.dtype, device=g.device)
+    per = torch.zeros(R, B, T, dtype=g.dtype, device=g.device) if per_token else None
     if w_name is not None:  # a trained output layer: its own tangent enters directly, ⟨Ẇ, Σ_t g_t a_tᵀ⟩
-        M = torch.einsum("btv,btd->bvd", g, a).reshape(x.shape[0], -1)  # (B, V·d)
-        direct = tangents[w_name].reshape(U.shape[0], -1).to(M.dtype) @ M.T  # (R, B)
-    else:
-        direct = torch.zeros(U.shape[0], x.shape[0], dtype=g.dtype, device=g.device)
+        Wd = tangents[w_name].reshape(R, -1).to(g.dtype)  # (R, V·d)
+        direct = Wd @ torch.einsum("btv,btd->bvd", g, a).reshape(B, -1).T  # (R, B)
+        if per_token:  # per position: ⟨Ẇ, g_t a_tᵀ⟩ = (g_t Ẇ)·a_t
+            per += torch.stack([(torch.einsum("btv,vd->btd", g, w.view(W.shape)) * a).sum(-1) for w in Wd])
     if manual:
         out = torch.empty_like(direct)
         tdt = _dtype(tparams)
         tprimal, tgw = (primal, gw) if tdt == gw.dtype else (primal.to(tdt), gw.to(tdt))
-        for s in range(0, U.shape[0], chunk):
+        for s in range(0, R, chunk):
             part = {k: v[s : s + chunk] for k, v in tangents.items()}
-            ad = model.tangent_trunk(tparams, inp, part, tprimal)
-            out[s : s + chunk] = (ad * tgw).sum((-1, -2), dtype=out.dtype)
-        scores = (out + direct).T
+            prod = model.tangent_trunk(tparams, inp, part, tprimal) * tgw  # (chunk, B, T, d)
+            out[s : s + chunk] = prod.sum((-1, -2), dtype=out.dtype)
+            if per_token:
+                per[s : s + chunk] += prod.sum(-1, dtype=per.dtype)
     else:
-        one = lambda u: (jvp(trunk, (params,), (u,))[1] * gw).sum((-1, -2))  # noqa: E731  (B,)
-        scores = (vmap(one, chunk_size=chunk)(tangents) + direct).T
-    return (scores, tok) if logprobs else scores
+        def one(u):
+            prod = jvp(trunk, (params,), (u,))[1] * gw  # (B, T, d)
+            return (prod.sum((-1, -2)), prod.sum(-1)) if per_token else prod.sum((-1, -2))
+
+        got = vmap(one, chunk_size=chunk)(tangents)
+        out = got[0] if per_token else got
+        if per_token:
+            per += got[1]
+    scores = (out + direct).T  # the same sums with per_token on or off: the answer does not move
+    if not per_token:
+        return (scores, tok) if logprobs else scores
+    # per (R, B, T) holds w_t τ_t with w_t = m_t / n, the mean's weight: τ_t is n times it (0 where m_t = 0)
+    per = per.permute(1, 2, 0).mul_(m.sum(-1).clamp_min(1.0)[:, None, None])  # (B, T, R)
+    return (scores, tok, per) if logprobs else (scores, per)
 
 
 def _trunk(model: CausalLM, params: Params, inp: torch.Tensor) -> torch.Tensor:
