@@ -24,6 +24,9 @@ from .ledger import new_record
 from .runtime import Runtime, Served
 from .schemas import AttributionRequest
 
+# ``Ledger.record`` outcomes that left the credit unrecorded -> why, for the 503's message
+NOT_RECORDED = {"full": "journal full", "unwritable": "journal not writable (disk full?)"}
+
 
 def check(rt: Runtime, att, kind: Kind, req: AttributionRequest):
     """Limits of every kind, then the kind's forms, shapes and limits
@@ -67,7 +70,8 @@ async def _answer(rt: Runtime, att, kind: Kind, req: AttributionRequest, rows, t
     """Cache, readout, credit -> the response body (computed now)."""
     answers, n, output = rt.answers, len(tags), kind.output(req)
     if req.record and not rt.ledger.healthy and rt.ledger.journal.entries >= rt.ledger.journal.max_entries:
-        raise unavailable("credit cannot be recorded now (Redis unreachable, journal full)", rt.s.retry_after_s)
+        raise unavailable(f"credit cannot be recorded now (Redis unreachable, {NOT_RECORDED['full']})",
+                          rt.s.retry_after_s)
 
     caching = answers.caching
     keys = [answers.cache_key(att.version, req, output, t) for t in tags] if caching else [""] * n
@@ -114,5 +118,6 @@ async def _record(rt: Runtime, found: list[dict], record_id: str | None) -> None
             total[src] = total.get(src, 0) + u
             hits[src] = hits.get(src, 0) + 1
     where = await rt.ledger.record(new_record(len(found), total, hits, rt.s.bucket_s, record_id))
-    if where == "full":
-        raise unavailable("credit cannot be recorded now (Redis unreachable, journal full)", rt.s.retry_after_s)
+    if where in NOT_RECORDED:
+        raise unavailable(f"credit cannot be recorded now (Redis unreachable, {NOT_RECORDED[where]})",
+                          rt.s.retry_after_s)

@@ -20,7 +20,9 @@ Redis keys (``P`` = ``redis_prefix``)::
 A Lua script sets the marker with ``SET NX`` and does all increments in the
 same atomic step: applying a record twice counts it once. When Redis cannot
 be reached, records are appended (and fsynced) to ``journal/active.jsonl``
-in the data dir; a background task replays them once Redis answers again.
+in the data dir (``service.journal``: an append the disk refuses, e.g. when
+it is full, leaves the file as it was and the request answers 503); a
+background task replays them once Redis answers again.
 Because of the marker, a replay interrupted half way and run again still
 counts each record exactly once. The journal holds at most
 ``journal_max_entries`` records: beyond that a recording request gets 503.
@@ -45,11 +47,8 @@ the call had in fact been applied.
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import json
 import logging
 import os
-import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -58,6 +57,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from .journal import Journal, JournalError, slot_dirs, slot_live, try_lock
 from .tasks import cancel_and_wait
 
 log = logging.getLogger("service.ledger")
@@ -103,110 +103,6 @@ def new_record(queries: int, credit: dict[str, int], hits: dict[str, int], bucke
     now = time.time() if now is None else now
     return {"id": record_id or uuid.uuid4().hex, "bucket": int(now // bucket_s * bucket_s), "queries": queries,
             "credit": credit, "hits": hits}
-
-
-def _try_lock(directory: Path) -> int | None:
-    """An fd holding an exclusive ``flock`` on ``directory/.lock``, or None
-    when another open file (any process, this one included) holds it."""
-    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
-
-
-def slot_dirs(root: Path) -> list[tuple[int, Path]]:
-    """Every journal slot under ``root`` that exists: ``(k, directory)``."""
-    out = [(0, root)] if root.is_dir() else []
-    for d in root.glob("p*") if root.is_dir() else []:
-        if d.is_dir() and d.name[1:].isdigit():
-            out.append((int(d.name[1:]), d))
-    return sorted(out)
-
-
-def slot_live(directory: Path) -> bool:
-    """Whether a process holds the slot (its lock is taken)."""
-    fd = _try_lock(directory)
-    if fd is None:
-        return True
-    os.close(fd)
-    return False
-
-
-class Journal:
-    """Bounded append-only JSON-lines file; thread safe. ``claim`` gives a
-    process its own slot of a shared journal root (module doc)."""
-
-    slot: int | None = None  # the slot this process holds (``claim``), else None
-    root: Path | None = None  # the shared journal root of a claimed slot
-    _lock_fd: int | None = None
-
-    def __init__(self, directory: Path, max_entries: int, fsync: bool = True):
-        self.dir, self.max_entries, self.fsync = Path(directory), max_entries, fsync
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.active = self.dir / "active.jsonl"
-        self._lock = threading.Lock()
-        self.entries = sum(len(self._read(p)) for p in self.dir.glob("*.jsonl"))
-
-    @classmethod
-    def claim(cls, root: Path, max_entries: int, fsync: bool = True) -> Journal:
-        """The lowest slot under ``root`` no live process holds, locked for
-        this process until ``release`` (or its end); its records are this
-        journal's (a slot left with records is replayed as one's own)."""
-        root = Path(root)
-        root.mkdir(parents=True, exist_ok=True)
-        k = 0
-        while True:
-            d = root if k == 0 else root / f"p{k}"
-            d.mkdir(exist_ok=True)
-            fd = _try_lock(d)
-            if fd is not None:
-                j = cls(d, max_entries, fsync)
-                j.slot, j._lock_fd, j.root = k, fd, root
-                return j
-            k += 1
-
-    def release(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-
-    @staticmethod
-    def _read(path: Path) -> list[dict]:
-        out = []
-        for line in path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                log.warning("%s: skipping a torn line (its request was never answered)", path)
-        return out
-
-    def append(self, record: dict) -> bool:
-        """False when full (nothing written)."""
-        with self._lock:
-            if self.entries >= self.max_entries:
-                return False
-            with open(self.active, "a") as f:
-                f.write(json.dumps(record, separators=(",", ":")) + "\n")
-                f.flush()
-                if self.fsync:
-                    os.fsync(f.fileno())
-            self.entries += 1
-            return True
-
-    def take(self) -> list[Path]:
-        """Rotate the active file out; returns every file waiting for replay."""
-        with self._lock:
-            if self.active.exists() and self.active.stat().st_size:
-                self.active.rename(self.dir / f"replay-{time.time_ns()}.jsonl")
-            return sorted(self.dir.glob("replay-*.jsonl"))
-
-    def done(self, path: Path, n: int) -> None:
-        with self._lock:
-            path.unlink(missing_ok=True)
-            self.entries = max(0, self.entries - n)
 
 
 class Ledger:
@@ -259,7 +155,8 @@ class Ledger:
         return out
 
     async def record(self, rec: dict) -> str:
-        """``"redis"``, ``"journal"``, or ``"full"`` (not recorded)."""
+        """``"redis"``, ``"journal"``, or, not recorded, ``"full"`` (the journal
+        holds ``max_entries``) or ``"unwritable"`` (its disk refused the append)."""
         if self.healthy:
             loop = asyncio.get_running_loop()
             fut = loop.create_future()
@@ -268,7 +165,11 @@ class Ledger:
                 self._committer = loop.create_task(self._commit(), name="ledger-commit")
             if await asyncio.shield(fut):
                 return "redis"
-        ok = await asyncio.to_thread(self.journal.append, rec)
+        try:
+            ok = await asyncio.to_thread(self.journal.append, rec)
+        except JournalError as e:
+            log.error("credit not recorded (Redis unreachable, %s): the request answers 503", e)
+            return "unwritable"
         return "journal" if ok else "full"
 
     async def _commit(self) -> None:
@@ -298,7 +199,7 @@ class Ledger:
         returns how many were new."""
         journal, new = journal or self.journal, 0
         for path in await asyncio.to_thread(journal.take):
-            recs = await asyncio.to_thread(journal._read, path)
+            recs = await asyncio.to_thread(journal.read, path)
             new += sum(await self.apply_many(recs))
             await asyncio.to_thread(journal.done, path, len(recs))
         self.replayed += new
@@ -320,7 +221,7 @@ class Ledger:
         (module doc), each under its lock; returns the new records."""
         new = 0
         for d in await asyncio.to_thread(self._orphans):
-            fd = await asyncio.to_thread(_try_lock, d)
+            fd = await asyncio.to_thread(try_lock, d)
             if fd is None:
                 continue  # a process claimed it meanwhile: it replays it itself
             try:

@@ -30,10 +30,11 @@ async def store(p: AnyKey, rt: RuntimeDep, served: ServedDep):
 
 @router.get("/v1/stats")
 async def stats(p: QueryReportKey, rt: RuntimeDep):
-    """Throughput, latency percentiles (ms), batch sizes, cache hit rate."""
+    """Throughput, latency percentiles (ms), batch sizes, cache hit rate; the
+    journal: records waiting, replayed, and appends its disk refused (503s)."""
     return {**rt.stats.snapshot(), "store_version": rt.serving(), "queue_queries": rt.batcher.queued,
             "redis": rt.ledger.healthy, "journal_entries": rt.ledger.journal.entries,
-            "journal_replayed": rt.ledger.replayed}
+            "journal_replayed": rt.ledger.replayed, "journal_failed": rt.ledger.journal.failed}
 
 
 @router.post("/v1/admin/reload", response_model=ReloadResponse)
