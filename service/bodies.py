@@ -43,6 +43,15 @@ _TEXT_FORMS = 'a text store (kind {}) takes {{"text": "..."}} or {{"prompt": "..
 _VECTOR_FORM = 'a classifier store (kind {}) takes numeric queries {{"input": [...]}}'
 
 
+def _int(text: str) -> int | float:
+    """A JSON integer; one beyond any float (more than 308 digits) as ±inf,
+    so that the field it stands in names it (Python refuses to read more
+    than 4,300 digits at all, and a 400-digit int overflows a float field)."""
+    if len(text.lstrip("-")) > 308:
+        return float("-inf") if text.startswith("-") else float("inf")
+    return int(text)
+
+
 def parse(raw: bytes):
     """The JSON value of ``raw``; a 422 naming ``body`` when it is not JSON
     or not UTF-8 (the reasons of ``service.errors``)."""
@@ -50,8 +59,8 @@ def parse(raw: bytes):
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         pass
-    try:  # what orjson refuses but the schema should name (NaN, 1e999), and the exact reason otherwise
-        return json.loads(raw.decode("utf-8"))
+    try:  # what orjson refuses but the schema should name (NaN, 1e999, huge integers), and the exact reason otherwise
+        return json.loads(raw.decode("utf-8"), parse_int=_int)
     except UnicodeDecodeError:
         raise invalid("body", "body is not valid UTF-8") from None
     except RecursionError:
