@@ -12,16 +12,25 @@ what it names; the reloading process answers once every live process
 many do. Files only: it works with Redis away, and a process that starts
 later (a restarted worker) loads the desired version too. ``__main__``
 clears the folder when a group starts.
+
+Admin reloads take turns group-wide (``turn``: an ``flock`` on
+``peers/.lock`` held from the decision to the answer), so two reloads sent
+to two processes at the same moment run one after the other and the group
+ends on the second; a follower reads ``desired.json`` under its own reload
+lock, so it never applies an older request after a newer one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
+from contextlib import asynccontextmanager
 from pathlib import Path
 
-from .ledger import slot_dirs, slot_live
+from .errors import unavailable
+from .journal import slot_dirs, slot_live, try_lock
 
 FOLLOW_S = 0.2  # how often a process looks at desired.json, seconds
 DESIRED = "desired.json"
@@ -45,6 +54,20 @@ class Peers:
         self.dir, self.slot, self.journal_root = Path(directory), slot, Path(journal_root)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.seen = (self.desired() or {}).get("seq")
+
+    @asynccontextmanager
+    async def turn(self, wait_s: float):
+        """The group's reload turn (module doc); 503 when another reload
+        holds it for more than ``wait_s`` seconds."""
+        deadline = time.monotonic() + wait_s
+        while (fd := try_lock(self.dir)) is None:
+            if time.monotonic() > deadline:
+                raise unavailable(f"another admin reload has held the group's turn for {wait_s:g} s", 2, "busy")
+            await asyncio.sleep(FOLLOW_S / 4)
+        try:
+            yield
+        finally:
+            os.close(fd)  # (closing the fd releases the flock)
 
     def announce(self, version: str) -> None:
         _write(self.dir / f"p{self.slot}.json", {"pid": os.getpid(), "version": version, "t": time.time()})

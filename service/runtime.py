@@ -192,47 +192,57 @@ class Runtime:
         ``allow_source_change``; credit already recorded stays in the
         aggregates under its source ids either way."""
         async with self._reload_lock:
-            old = self.served
-            prev = old.version if old else None
-            if version is not None:
-                check_version_name(version)
-                if version not in await asyncio.to_thread(list_versions, self.s.store):
-                    raise invalid("version", "no such store version", "query", 404)
-            target = version or await asyncio.to_thread(current_version, self.s.store)
-            if not VERSION_NAME.fullmatch(target):
-                raise StoreError(f"{self.s.store}/CURRENT names {target[:80]!r}, not a version name")
-            if target == prev:
-                if self.peers:
-                    self.peers.announce(prev)
-                return {"previous_version": prev, "store_version": prev, "changed": False, "load_s": 0.0}
-            if old is not None:
-                man = await asyncio.to_thread(read_manifest, self.s.store / "versions" / target)
-                change_refused(old.att.manifest, old.kind.name, man, allow_kind_change, allow_source_change)
-            t0 = time.perf_counter()
-            served = await asyncio.to_thread(self._load, target)
-            self.served = served  # the whole hot swap
+            return await self._swap(version, allow_kind_change, allow_source_change)
+
+    async def _swap(self, version: str | None, allow_kind_change: bool, allow_source_change: bool) -> dict:
+        """``reload``'s work; the caller holds ``_reload_lock``."""
+        old = self.served
+        prev = old.version if old else None
+        if version is not None:
+            check_version_name(version)
+            if version not in await asyncio.to_thread(list_versions, self.s.store):
+                raise invalid("version", "no such store version", "query", 404)
+        target = version or await asyncio.to_thread(current_version, self.s.store)
+        if not VERSION_NAME.fullmatch(target):
+            raise StoreError(f"{self.s.store}/CURRENT names {target[:80]!r}, not a version name")
+        if target == prev:
             if self.peers:
-                self.peers.announce(served.version)
-            self.stats.m_reloads.inc()
-            if prev and self.s.cache_ttl_s:
-                self._spawn(self.answers.drop_version(prev), f"drop-cache-{prev}")
-            dt = time.perf_counter() - t0
-            log.info("serving %s store %s (was %s) on %s, loaded in %.2f s", served.kind.name, served.version, prev,
-                     served.att.device, dt)
-            return {"previous_version": prev, "store_version": served.version, "changed": True,
-                    "load_s": round(dt, 4)}
+                self.peers.announce(prev)
+            return {"previous_version": prev, "store_version": prev, "changed": False, "load_s": 0.0}
+        if old is not None:
+            man = await asyncio.to_thread(read_manifest, self.s.store / "versions" / target)
+            change_refused(old.att.manifest, old.kind.name, man, allow_kind_change, allow_source_change)
+        t0 = time.perf_counter()
+        served = await asyncio.to_thread(self._load, target)
+        self.served = served  # the whole hot swap
+        if self.peers:
+            self.peers.announce(served.version)
+        self.stats.m_reloads.inc()
+        if prev and self.s.cache_ttl_s:
+            self._spawn(self.answers.drop_version(prev), f"drop-cache-{prev}")
+        dt = time.perf_counter() - t0
+        log.info("serving %s store %s (was %s) on %s, loaded in %.2f s", served.kind.name, served.version, prev,
+                 served.att.device, dt)
+        return {"previous_version": prev, "store_version": served.version, "changed": True, "load_s": round(dt, 4)}
 
     async def reload_all(self, version: str | None = None, allow_kind_change: bool = False,
                          allow_source_change: bool = False) -> dict:
         """``reload`` here, then, with other serving processes on this host
         (``service.peers``), in every one of them: the answer comes when all
         live processes serve the version (``processes``: how many do, of how
-        many), or after ``request_timeout_s``."""
-        out = await self.reload(version, allow_kind_change, allow_source_change)
+        many), or after ``request_timeout_s``. Reloads take turns across the
+        group (``Peers.turn``), so the count still holds when it is sent."""
         if self.peers is None:
-            return out
-        target = out["store_version"]
-        self.peers.publish(target, allow_kind_change, allow_source_change)
+            return await self.reload(version, allow_kind_change, allow_source_change)
+        async with self.peers.turn(self.s.request_timeout_s):
+            async with self._reload_lock:  # (with the publish: this process's follower never takes it as news)
+                out = await self._swap(version, allow_kind_change, allow_source_change)
+                self.peers.publish(out["store_version"], allow_kind_change, allow_source_change)
+            done, total = await self._wait_peers(out["store_version"])
+        return {**out, "processes": {"serving": done, "total": total}}
+
+    async def _wait_peers(self, target: str) -> tuple[int, int]:
+        """(processes serving ``target``, live processes) once all do, or after ``request_timeout_s``."""
         deadline = time.monotonic() + self.s.request_timeout_s
         while True:
             seen = await asyncio.to_thread(self.peers.serving)
@@ -243,22 +253,25 @@ class Runtime:
         if done < len(seen):
             log.warning("reload to %s: %d of %d serving processes serve it after %.0f s", target, done, len(seen),
                         self.s.request_timeout_s)
-        return {**out, "processes": {"serving": done, "total": len(seen)}}
+        return done, len(seen)
 
     async def _follow(self) -> None:
         """Load what another process's admin reload asked of all (``service.peers``)."""
         while True:
             await asyncio.sleep(FOLLOW_S)
-            want = await asyncio.to_thread(self.peers.desired)
-            if not want or want.get("seq") == self.peers.seen or self.served is None:
+            if self.served is None:
                 continue
-            self.peers.seen = want["seq"]
-            try:
-                await self.reload(want["version"], bool(want.get("allow_kind_change")),
-                                  bool(want.get("allow_source_change")))
-            except (InfluenceError, OSError, ApiError) as e:
-                log.error("reload asked by another serving process failed, still serving %s: %s", self.serving(),
-                          getattr(e, "message", e))
+            async with self._reload_lock:  # desired.json read under the lock: never an older ask after a newer
+                want = await asyncio.to_thread(self.peers.desired)
+                if not want or want.get("seq") == self.peers.seen:
+                    continue
+                self.peers.seen = want["seq"]
+                try:
+                    await self._swap(want["version"], bool(want.get("allow_kind_change")),
+                                     bool(want.get("allow_source_change")))
+                except (InfluenceError, OSError, ApiError) as e:
+                    log.error("reload asked by another serving process failed, still serving %s: %s",
+                              self.serving(), getattr(e, "message", e))
 
     def _load(self, version: str) -> Served:
         """(in a thread) Open, load and probe one store version."""
