@@ -68,6 +68,16 @@ def length_buckets(context: int) -> list[int]:
     return [*out, context + 1]
 
 
+def by_bucket(queries: list[TextQuery], context: int) -> dict[int, list[int]]:
+    """Positions of ``queries`` by the smallest of ``length_buckets(context)``
+    that holds each (a query's readout row is padded to it), shortest first."""
+    buckets = length_buckets(context)
+    out: dict[int, list[int]] = {}
+    for i, q in enumerate(queries):
+        out.setdefault(next(b for b in buckets if b >= len(q.ids)), []).append(i)
+    return dict(sorted(out.items()))
+
+
 def text_readout_rows(att: TextAttributor, queries: list[TextQuery], block: int, examples: bool = True):
     """Score ``queries`` in calls of exactly ``block`` rows, each row right-padded
     (with masks) to the smallest of ``length_buckets`` that holds it and the
@@ -78,13 +88,9 @@ def text_readout_rows(att: TextAttributor, queries: list[TextQuery], block: int,
     context (a 129-token context costs a 15-token query 8x more than its
     bucket of 17). -> CPU (logprob, token log-probabilities, sources, examples
     or None: ``examples`` False on a store with per-source rows), in order."""
-    buckets = length_buckets(att.spec.context)
-    by_len: dict[int, list[int]] = {}
-    for i, q in enumerate(queries):
-        by_len.setdefault(next(b for b in buckets if b >= len(q.ids)), []).append(i)
     lp, src = [None] * len(queries), [None] * len(queries)
     toks, ex = [None] * len(queries), [None] * len(queries)
-    for length, idx in sorted(by_len.items()):
+    for length, idx in by_bucket(queries, att.spec.context).items():
         fill = TextQuery([0] * length, 1, 0)
         for s in range(0, len(idx), block):
             part = idx[s:s + block]

@@ -30,13 +30,16 @@ NOT_RECORDED = {"full": "journal full", "unwritable": "journal not writable (dis
 
 def check(rt: Runtime, att, kind: Kind, req: AttributionRequest):
     """Limits of every kind, then the kind's forms, shapes and limits
-    (``Kind.prepare``) -> (rows, cache tags)."""
+    (``Kind.prepare``), then the readout's cost (``Kind.within_budget``) ->
+    (rows, cache tags)."""
     s = rt.s
     if len(req.queries) > s.max_queries:
         raise invalid("queries", f"at most {s.max_queries} queries per request, got {len(req.queries)}")
     if req.top_k > s.max_top_k:
         raise invalid("top_k", f"must be at most {s.max_top_k}")
-    return kind.prepare(att, req, s)
+    rows, tags = kind.prepare(att, req, s)
+    kind.within_budget(att, [rows], req.granularity != "sources", s)
+    return rows, tags
 
 
 async def attribute(rt: Runtime, served: Served, req: AttributionRequest, principal_id: str, idem: str | None,

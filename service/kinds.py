@@ -33,13 +33,13 @@ import numpy as np
 import torch
 
 from influence.attributor import Attributor, top_k
-from influence.blocks import batch_invariant, text_batch_invariant, text_readout_rows
+from influence.blocks import batch_invariant, by_bucket, text_batch_invariant, text_readout_rows
 from influence.errors import QueryError, StoreError
 from influence.store import Manifest, Store
 from influence.text.attributor import TextAttributor
 from influence.text.attributor import TextQuery as Encoded
 
-from .batcher import Batcher
+from .batcher import Batcher, Piece
 from .credit import credit, output_sign
 from .errors import ApiError, invalid
 from .schemas import AttributionRequest, PromptQuery, Query, TextQuery
@@ -78,6 +78,21 @@ class Kind:
     def take(self, rows, idx: list[int]):
         raise NotImplementedError
 
+    def cost(self, att, rows, examples: bool) -> int:
+        """What reading ``rows`` out costs, in token-rows (``COST_UNIT``)."""
+        raise NotImplementedError
+
+    def within_budget(self, att, parts: list, examples: bool, s: Settings, at: str = "queries") -> int:
+        """The cost of reading out every ``rows`` of ``parts``; a 422 naming
+        ``at`` and the cost beyond ``s.max_request_cost`` (before any work)."""
+        cost = sum(self.cost(att, rows, examples) for rows in parts)
+        if cost > s.max_request_cost:
+            hint = "; granularity sources reads fewer rows" if examples else ""
+            raise invalid(at, f"this request would cost {cost:,} {COST_UNIT} (each query's positions times the "
+                          f"store rows it is read against), more than max_request_cost {s.max_request_cost:,}: "
+                          f"send fewer or shorter queries{hint}")
+        return cost
+
     def submit(self, batcher: Batcher, att, rows, n: int, output: str, examples: bool, block: int) -> Awaitable:
         raise NotImplementedError
 
@@ -105,6 +120,7 @@ class Kind:
         raise NotImplementedError
 
 
+COST_UNIT = "token-rows"  # one query position carried through one stored response row (a vector query: 1 position)
 NOT_FINITE = "the model's output or scores for this query are not finite numbers (values too large)"
 
 
@@ -194,6 +210,12 @@ class VectorKind(Kind):
     def take(self, rows, idx: list[int]):
         x, y = rows
         return x[idx], y[idx]
+
+    def cost(self, att: Attributor, rows, examples: bool) -> int:
+        """A query is one position read against every source row, and every
+        example row when ``examples``."""
+        per = len(att.manifest.source_ids) + (len(att.manifest.example_source) if examples else 0)
+        return rows[0].shape[0] * per
 
     def submit(self, batcher: Batcher, att, rows, n: int, output: str, examples: bool, block: int):
         return batcher.submit(att, rows[0], rows[1], output, examples, block)
@@ -328,8 +350,19 @@ class TextKind(Kind):
     def take(self, rows, idx: list[int]):
         return [rows[i] for i in idx]
 
+    def cost(self, att: TextAttributor, rows: list[Encoded], examples: bool) -> int:
+        """Each query's length bucket (the positions its readout row carries)
+        times the tangents it is read against (``TextAttributor.tangents``)."""
+        groups = by_bucket(rows, att.spec.context)
+        return sum(length * len(idx) for length, idx in groups.items()) * att.tangents(examples)
+
     def submit(self, batcher: Batcher, att, rows, n: int, output: str, examples: bool, block: int):
-        return batcher.submit_rows(att, rows, n, (id(att), "text", block), examples, partial(text_readout, block=block))
+        """One piece per readout block: the queries of one length bucket,
+        ``block`` at a time (so a piece never pads a block it shares)."""
+        pieces = [Piece([rows[i] for i in idx[s:s + block]], len(idx[s:s + block]), idx[s:s + block])
+                  for idx in by_bucket(rows, att.spec.context).values() for s in range(0, len(idx), block)]
+        return batcher.submit_rows(att, rows, n, (id(att), "text", block), examples, partial(text_readout, block=block),
+                                   pieces)
 
     def answers(self, att: TextAttributor, req: AttributionRequest, output: str, s: Settings, r, rows) -> Answers:
         man, docs = att.manifest, att.documents

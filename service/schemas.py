@@ -169,7 +169,8 @@ class Timings(BaseModel):
     queue_ms: float = Field(..., description="waiting for a batch, milliseconds")
     readout_ms: float = Field(..., description="the batched readout this request rode on, milliseconds")
     total_ms: float = Field(..., description="whole request inside the service, milliseconds")
-    batch_queries: int = Field(..., description="queries in the largest readout batch this request rode on")
+    batch_queries: int = Field(..., description="its own queries plus the other requests' queries read out "
+                               "in the same readout rounds (a large request rides a round per block)")
 
 
 class AttributionResponse(BaseModel):

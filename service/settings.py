@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(16_384, ge=1024, description="request header names and values together, bytes "
                                   "(431 beyond)")
     max_headers: int = Field(100, ge=10, description="request headers (431 beyond)")
+    max_request_cost: int = Field(250_000, ge=1, description="readout cost of one request (attributions, or a "
+                                  "what-if's queries together), token-rows: each query's positions (its length "
+                                  "bucket; a vector query 1) times the store rows it is read against")
     max_whatif_sample: int = Field(512, ge=1, description="held-out queries a what-if may ask for (sample)")
 
     # micro-batcher

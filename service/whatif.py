@@ -6,7 +6,9 @@ loss), with the accuracy this store's audit measured for such a prediction.
 
 Order of work: the scenario (source ids, weights) and the query limits are
 checked first; the queries (inline, or the store's held-out sample) ride
-the micro-batcher as a sources-only readout, in chunks of ``max_queries``;
+the micro-batcher as a sources-only readout, in chunks of ``max_queries``,
+their cost together bounded by ``max_request_cost`` (422 naming ``sample`` or
+``queries``, before any readout);
 nothing is recorded or cached (a what-if is a question about training, not
 an answer that earns credit).
 """
@@ -106,14 +108,18 @@ async def whatif(att, kind: Kind, audit: dict | None, batcher, s: Settings, req:
         queries, ids = req.queries, [q.client_id for q in req.queries]
     else:
         queries, ids = await _sample(att, kind, req.sample, s)
-    output, taus = None, []
+    output, taus, chunks = None, [], []
     for start in range(0, len(queries), s.max_queries):
         areq = AttributionRequest.model_construct(queries=queries[start:start + s.max_queries], top_k=1,
                                                   granularity="sources", output=req.output, order="positive",
                                                   record=False)
         rows, tags = await asyncio.to_thread(kind.prepare, att, areq, s)  # tokenizing texts: off the event loop
         output = kind.output(areq)
-        r = await kind.submit(batcher, att, rows, len(tags), output, False, kind.block(s))
+        chunks.append((start, rows, len(tags)))
+    kind.within_budget(att, [rows for _, rows, _ in chunks], False, s, "sample" if req.sample is not None else
+                       "queries")
+    for start, rows, n_rows in chunks:  # (each chunk read out a block per batcher round, beside other requests)
+        r = await kind.submit(batcher, att, rows, n_rows, output, False, kind.block(s))
         for j, ok in enumerate(kind.finite(r)):
             if not ok:
                 raise invalid(query_field(start + j, queries[start + j]), NOT_FINITE)

@@ -33,8 +33,9 @@ async def stats(p: QueryReportKey, rt: RuntimeDep):
     """Throughput, latency percentiles (ms), batch sizes, cache hit rate; the
     journal: records waiting, replayed, and appends its disk refused (503s)."""
     return {**rt.stats.snapshot(), "store_version": rt.serving(), "queue_queries": rt.batcher.queued,
-            "redis": rt.ledger.healthy, "journal_entries": rt.ledger.journal.entries,
-            "journal_replayed": rt.ledger.replayed, "journal_failed": rt.ledger.journal.failed}
+            "dropped_blocks": rt.batcher.dropped_pieces, "redis": rt.ledger.healthy,
+            "journal_entries": rt.ledger.journal.entries, "journal_replayed": rt.ledger.replayed,
+            "journal_failed": rt.ledger.journal.failed}
 
 
 @router.post("/v1/admin/reload", response_model=ReloadResponse)
