@@ -13,6 +13,7 @@ from influence.attributor import top_k
 from influence.errors import DataError, QueryError
 from influence.store import Store
 from influence.text.attributor import TextAttributor, TextQuery
+from influence.text.jsonl import read_lines
 
 BATCH = 16
 
@@ -21,10 +22,7 @@ def read_queries(path: Path, att: TextAttributor) -> list[TextQuery]:
     """Each line ``{"text": str}`` or ``{"prompt": str, "completion": str}``,
     optional ``"pretokenized": bool`` (whitespace-separated corpus tokens);
     errors name the file, the line and the field."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(path, f"cannot read queries: {e}") from None
+    lines = read_lines(path)
     out = []
     for no, line in enumerate(lines, 1):
         if not line.strip():
@@ -39,7 +37,10 @@ def read_queries(path: Path, att: TextAttributor) -> list[TextQuery]:
         pre = rec.get("pretokenized", False)
         if not isinstance(pre, bool):
             raise DataError(path, f"{where}: field 'pretokenized' must be true or false")
-        keys = {"text"} if "text" in rec else {"prompt", "completion"}
+        if "text" not in rec and not {"prompt", "completion"} & rec.keys():
+            raise DataError(path, f"{where}: expected a field 'text', or 'prompt' and 'completion' "
+                                  f"(got {', '.join(map(repr, rec)) or 'no field'})")
+        keys = ("text",) if "text" in rec else ("prompt", "completion")
         for k in keys:
             if not isinstance(rec.get(k), str) or not rec[k].strip():
                 raise DataError(path, f"{where}: field {k!r} must be a non-empty string")

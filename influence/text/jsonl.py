@@ -34,15 +34,30 @@ from .corpus import BLOCK, VOCAB, LMCorpus, build_corpus
 from .tokenizer import UNK, Tokenizer
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Validated records ``{"id", "text", "source", "line"}`` in file order."""
+def read_lines(path: str | Path) -> list[str]:
+    """The file's lines as text; a line that is not UTF-8 is an error naming
+    its line number and column (not the byte offset into the whole file)."""
     p = Path(path)
     if not p.exists():
         raise DataError(p, "file not found")
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(p, f"cannot be read as UTF-8 text: {e}") from None
+        raw = p.read_bytes()
+    except OSError as e:
+        raise DataError(p, f"cannot be read: {e.strerror}") from None
+    lines = raw.split(b"\n")
+    for n, line in enumerate(lines, start=1):
+        try:
+            lines[n - 1] = line.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError as e:
+            bad = line[e.start:e.start + 1]
+            raise DataError(p, f"line {n}: not UTF-8 text (byte {e.start + 1} of the line: {bad!r})") from None
+    return lines
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Validated records ``{"id", "text", "source", "line"}`` in file order."""
+    p = Path(path)
+    lines = read_lines(p)
     out, seen = [], {}
     for n, line in enumerate(lines, start=1):
         if not line.strip():

@@ -301,3 +301,33 @@ def test_script_reproduces_shipped_file(tmp_path):
     assert main([os.environ["BROWN_NPM_PACKAGE"], "--out", str(out)]) == 0
     assert out.read_bytes() == brown.DATA.read_bytes()
     assert (tmp_path / "LICENSE-brown.txt").read_text() == (brown.DATA.parent / "LICENSE-brown.txt").read_text()
+
+
+def test_jsonl_names_the_line_that_is_not_utf8(tmp_path):
+    lines = [s.encode() for s in _good_lines()]
+    lines.insert(4, b'{"text": "caf\xe9", "source": "s"}')  # Latin-1, not UTF-8
+    p = tmp_path / "docs.jsonl"
+    p.write_bytes(b"\n".join(lines))
+    with pytest.raises(DataError, match=r"docs\.jsonl: line 5: not UTF-8 text \(byte 14 of the line"):
+        read_jsonl(p)
+
+
+@pytest.mark.parametrize("rec, match", [
+    ({"txt": "a b"}, r"line 2: expected a field 'text', or 'prompt' and 'completion' \(got 'txt'\)"),
+    ({}, r"line 2: expected a field 'text', or 'prompt' and 'completion' \(got no field\)"),
+    ({"prompt": "a b"}, r"line 2: field 'completion' must be a non-empty string"),
+])
+def test_query_file_says_what_it_expected(tmp_path, rec, match):
+    from worker.score_text import read_queries
+
+    p = tmp_path / "q.jsonl"
+    p.write_text("\n".join([json.dumps({"text": "a b"}), json.dumps(rec)]))
+    with pytest.raises(DataError, match=r"q\.jsonl: " + match):
+        read_queries(p, _NoEncode())
+
+
+class _NoEncode:
+    """Stands in for the attributor only where the line is refused before any encoding."""
+
+    def encode(self, *a):
+        return a
