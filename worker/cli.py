@@ -33,7 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--config", type=Path, help="TOML or YAML file overlaid on the preset")
     b.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     b.add_argument("--store", type=Path, help="store root (store.root)")
-    b.add_argument("--data", type=Path, help="training file .npz/.csv/.parquet (data.path)")
+    b.add_argument("--data", type=Path, help="training data (data.path): vector stores .npz/.csv/.parquet; text "
+                   "stores (--model, or a preset of kind gpt) .jsonl, one {\"text\", \"source\", optional \"id\"} "
+                   "a line")
     b.add_argument("--seed", type=int, help="train.seed")
     b.add_argument("--ensemble", type=int, help="method.ensemble")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -62,8 +64,9 @@ def _audit_parser(sub) -> None:
 
     d = AuditSettings()
     a = sub.add_parser("audit", help="retrain on source subsets with the store's recipe; publish the current "
-                                     "version plus audit.json (MLP stores; text stores of the "
-                                     "Brown corpus)")
+                                     "version plus audit.json (MLP stores holding their training data or "
+                                     "built on digits; gpt and hf stores, from the corpus file they were "
+                                     "built from)")
     a.add_argument("--store", type=Path, required=True)
     a.add_argument("--subsets", type=int, default=d.subsets, help=f"random source subsets (default {d.subsets})")
     a.add_argument("--seeds", type=int, default=d.seeds, help=f"seeds per retrained model (default {d.seeds})")
@@ -77,8 +80,10 @@ def _audit_parser(sub) -> None:
     a.add_argument("--matched", action="store_true",
                    help="also the order-matched truth (the full run's minibatches, removed slots skipped)")
     a.add_argument("--threads", type=int, default=d.threads, help="torch threads while retraining")
-    a.add_argument("--query-file", type=Path, help="held-out labelled queries (.npz/.csv/.parquet); "
-                                                   "default: the digits test split for digits stores")
+    a.add_argument("--query-file", type=Path, help="held-out queries: MLP stores labelled .npz/.csv/.parquet "
+                   "(default: the digits test split for digits stores); hf stores .jsonl of {\"text\"} lines "
+                   "(needed when built from a JSONL file; default for brown-ft: its held-out windows); gpt "
+                   "stores use their corpus's held-out windows")
     a.add_argument("--keep", type=int, default=3, help="versions to keep after publishing (>= 2)")
     a.add_argument("--quiet", action="store_true")
 
