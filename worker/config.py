@@ -61,6 +61,17 @@ class TrainConfig(_Section):
     seed: int = 0
 
 
+# The train fields each model kind's recipe reads; one set explicitly that the recipe would ignore is an
+# error (``WorkerConfig._consistent``), never silently dropped. The protocol GPT's recipe is fixed
+# (worker.lm_train: AdamW, its own lr, batch and epochs).
+RECIPE_FIELDS = {
+    ("mlp", "sgd"): {"optimizer", "lr", "momentum", "batch_size", "epochs", "weight_decay", "seed", "device"},
+    ("mlp", "adam"): {"optimizer", "lr", "batch_size", "epochs", "weight_decay", "seed", "device"},
+    ("gpt", None): {"seed", "device"},
+    ("hf", "adamw"): {"optimizer", "lr", "betas", "eps", "weight_decay", "batch_size", "epochs", "seed", "device"},
+}
+
+
 class StoreConfig(_Section):
     root: Path = Path("stores/digits")
     keep: int = Field(3, ge=1)
@@ -83,6 +94,13 @@ class WorkerConfig(_Section):
     train: TrainConfig = TrainConfig()
     method: MethodConfig = MethodConfig()
     store: StoreConfig = StoreConfig()
+
+    def _recipe_reads_every_set_field(self) -> None:
+        ignored, used = _ignored_train_fields(self.model.kind, self.train)
+        if ignored:
+            opt = "" if self.model.kind == "gpt" else f" with optimizer {self.train.optimizer!r}"
+            raise ValueError(f"train.{ignored[0]}: not used by the {self.model.kind} recipe{opt} (set: "
+                             f"{', '.join(ignored)}); it reads only {', '.join(sorted(used))}")
 
     def quant(self) -> dict | None:
         """The manifest's ``examples_quant`` for this config."""
@@ -110,6 +128,7 @@ class WorkerConfig(_Section):
                 raise ValueError("model.path: an hf model needs its local directory (--model DIR)")
             if self.train.optimizer != "adamw":
                 raise ValueError("train.optimizer: an hf fine-tune uses 'adamw'")
+        self._recipe_reads_every_set_field()
         if self.method.iterates > 1:
             if self.model.kind in TEXT_KINDS:
                 raise ValueError("method.iterates > 1: response averaging over iterates is built for MLP stores "
@@ -206,6 +225,14 @@ def read_config_file(path: Path) -> dict:
     return data
 
 
+def _ignored_train_fields(kind: str, train: TrainConfig) -> tuple[list[str], set[str]]:
+    """The explicitly set train fields that ``kind``'s recipe does not read, and those it reads."""
+    used = RECIPE_FIELDS.get((kind, None)) or RECIPE_FIELDS.get((kind, train.optimizer))
+    if used is None:
+        return [], set()  # an optimizer this kind does not take: refused by its own check
+    return sorted(train.model_fields_set - used), used
+
+
 class ConfigError(ValueError):
     """A config that cannot be used; the message names the file or field."""
 
@@ -233,4 +260,5 @@ def load_config(preset: str = "digits", file: Path | None = None, overrides: lis
         err = e.errors()[0]
         where = ".".join(str(x) for x in err["loc"])
         src = f"{file}: " if file else ""
-        raise ConfigError(f"{src}{where}: {err['msg']}") from None
+        msg = err["msg"].removeprefix("Value error, ")  # a model validator's message names its own field
+        raise ConfigError(f"{src}{where}: {msg}" if where else f"{src}{msg}") from None

@@ -61,3 +61,16 @@ def test_config_file_and_overrides(tmp_path):
         load_config("tiny", tmp_path / "bad.toml")
     with pytest.raises(ConfigError, match="unknown preset"):
         load_config("huge")
+
+
+@pytest.mark.parametrize("preset, over, match", [
+    ("brown", ["train.lr=0.1"], r"^train\.lr: not used by the gpt recipe \(set: lr\); it reads only device, seed$"),
+    ("brown", ["train.epochs=3", "train.batch_size=4"], r"^train\.batch_size: not used by the gpt recipe"),
+    ("digits", ["train.betas=[0.9, 0.99]"], r"^train\.betas: not used by the mlp recipe with optimizer 'sgd'"),
+    ("tiny", ["train.optimizer=adam", "train.momentum=0.5"], r"^train\.momentum: .* optimizer 'adam'"),
+])
+def test_a_train_setting_the_recipe_ignores_is_refused(preset, over, match):
+    """Issue 29: for kind gpt, train.lr, epochs and batch_size were silently ignored."""
+    with pytest.raises(ConfigError, match=match):
+        load_config(preset, overrides=over)
+    load_config(preset, overrides=["train.seed=5"])  # what every recipe reads stays settable
