@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, help="train.seed")
     b.add_argument("--ensemble", type=int, help="method.ensemble")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.add_argument("--allow-empty-sources", action="store_true",
+                   help="publish even when a source has no training signal (data.allow_empty_sources)")
     b.add_argument("--if-missing", action="store_true",
                    help="do nothing when the store root already has a published version (first runs)")
     b.add_argument("--audit", action="store_true", help="then run `audit` with its defaults (a text store: "
@@ -95,6 +97,8 @@ def _build(a) -> None:
     for flag, key in flags:
         if flag is not None:
             over.append(f"{key}={json.dumps(str(flag)) if isinstance(flag, Path) else flag}")
+    if a.allow_empty_sources:
+        over.append("data.allow_empty_sources=true")
     cfg = load_config(a.preset or ("hf" if a.model is not None else "digits"), a.config, over)
     if a.if_missing and (cfg.store.root / "CURRENT").is_file():
         print(f"store {cfg.store.root} already has {current_version(cfg.store.root)}; nothing to build (--if-missing)")
@@ -170,6 +174,7 @@ def _info(a) -> None:
     print(json.dumps({"current": cur, "versions": list_versions(a.store), "model": man.model.model_dump(),
                       "members": man.members, "n_examples": len(man.example_source),
                       "n_sources": len(man.source_ids), "dtype": man.dtype, "method": man.method,
+                      "coverage": man.data.get("coverage"),
                       "audit": None if audit is None else {k: audit.get(k) for k in
                                                            ("audited_version", "created_at", "metrics")}},
                      indent=1))

@@ -30,9 +30,12 @@ class DataConfig(_Section):
 
     name: Literal["digits", "brown", "brown-ft"] | None = "digits"
     path: Path | None = None
-    block_tokens: int = Field(0, ge=0, description="hf: tokens per fine-tuning block (inputs + 1); 0 = the model's "
-                              "context + 1 (brown-ft: 65, ft-protocol)")
+    block_tokens: int = Field(0, ge=0, description="hf: tokens per fine-tuning block (inputs + 1); 0 = "
+                              "min(the model's context, 512) + 1 (brown-ft: 65, ft-protocol); a document's "
+                              "remainder, or a document shorter than a block, is a block of its own length")
     max_blocks: int = Field(0, ge=0, description="hf: blocks per document from its start; 0 = all (brown-ft: 4)")
+    allow_empty_sources: bool = Field(False, description="hf: publish even when a source has no training signal "
+                                      "(all its documents shorter than 2 tokens); recorded in the manifest")
     sources: Literal["publication", "genre"] = Field("publication", description="brown: the source level")
     label_column: str = "label"
     n_sources: int = Field(20, ge=1, description="publishers assigned to built-in data")

@@ -10,9 +10,12 @@ Corpora: ``brown-ft`` (ft-protocol: the 450 Brown openings, 4 blocks of 65
 BPE tokens each, sources at ``data.sources``; held-out windows of the 50
 held-out documents check the stored responses), or a JSONL file (``text``,
 ``source``, optional ``id``; every document is trained on, cut into blocks of
-``data.block_tokens`` (default: the model's context + 1) from its start, at
-most ``data.max_blocks`` each; a document too short for one block is kept as
-a document of its source with no training signal and counted in the manifest).
+``data.block_tokens`` (default: min(the model's context, 512) + 1) from its
+start, at most ``data.max_blocks`` each, its remainder (or the whole of a
+shorter document) a right-padded block of its own length:
+``influence.text.blocks``; the build prints and the manifest records the
+coverage (``data.coverage``), and a source left with no training signal
+stops the build unless ``data.allow_empty_sources``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from influence.hf.ftdata import encode_queries, ft_blocks, ft_heldout_sample, ft
 from influence.hf.loader import check_dir, load_tokenizer, weight_checksums, weight_files
 from influence.hf.model import context_of, with_layout
 from influence.store import Manifest, publish
-from influence.text.gpt import pad_right
+from influence.text.blocks import Coverage, coverage, document_blocks
+from influence.text.gpt import PAD, pad_right
 from influence.text.jsonl import read_jsonl
 
 from .config import ConfigError, WorkerConfig
@@ -42,6 +46,7 @@ from .lm_pipeline import SNIPPET_WORDS, _data_file, respond
 
 HELDOUT_CHECK = 64  # held-out windows on which the stored responses' score error is measured (brown-ft)
 COPY_BASE_MB = 200  # model.base='store' copies at most this much; larger bases must be referenced
+DEFAULT_BLOCK = 512  # inputs per fine-tuning block by default (or the model's context when shorter)
 
 
 @dataclass
@@ -55,9 +60,11 @@ class HFCorpus:
     blocks: torch.Tensor  # (N, T+1) int64
     block_doc: torch.Tensor  # (N,) int64
     heldout: tuple[torch.Tensor, torch.Tensor] | None  # (x, target_mask) windows never trained on
-    short_docs: int = 0
+    short_docs: int = 0  # documents left out of training (no target token)
     genre: list[str] | None = None
     heldout_sample: HeldoutSample | None = None  # published as heldout.json
+    coverage: Coverage | None = None  # what of the corpus trains (JSONL corpora; brown-ft's blocks are all full)
+    block_tokens: int = 0  # the configured block size (blocks may all be shorter); 0 = blocks.shape[1]
 
 
 def _brown_ft(cfg: WorkerConfig, tok) -> HFCorpus:
@@ -71,34 +78,48 @@ def _brown_ft(cfg: WorkerConfig, tok) -> HFCorpus:
 
 
 def _jsonl_blocks(path, tok, size: int, max_blocks: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    """``(doc ids, blocks (N, size), block_doc (N,))`` of a JSONL corpus: each
-    document's consecutive blocks of ``size`` tokens from its start, at most
-    ``max_blocks`` (0 = all)."""
-    recs = read_jsonl(path)
-    rows, owner = [], []
-    for j, r in enumerate(recs):
-        ids = tok(r["text"], add_special_tokens=False)["input_ids"]
-        n = len(ids) // size if not max_blocks else min(max_blocks, len(ids) // size)
-        rows += [ids[b * size : (b + 1) * size] for b in range(n)]
-        owner += [j] * n
-    if not rows:
-        raise ConfigError(f"{path}: no document has {size} tokens (data.block_tokens)")
-    return [r["id"] for r in recs], torch.tensor(rows, dtype=torch.long), torch.tensor(owner, dtype=torch.long)
+    """``(doc ids, blocks (N, L), block_doc (N,))`` of a JSONL corpus (``influence.text.blocks``:
+    every document with a target trains; short blocks right-padded)."""
+    ids, blocks, owner, _ = _jsonl_cover(read_jsonl(path), tok, size, max_blocks)
+    return ids, blocks, owner
 
 
-def _jsonl(cfg: WorkerConfig, tok, context: int) -> HFCorpus:
-    recs = read_jsonl(cfg.data.path)
-    size = cfg.data.block_tokens or context + 1
+def _jsonl_cover(recs: list[dict], tok, size: int, max_blocks: int):
+    """``_jsonl_blocks`` of the records, with the ``Coverage``."""
+    toks = [tok(r["text"], add_special_tokens=False)["input_ids"] for r in recs]
+    blocks, owner, left, cut = document_blocks(toks, size, max_blocks)
+    ids = [r["id"] for r in recs]
+    cov = coverage(blocks, owner, ids, [r["source"] for r in recs], left, cut)
+    if not blocks.shape[0]:
+        raise ConfigError(f"{recs[0]['id'] if recs else 'data.path'}: no document has a target token "
+                          "(every text tokenizes to fewer than 2 tokens)")
+    return ids, blocks, owner, cov
+
+
+def block_size(cfg: WorkerConfig, context: int) -> int:
+    """Tokens per fine-tuning block: ``data.block_tokens``, default min(context, 512) + 1."""
+    size = cfg.data.block_tokens or min(context, DEFAULT_BLOCK) + 1
     if size - 1 > context:
         raise ConfigError(f"data.block_tokens: {size} needs {size - 1} inputs, more than the model's context {context}")
     if size < 2:
         raise ConfigError("data.block_tokens: at least 2 (one input and one target)")
-    ids, blocks, owner = _jsonl_blocks(cfg.data.path, tok, size, cfg.data.max_blocks)
+    return size
+
+
+def _jsonl(cfg: WorkerConfig, tok, context: int) -> HFCorpus:
+    recs = read_jsonl(cfg.data.path)
+    size = block_size(cfg, context)
+    ids, blocks, owner, cov = _jsonl_cover(recs, tok, size, cfg.data.max_blocks)
+    if cov.empty_sources and not cfg.data.allow_empty_sources:
+        raise ConfigError(f"{cfg.data.path}: {len(cov.empty_sources)} source(s) would have no training signal "
+                          f"(none of their documents has a target token): {', '.join(cov.empty_sources[:10])}; "
+                          "their publishers would earn nothing. Fix the documents, or publish anyway with "
+                          "--allow-empty-sources (data.allow_empty_sources=true; recorded in the manifest)")
     src_ids = sorted({r["source"] for r in recs})
     pos = {s: i for i, s in enumerate(src_ids)}
-    short = len(recs) - len(set(owner.tolist()))
     return HFCorpus(Path(cfg.data.path).stem, ids, [r["text"] for r in recs],
-                    torch.tensor([pos[r["source"]] for r in recs]), src_ids, src_ids, blocks, owner, None, short)
+                    torch.tensor([pos[r["source"]] for r in recs]), src_ids, src_ids, blocks, owner, None,
+                    len(cov.left_out), coverage=cov, block_tokens=size)
 
 
 def _documents(c: HFCorpus) -> list[dict]:
@@ -146,6 +167,8 @@ def build_hf(cfg: WorkerConfig, progress: bool = True) -> Path:
     bar = tqdm(total=(m.power + 2) * m.ensemble, desc=f"fine-tune + simulate hf x{m.ensemble}", unit="stage",
                disable=not progress)
     corpus = _brown_ft(cfg, tok) if cfg.data.name == "brown-ft" else _jsonl(cfg, tok, context_of(hf_cfg))
+    if corpus.coverage is not None and progress:
+        print(f"corpus {corpus.name}: {corpus.coverage.summary()}", flush=True)
     members, final_spec = [], spec
     for e in range(m.ensemble):
         seed = tr.seed + e
@@ -167,14 +190,17 @@ def _publish(cfg: WorkerConfig, spec, base: Path, hf_cfg, tok, c: HFCorpus, memb
     base_assets, base_fields = _base_assets(base, spec.base)
     spec = spec.model_copy(update={**base_fields, "path": None, "architecture": (hf_cfg.architectures or ["?"])[0],
                                    "context": context_of(hf_cfg), "vocab": len(tok)})
-    n_targets = int(c.blocks.shape[0] * (c.blocks.shape[1] - 1))
+    n_targets = int((c.blocks[:, 1:] != PAD).sum())
     manifest = Manifest(
         format_version=2, model=spec, method=cfg.method.model_dump(mode="json"),
         recipe={"optimizer": "adamw", **recipe.__dict__, "schedule": "warmup 5% + cosine", "seed": cfg.train.seed,
                 "loss": "mean token cross-entropy"},
         data={"name": c.name, **_data_file(cfg), "n": len(c.doc_ids), "n_blocks": int(c.blocks.shape[0]),
-              "block_tokens": int(c.blocks.shape[1]), "max_blocks": cfg.data.max_blocks, "n_targets": n_targets,
+              "block_tokens": int(c.block_tokens or c.blocks.shape[1]), "max_blocks": cfg.data.max_blocks,
+              "n_targets": n_targets,
               "level": cfg.data.sources if c.name == "brown-ft" else "source", "short_docs": c.short_docs,
+              "coverage": None if c.coverage is None else c.coverage.as_dict(),
+              "allow_empty_sources": cfg.data.allow_empty_sources,
               "heldout_ids": ft_text().heldout_ids if c.name == "brown-ft" else [], "base_path_at_build": str(base)},
         classes=[], source_ids=c.source_ids, example_source=c.doc_source.tolist(), members=len(members),
         dtype=cfg.store.dtype, examples_quant=cfg.quant(), has_examples=True, has_sources=False,

@@ -178,11 +178,23 @@ def sequence_logprob(
     return (lp * m).sum(dim=-1) / m.sum(dim=-1).clamp_min(1.0)
 
 
+PAD = -100  # a training block's padding (F.cross_entropy's ignore_index): no input, no target
+
+
+def block_io(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(inputs (B, T), targets (B, T))`` of training blocks ``x (B, T+1)``
+    that may be right-padded with ``PAD``: padded inputs read token 0 (only
+    later, padded positions see them: attention is causal), padded targets
+    stay ``PAD`` and count nowhere."""
+    return x[:, :-1].clamp_min(0), x[:, 1:]
+
+
 def lm_loss(model: GPT, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """Mean token cross-entropy over all ``B × T`` targets of ``x (B, T+1)``."""
-    inp, tgt = x[:, :-1], x[:, 1:]
+    """Mean token cross-entropy over the ``B × T`` targets of ``x (B, T+1)``
+    (over the real ones where blocks are padded with ``PAD``)."""
+    inp, tgt = block_io(x)
     logits = model(inp) if params is None else functional_call(model, params, (inp,))
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1))
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=PAD)
 
 
 def pad_right(seqs: list[list[int]], pad: int = 0, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

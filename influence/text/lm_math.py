@@ -37,7 +37,7 @@ from torch.nn import functional as F
 
 from ..layout import ParamLayout
 from .causal import CausalLM
-from .gpt import lm_loss, sequence_logprob
+from .gpt import PAD, block_io, lm_loss, sequence_logprob
 from .rules import manual_chunk
 
 Params = dict[str, torch.Tensor]
@@ -53,9 +53,11 @@ def _dtype(params: Params) -> torch.dtype:
 
 # -- training gradients ----------------------------------------------------------------
 def _block_loss(model: CausalLM, params: Params, block: torch.Tensor) -> torch.Tensor:
-    """Summed token cross-entropy of one block ``(T+1,)``: a scalar."""
-    logits = functional_call(model, params, (block[None, :-1],))[0]  # (T, V)
-    return F.cross_entropy(logits, block[1:], reduction="sum")
+    """Summed token cross-entropy of one block ``(T+1,)``: a scalar (``PAD``
+    targets of a right-padded block count nowhere: cross_entropy's ignore_index)."""
+    inp, tgt = block_io(block[None])
+    logits = functional_call(model, params, (inp,))[0]  # (T, V)
+    return F.cross_entropy(logits, tgt[0], reduction="sum", ignore_index=PAD)
 
 
 def _block_grad_chunks(model: CausalLM, params: Params, blocks: torch.Tensor, chunk: int):
@@ -113,7 +115,9 @@ class LMGaussNewton:
         self.model, self.params = model, _detached(params)
         self.layout = ParamLayout.of(self.params)
         self.blocks, self.chunk, self.dir_chunk = blocks, chunk, dir_chunk
-        self.scale = 1.0 / (blocks.shape[0] * (blocks.shape[1] - 1))
+        real = blocks[:, 1:] != PAD  # (N, T): right-padded blocks' real targets
+        self.real = None if bool(real.all()) else real
+        self.scale = 1.0 / int(real.sum())
 
     def __call__(self, U: torch.Tensor) -> torch.Tensor:
         """``U (r, p)`` → ``G U (r, p)`` (in the parameters' dtype)."""
@@ -121,15 +125,19 @@ class LMGaussNewton:
         tangents = self.layout.unflatten(U)
         acc = torch.zeros_like(U)
         for s in range(0, self.blocks.shape[0], self.chunk):
-            acc += self._chunk(self.blocks[s : s + self.chunk, :-1], tangents)
+            real = None if self.real is None else self.real[s : s + self.chunk]
+            acc += self._chunk(block_io(self.blocks[s : s + self.chunk])[0], tangents, real)
         return acc.mul_(self.scale)
 
-    def _chunk(self, inp: torch.Tensor, tangents: Params) -> torch.Tensor:
-        """``Σ_{blocks, t} Jᵀ H J u`` over one chunk of inputs ``(c, T)``: ``(r, p)``."""
+    def _chunk(self, inp: torch.Tensor, tangents: Params, real: torch.Tensor | None = None) -> torch.Tensor:
+        """``Σ_{blocks, t} Jᵀ H J u`` over one chunk of inputs ``(c, T)``: ``(r, p)``;
+        ``real (c, T)``: the targets that count (padded positions' ``H`` is 0)."""
         model, params = self.model, self.params
         f = lambda p: functional_call(model, p, (inp,))  # noqa: E731  (c, T, V)
         logits, vjp_fn = vjp(f, params)
         probs = torch.softmax(logits.detach(), dim=-1)
+        if real is not None:
+            probs = probs * real[..., None].to(probs.dtype)  # H = p ⊙ (· − p·) is linear in p: 0 where not real
 
         def one(u: Params) -> Params:
             pz = probs * jvp(f, (params,), (u,))[1]  # p ⊙ J u, (c, T, V)

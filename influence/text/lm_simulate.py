@@ -32,7 +32,7 @@ import torch
 
 from ..simulate.settings import MethodConfig
 from ..simulate.spectral import LowRankFilter, nystrom
-from .gpt import GPT
+from .gpt import GPT, PAD
 from .lm_math import LMGaussNewton, doc_grads, query_grads
 
 
@@ -99,7 +99,8 @@ def probe_grads(model: GPT, params: dict[str, torch.Tensor], blocks: torch.Tenso
     from training text only, never held-out text."""
     gen = torch.Generator().manual_seed(seed + 17)
     idx = torch.randperm(blocks.shape[0], generator=gen)[:m].to(blocks.device)
-    return query_grads(model, params, blocks[idx])
+    b = blocks[idx]
+    return query_grads(model, params, b.clamp_min(0), b[:, 1:] != PAD)  # a padded block: its real targets only
 
 
 def _orth_cols(M: torch.Tensor) -> torch.Tensor:

@@ -135,3 +135,56 @@ def test_audit_fine_tunes_again_from_the_store(built, tmp_path):
     assert audit["store_kind"] == "hf" and audit["settings"]["models_trained"] == 7
     assert audit["truth"]["full_vs_store_output_max_abs"] < 1e-5
     assert -1 <= audit["metrics"]["source_lds"] <= 1
+
+
+def _short_and_long(path: Path, empty_source: bool = False) -> Path:
+    """40 long documents (300 words) and 12 short ones (5 words, under one 33-token block), a source
+    ``pub-short`` of short documents only, and optionally ``pub-empty`` whose one document is 1 token."""
+    write_corpus(path)
+    lines = path.read_text().splitlines()
+    lines += [json.dumps({"id": f"short{i}", "source": "pub-short" if i < 4 else f"pub-{i % 3}",
+                          "text": " ".join(f"s{i % 3}x{j}" for j in range(i % 4 + 2))}) for i in range(12)]
+    if empty_source:
+        lines.append(json.dumps({"id": "tiny", "source": "pub-empty", "text": "w"}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_short_documents_train_and_every_source_earns(tmp_path):
+    """Issue 24 row 1: with blocks of the context + 1 tokens, every document shorter than a block was
+    dropped and a source of short documents scored exactly 0."""
+    data = _short_and_long(tmp_path / "docs.jsonl")
+    base = save_tiny_checkpoint(tmp_path / "base", [json.loads(x)["text"] for x in data.read_text().splitlines()])
+    r = _cli("build", "--model", str(base), "--data", str(data), "--store", str(tmp_path / "store"),
+             *[x for o in FAST for x in ("--set", o)])
+    assert r.returncode == 0, r.stderr
+    assert "52 of 52 documents trained" in r.stdout
+    store = open_store(tmp_path / "store")
+    cov = store.manifest.data["coverage"]
+    assert cov["documents"] == cov["documents_trained"] == 52 and cov["padded_blocks"] >= 12
+    assert cov["left_out"] == [] and cov["empty_sources"] == [] and store.manifest.data["block_tokens"] == 33
+    rows = store.manifest.model.layout().flatten(store.examples[0])
+    assert (rows.norm(dim=1) > 0).all()  # every document has a response
+    att = TextAttributor(store, "cpu")
+    sc = att.score([att.encode("s0x1 s0x2 s0x3 w4"), att.encode("s1x1 s1x2 w3")])
+    assert (sc.sources.abs().sum(0) > 0).all()  # every source, pub-short too, has a nonzero score
+
+
+def test_a_source_without_training_signal_is_refused_unless_allowed(tmp_path):
+    data = _short_and_long(tmp_path / "docs.jsonl", empty_source=True)
+    base = save_tiny_checkpoint(tmp_path / "base", [json.loads(x)["text"] for x in data.read_text().splitlines()])
+    from influence.hf.loader import load_tokenizer
+
+    assert len(load_tokenizer(base)("w", add_special_tokens=False)["input_ids"]) == 1  # the premise
+    args = ["build", "--model", str(base), "--data", str(data), "--store", str(tmp_path / "store"), "--quiet",
+            *[x for o in FAST for x in ("--set", o)]]
+    r = _cli(*args)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "1 source(s) would have no training signal" in r.stderr and "pub-empty" in r.stderr
+    assert "--allow-empty-sources" in r.stderr and not (tmp_path / "store").exists()
+    r = _cli(*args, "--allow-empty-sources")
+    assert r.returncode == 0, r.stderr
+    data_rec = open_store(tmp_path / "store").manifest.data
+    assert data_rec["allow_empty_sources"] is True and data_rec["coverage"]["empty_sources"] == ["pub-empty"]
+    assert data_rec["coverage"]["left_out"] == [{"id": "tiny", "source": "pub-empty",
+                                                 "reason": "no target: fewer than 2 tokens"}]
