@@ -57,8 +57,13 @@ def device_name(device: str) -> str:
     return f"cpu ({machine()['cpu'] or 'unknown'})"
 
 
-def run_part(name: str, device: str, small: bool, scratch: Path, sink: Path, limit_s: float) -> int:
-    """In the part's own process: run it, its records streamed to ``sink``."""
+def run_part(name: str, device: str, small: bool, scratch: Path, sink: Path, limit_s: float,
+             stall_s: float = 0.0) -> int:
+    """In the part's own process: run it, its records streamed to ``sink``.
+
+    ``stall_s`` > 0 hangs that long after the part (a stuck kernel or teardown),
+    so the parent's kill at the time limit can be tested on any machine speed.
+    """
     import torch
 
     import influence  # noqa: F401  (the OpenMP setup before torch works)
@@ -68,6 +73,7 @@ def run_part(name: str, device: str, small: bool, scratch: Path, sink: Path, lim
     ctx = Ctx(torch.device(device), small, scratch, sink, time.monotonic() + limit_s)
     try:
         PARTS[name](ctx)
+        time.sleep(stall_s)
         return 0
     except Exception as e:  # noqa: BLE001 - recorded for the parent
         ctx.emit("error", {"error": f"{type(e).__name__}: {e}"[:2000], "traceback": traceback.format_exc()[-3000:]})
@@ -79,7 +85,8 @@ def _spawn(name: str, a, scratch: Path, limit: float) -> tuple[dict, list[dict]]
     sink = scratch / f"{name}.jsonl"
     sink.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "bench.gpu_suite", "--run-part", name, "--device", a.device, "--scratch",
-           str(scratch), "--sink", str(sink), "--limit", str(limit)] + (["--quick"] if a.quick else [])
+           str(scratch), "--sink", str(sink), "--limit", str(limit)] + (["--quick"] if a.quick else []) + (
+           ["--stall-s", str(a.stall_s)] if a.stall_s else [])
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True)
     error = None
@@ -168,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-part", help=argparse.SUPPRESS)
     ap.add_argument("--sink", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--limit", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--stall-s", type=float, default=0.0, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     import torch
 
@@ -177,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
     scratch = a.scratch or SCRATCH
     if a.run_part:
-        return run_part(a.run_part, a.device, small, scratch, a.sink, a.limit)
+        return run_part(a.run_part, a.device, small, scratch, a.sink, a.limit, a.stall_s)
     if a.device.startswith("cuda") and not torch.cuda.is_available():
         print("no CUDA device: use --device cpu for the dry run", file=sys.stderr)
         return 2

@@ -66,7 +66,8 @@ def test_a_part_past_its_time_limit_is_killed_and_recorded(tmp_path):
     from bench.gpu_suite import main
 
     out = tmp_path / "t.json"
-    assert main(["--device", "cpu", "--parts", "scale_probe", "--budget-s", "6", "--out", str(out),
-                 "--scratch", str(tmp_path)]) == 1
+    # the part hangs after its work (--stall-s), so it is past its limit however fast the machine
+    assert main(["--device", "cpu", "--parts", "scale_probe", "--budget-s", "6", "--stall-s", "120",
+                 "--out", str(out), "--scratch", str(tmp_path)]) == 1
     (part,) = json.loads(out.read_text())["parts"]
     assert part["name"] == "scale_probe" and not part["ok"] and part["error"].startswith("timed out after 6 s")
