@@ -28,6 +28,19 @@ def write_corpus(path: Path) -> Path:
     return path
 
 
+def write_short_and_long(path: Path, empty_source: bool = False) -> Path:
+    """``write_corpus``'s 40 long documents (300 words) and 12 short ones (2 to 5 words, under one block),
+    a source ``pub-short`` of short documents only, and optionally ``pub-empty`` whose one document is 1 token."""
+    write_corpus(path)
+    lines = path.read_text().splitlines()
+    lines += [json.dumps({"id": f"short{i}", "source": "pub-short" if i < 4 else f"pub-{i % 3}",
+                          "text": " ".join(f"s{i % 3}x{j}" for j in range(i % 4 + 2))}) for i in range(12)]
+    if empty_source:
+        lines.append(json.dumps({"id": "tiny", "source": "pub-empty", "text": "w"}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def build_text_store(tmp: Path, *overrides: str) -> Path:
     """Build a text store from ``write_corpus`` under ``tmp`` with the tiny
     GPT (``TINY_GPT``) and ``overrides``; returns the store root."""

@@ -9,7 +9,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from influence.attributor import Attributor, top_k
@@ -19,6 +18,7 @@ from influence.spec import TEXT_KINDS
 from influence.store import current_version, list_versions, open_store
 
 from .config import PRESETS, ConfigError, load_config
+from .score_out import write_scores
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True, help="output directory")
     s.add_argument("--output", default="margin", choices=["margin", "loss", "logprob"])
     s.add_argument("--top-k", type=int, default=5)
+    s.add_argument("--format", default="npy", choices=["npy", "csv", "parquet"],
+                   help="besides sources.npy, examples.npy and columns.json (the ids of their columns): "
+                        "csv or parquet tables, one row per query, one column per source / document id")
     s.add_argument("--device", default=None, help="cpu or cuda (default: best available)")
     i = sub.add_parser("info", help="show a store's versions and current manifest")
     i.add_argument("--store", type=Path, required=True)
@@ -146,15 +149,14 @@ def _score(a) -> None:
     if store.manifest.model.kind in TEXT_KINDS:
         from .score_text import score_text
 
-        print(score_text(store, a.queries, a.out, a.top_k, a.device))
+        print(score_text(store, a.queries, a.out, a.top_k, a.device, a.format))
         return
     att = Attributor(store, a.device)
     man = store.manifest
     X, y = load_query_file(a.queries, man.model.in_dim, man.classes)
     sc = att.score(torch.from_numpy(X), None if y is None else torch.from_numpy(y), a.output)
-    a.out.mkdir(parents=True, exist_ok=True)
-    np.save(a.out / "examples.npy", sc.examples.cpu().numpy())
-    np.save(a.out / "sources.npy", sc.sources.cpu().numpy())
+    written = write_scores(a.out, sc.examples.cpu().numpy(), sc.sources.cpu().numpy(),
+                           list(range(len(man.example_source))), man.source_ids, a.format)
     sv, si = top_k(sc.sources, a.top_k)
     ev, ei = top_k(sc.examples, a.top_k)
     lines = [f"store {a.store} version {store.version}; output {a.output}; {len(X)} queries"]
@@ -164,7 +166,7 @@ def _score(a) -> None:
         lines += [f"query {q}: predicted {man.classes[sc.pred[q]]}, target {man.classes[sc.target[q]]}",
                   f"  sources:  {srcs}", f"  examples: {exs}"]
     (a.out / "summary.txt").write_text("\n".join(lines) + "\n")
-    print(f"wrote {a.out}/examples.npy {tuple(sc.examples.shape)}, sources.npy {tuple(sc.sources.shape)}, summary.txt")
+    print(f"wrote {a.out}/: {', '.join(written)}, summary.txt")
 
 
 def _info(a) -> None:

@@ -172,11 +172,13 @@ PRESETS: dict[str, dict] = {
     # LoRA r=8 on c_attn/c_proj/c_fc, fine-tuned on the 450 Brown openings, 312 publishers as sources.
     "brown-ft": {
         "data": {"name": "brown-ft", "sources": "publication", "block_tokens": 65, "max_blocks": 4},
-        "model": {"kind": "hf", "path": str(BROWN_FT_BASE), "trained": "lora"},
+        "model": {"kind": "hf", "path": str(BROWN_FT_BASE), "trained": "lora",
+                  "lora": {"target_modules": ["c_attn", "c_proj", "c_fc"]}},
         **_FT,
         "store": {**_FT["store"], "root": "stores/brown-ft"},
     },
-    # `fa-worker build --model DIR --data docs.jsonl`: the same recipe on a user's model and corpus.
+    # `fa-worker build --model DIR --data docs.jsonl`: the same recipe on a user's model and corpus,
+    # LoRA on every linear projection of its blocks (influence.hf.targets; the build prints them).
     "hf": {
         "data": {"name": None},
         "model": {"kind": "hf", "trained": "lora"},

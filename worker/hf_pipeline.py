@@ -21,6 +21,7 @@ stops the build unless ``data.allow_empty_sources``).
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import time
 from dataclasses import dataclass
@@ -154,6 +155,18 @@ def _tokenizer_assets(tok) -> dict[str, bytes]:
         return {f"tokenizer/{f.name}": f.read_bytes() for f in sorted(Path(d).iterdir()) if f.is_file()}
 
 
+def _trained_summary(spec) -> str:
+    """One line naming the trained subspace, so a user sees what the defaults chose."""
+    n = sum(math.prod(s) for s in spec.shapes)
+    if spec.trained == "lora":
+        what = f"LoRA r={spec.lora.r} alpha={spec.lora.alpha:g} on {', '.join(spec.lora.target_modules)}"
+    elif spec.trained == "patterns":
+        what = f"the base parameters matching {spec.patterns}"
+    else:
+        what = "every parameter"
+    return f"trained: {what} ({len(spec.names)} tensors, {n:,} parameters)"
+
+
 def build_hf(cfg: WorkerConfig, progress: bool = True) -> Path:
     from transformers import AutoConfig
 
@@ -174,6 +187,8 @@ def build_hf(cfg: WorkerConfig, progress: bool = True) -> Path:
         seed = tr.seed + e
         model, params, stats = finetune(base, spec, corpus.blocks, None, seed, recipe, dev, progress=False)
         final_spec = with_layout(spec, model)
+        if e == 0 and progress:
+            tqdm.write(_trained_summary(final_spec))
         held = None if corpus.heldout is None else tuple(t.to(dev) for t in corpus.heldout)
         out = respond(cfg, model, params, corpus.blocks.to(dev), corpus.block_doc.to(dev), corpus.doc_source.to(dev),
                       len(corpus.source_ids), seed, held, bar)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from influence.attributor import top_k
@@ -14,6 +13,8 @@ from influence.errors import DataError, QueryError
 from influence.store import Store
 from influence.text.attributor import TextAttributor, TextQuery
 from influence.text.jsonl import read_lines
+
+from .score_out import write_scores
 
 BATCH = 16
 
@@ -53,17 +54,15 @@ def read_queries(path: Path, att: TextAttributor) -> list[TextQuery]:
     return out
 
 
-def score_text(store: Store, queries: Path, out: Path, k: int, device: str | None) -> str:
+def score_text(store: Store, queries: Path, out: Path, k: int, device: str | None, fmt: str = "npy") -> str:
     att = TextAttributor(store, device)
     qs = read_queries(Path(queries), att)
     parts = [att.score(qs[s : s + BATCH]) for s in range(0, len(qs), BATCH)]
     ex = torch.cat([p.examples for p in parts]).cpu()
     src = torch.cat([p.sources for p in parts]).cpu()
     f = torch.cat([p.logprob for p in parts]).cpu()
-    out.mkdir(parents=True, exist_ok=True)
-    np.save(out / "examples.npy", ex.numpy())
-    np.save(out / "sources.npy", src.numpy())
     man, docs = store.manifest, att.documents
+    written = write_scores(out, ex.numpy(), src.numpy(), [d["id"] for d in docs], man.source_ids, fmt)
     names = man.extra.get("source_names", man.source_ids)
     sv, si = top_k(src, k)
     ev, ei = top_k(ex, k)
@@ -76,4 +75,4 @@ def score_text(store: Store, queries: Path, out: Path, k: int, device: str | Non
         lines += [f"  document {v:+.4g}  {docs[j]['id']} [{docs[j].get('genre', docs[j]['source'])}] "
                   f"{docs[j]['snippet'][:80]}" for v, j in zip(ev[q].tolist(), ei[q].tolist())]
     (out / "summary.txt").write_text("\n".join(lines) + "\n")
-    return f"wrote {out}/examples.npy {tuple(ex.shape)}, sources.npy {tuple(src.shape)}, summary.txt"
+    return f"wrote {out}/: {', '.join(written)}, summary.txt"

@@ -10,8 +10,11 @@ is a ``ModelFileError`` naming the path and what is missing.
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 import warnings
+import zipfile
 from pathlib import Path
 
 from ..errors import InfluenceError
@@ -58,9 +61,49 @@ def check_dir(path: str | Path, weights: bool = True, tokenizer: bool = True) ->
         raise ModelFileError(p, "no config.json: not a Hugging Face model directory")
     if weights and not weight_files(p):
         raise ModelFileError(p, "no weight file (*.safetensors or *.bin)")
+    if weights:
+        check_config(p)
     if tokenizer and not any((p / f).is_file() for f in TOKENIZER_FILES):
         raise ModelFileError(p, "no tokenizer.json: a fast tokenizer saved beside the model is needed")
     return p
+
+
+def check_config(path: Path) -> None:
+    """``config.json`` is a JSON object naming a ``model_type``."""
+    f = path / "config.json"
+    try:
+        cfg = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFileError(f, f"not a readable JSON file ({e})") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model_type"), str):
+        raise ModelFileError(f, "no 'model_type': not a transformers model config")
+
+
+def check_weight_file(f: Path) -> None:
+    """A weight file is whole: a safetensors header that parses and data as
+    long as the header says; a ``.bin`` a torch zip archive or pickle.
+
+    Reads only the header (a few KB), so a multi-GB file costs nothing; a
+    truncated download or a copy cut short is named here, not deep inside
+    the loader."""
+    size = f.stat().st_size
+    with f.open("rb") as fh:
+        head = fh.read(8)
+        if f.name.endswith(".safetensors"):
+            if len(head) < 8:
+                raise ModelFileError(f, f"truncated: {size} bytes, shorter than a safetensors header")
+            n = struct.unpack("<Q", head)[0]
+            if n > min(size - 8, 100 * 2**20):
+                raise ModelFileError(f, f"truncated or not safetensors: a header of {n} bytes in a file of {size}")
+            try:
+                header = json.loads(fh.read(n))
+                end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+            except (ValueError, KeyError, TypeError, IndexError) as e:
+                raise ModelFileError(f, f"not a safetensors file: its header does not parse ({e})") from None
+            if 8 + n + end > size:
+                raise ModelFileError(f, f"truncated: the header says {8 + n + end} bytes, the file has {size}")
+        elif not (zipfile.is_zipfile(f) or head[:1] == b"\x80"):
+            raise ModelFileError(f, "not a PyTorch weight file (neither a zip archive nor a pickle)")
 
 
 def weight_checksums(path: Path) -> dict[str, str]:
@@ -104,9 +147,11 @@ def load_model(path: str | Path, dtype=None):
     from transformers import AutoModelForCausalLM
 
     p = check_dir(path, tokenizer=False)
+    for f in weight_files(p):
+        check_weight_file(f)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(p), local_files_only=True, attn_implementation="eager",
                                                      dtype=dtype or torch.float32)
-    except (OSError, ValueError, KeyError) as e:
-        raise ModelFileError(p, f"cannot load the model: {e}") from None
+    except Exception as e:  # noqa: BLE001 - transformers, safetensors and torch raise many types; all mean this
+        raise ModelFileError(p, f"cannot load the model: {type(e).__name__}: {e}") from None
     return model.eval()

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .spec import HFSpec, LoraSpec
+from .targets import lora_targets
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
@@ -50,15 +51,13 @@ def add_lora(base: nn.Module, lora: LoraSpec, seed: int) -> nn.Module:
     and B starts at zero (ft-protocol)."""
     from peft import LoraConfig, get_peft_model
 
-    names = {n.split(".")[-1] for n, _ in base.named_modules()}
-    missing = [t for t in lora.target_modules if t not in names]
-    if missing:
-        raise ValueError(f"lora.target_modules: {missing} are not module names of this model")
-    cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=0.0, bias="none",
-                     target_modules=list(lora.target_modules),
-                     fan_in_fan_out=_conv1d_targets(base, lora.target_modules))
+    targets = lora_targets(base, lora.target_modules)
+    cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=0.0, bias="none", target_modules=targets,
+                     fan_in_fan_out=_conv1d_targets(base, targets))
     torch.manual_seed(seed)
-    return get_peft_model(base, cfg)
+    lm = get_peft_model(base, cfg)
+    lm.fa_lora_targets = targets  # what with_layout records in the spec
+    return lm
 
 
 class HFCausalLM(nn.Module):
@@ -164,4 +163,8 @@ def with_layout(spec: HFSpec, model: HFCausalLM) -> HFSpec:
     tr = model.trained()
     if not tr:
         raise ValueError("no trained parameter: check model.trained / patterns")
-    return spec.model_copy(update={"names": list(tr), "shapes": [list(v.shape) for v in tr.values()]})
+    update = {"names": list(tr), "shapes": [list(v.shape) for v in tr.values()]}
+    targets = getattr(model.lm, "fa_lora_targets", None)
+    if spec.trained == "lora" and targets is not None:
+        update["lora"] = spec.lora.model_copy(update={"target_modules": list(targets)})
+    return spec.model_copy(update=update)

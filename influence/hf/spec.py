@@ -29,7 +29,10 @@ class LoraSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     r: int = Field(8, ge=1, le=1024)
     alpha: float = Field(16.0, gt=0)
-    target_modules: list[str] = Field(default_factory=lambda: ["c_attn", "c_proj", "c_fc"], min_length=1)
+    target_modules: list[str] = Field(
+        default_factory=list,
+        description="module names (last component) LoRA wraps; empty: every linear projection of the blocks "
+                    "(influence.hf.targets); a built store records the resolved list")
 
 
 class HFSpec(BaseModel):

@@ -1,6 +1,8 @@
 """Tiny random-config Hugging Face causal LMs (no checkpoint files): GPT-2
 (``Conv1D`` layers, tied head) and Llama (``nn.Linear``, RMSNorm, rotary,
-grouped-query attention), in float64 unless a test says otherwise."""
+grouped-query attention), in float64 unless a test says otherwise; Qwen2
+(Llama-like with q/k/v biases) and GPT-NeoX (fused query_key_value, parallel
+residual) for the default-target and new-user checks."""
 
 from __future__ import annotations
 
@@ -25,6 +27,22 @@ def tiny_base(family: str, seed: int = 0, vocab: int = V, context: int = CTX):
                          embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
         cfg._attn_implementation = "eager"
         return GPT2LMHeadModel(cfg)
+    if family == "qwen2":
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        cfg = Qwen2Config(vocab_size=vocab, hidden_size=12, intermediate_size=20, num_hidden_layers=2,
+                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=context,
+                          bos_token_id=0, eos_token_id=0, tie_word_embeddings=False)
+        cfg._attn_implementation = "eager"
+        return Qwen2ForCausalLM(cfg)
+    if family == "gpt_neox":
+        from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+        cfg = GPTNeoXConfig(vocab_size=vocab, hidden_size=12, intermediate_size=20, num_hidden_layers=2,
+                            num_attention_heads=2, max_position_embeddings=context, rotary_pct=0.5,
+                            bos_token_id=0, eos_token_id=0, hidden_dropout=0.0, attention_dropout=0.0)
+        cfg._attn_implementation = "eager"
+        return GPTNeoXForCausalLM(cfg)
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=12, intermediate_size=20, num_hidden_layers=2,
                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=context,
                       bos_token_id=0, eos_token_id=0, pad_token_id=0, tie_word_embeddings=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -24,6 +25,24 @@ def test_score_writes_matrices_and_summary(tmp_path, tiny_store):
     np.testing.assert_allclose(src.sum(1), ex.sum(1), rtol=1e-3, atol=1e-4)
     summary = (tmp_path / "out/summary.txt").read_text()
     assert summary.count("query ") == 6 and "publisher-" in summary
+    cols = json.loads((tmp_path / "out/columns.json").read_text())
+    assert cols["sources"] == open_store(tiny_store).manifest.source_ids and cols["examples"] == list(range(120))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_score_tables_carry_the_ids(tmp_path, tiny_store, fmt):
+    import pandas as pd
+
+    X, y = load_digits_test()
+    np.savez(tmp_path / "q.npz", X=X[:3], y=y[:3])
+    assert main(["score", "--store", str(tiny_store), "--queries", str(tmp_path / "q.npz"),
+                 "--out", str(tmp_path / "out"), "--format", fmt]) == 0
+    read = pd.read_csv if fmt == "csv" else pd.read_parquet
+    src = read(tmp_path / f"out/sources.{fmt}")
+    ids = open_store(tiny_store).manifest.source_ids
+    assert list(src.columns) == ["query", *ids] and list(src["query"]) == [0, 1, 2]
+    np.testing.assert_allclose(src[ids].to_numpy(), np.load(tmp_path / "out/sources.npy"), rtol=1e-6)
+    assert read(tmp_path / f"out/examples.{fmt}").shape == (3, 121)
 
 
 def test_build_from_user_csv_via_module(tmp_path):

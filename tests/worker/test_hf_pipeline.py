@@ -22,7 +22,7 @@ from influence.text.lm_math import gradient_scores
 from worker.config import ConfigError, load_config
 
 from ..hf.conftest import save_tiny_checkpoint
-from ..text_corpus import write_corpus
+from ..text_corpus import write_corpus, write_short_and_long
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ["method.rank=32", "method.curvature_subset=8", "method.steps=50", "train.epochs=1", "data.max_blocks=2",
@@ -75,9 +75,14 @@ def test_score_cli(built, tmp_path):
     tmp, _, _, _ = built
     q = tmp_path / "q.jsonl"
     q.write_text('{"text": "w1 w2 s0x3"}\n{"prompt": "w4", "completion": " w5 w6"}\n')
-    r = _cli("score", "--store", str(tmp / "store"), "--queries", str(q), "--out", str(tmp_path / "out"))
+    r = _cli("score", "--store", str(tmp / "store"), "--queries", str(q), "--out", str(tmp_path / "out"),
+             "--format", "csv")
     assert r.returncode == 0, r.stderr
     assert "pub-" in (tmp_path / "out" / "summary.txt").read_text()
+    cols = json.loads((tmp_path / "out" / "columns.json").read_text())
+    assert cols["sources"] == ["pub-0", "pub-1", "pub-2"] and cols["examples"] == [f"d{d:03d}" for d in range(40)]
+    header = (tmp_path / "out" / "examples.csv").read_text().splitlines()[0]
+    assert header == ",".join(["query", *cols["examples"]])
 
 
 def test_base_by_path_is_verified(built, tmp_path):
@@ -137,23 +142,10 @@ def test_audit_fine_tunes_again_from_the_store(built, tmp_path):
     assert -1 <= audit["metrics"]["source_lds"] <= 1
 
 
-def _short_and_long(path: Path, empty_source: bool = False) -> Path:
-    """40 long documents (300 words) and 12 short ones (5 words, under one 33-token block), a source
-    ``pub-short`` of short documents only, and optionally ``pub-empty`` whose one document is 1 token."""
-    write_corpus(path)
-    lines = path.read_text().splitlines()
-    lines += [json.dumps({"id": f"short{i}", "source": "pub-short" if i < 4 else f"pub-{i % 3}",
-                          "text": " ".join(f"s{i % 3}x{j}" for j in range(i % 4 + 2))}) for i in range(12)]
-    if empty_source:
-        lines.append(json.dumps({"id": "tiny", "source": "pub-empty", "text": "w"}))
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 def test_short_documents_train_and_every_source_earns(tmp_path):
     """Issue 24 row 1: with blocks of the context + 1 tokens, every document shorter than a block was
     dropped and a source of short documents scored exactly 0."""
-    data = _short_and_long(tmp_path / "docs.jsonl")
+    data = write_short_and_long(tmp_path / "docs.jsonl")
     base = save_tiny_checkpoint(tmp_path / "base", [json.loads(x)["text"] for x in data.read_text().splitlines()])
     r = _cli("build", "--model", str(base), "--data", str(data), "--store", str(tmp_path / "store"),
              *[x for o in FAST for x in ("--set", o)])
@@ -171,7 +163,7 @@ def test_short_documents_train_and_every_source_earns(tmp_path):
 
 
 def test_a_source_without_training_signal_is_refused_unless_allowed(tmp_path):
-    data = _short_and_long(tmp_path / "docs.jsonl", empty_source=True)
+    data = write_short_and_long(tmp_path / "docs.jsonl", empty_source=True)
     base = save_tiny_checkpoint(tmp_path / "base", [json.loads(x)["text"] for x in data.read_text().splitlines()])
     from influence.hf.loader import load_tokenizer
 
