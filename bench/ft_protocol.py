@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from bench.common import CACHE, RESULTS
-from influence.hf.spec import HFSpec
+from influence.hf.spec import HFSpec, LoraSpec
 from worker.hf_train import FTRecipe
 
 FT_GT_VERSION = 1
@@ -52,7 +52,8 @@ PARAMS_CACHE = CACHE / "ft"
 N_TRAIN = 450
 N_GENRES = 15
 N_PUBLICATIONS = 312
-SPEC = HFSpec(trained="lora")  # r 8, alpha 16, c_attn / c_proj / c_fc: the protocol's LoRA
+# the protocol's LoRA: r 8, alpha 16 on c_attn / c_proj / c_fc (pinned: the key hashes it)
+SPEC = HFSpec(trained="lora", lora=LoraSpec(target_modules=["c_attn", "c_proj", "c_fc"]))
 RECIPE = FTRecipe()
 
 
