@@ -69,3 +69,32 @@ def gather_rows(part: torch.Tensor, work: Path, tag: str) -> torch.Tensor | None
                      for r in range(world)]) if rank == 0 else None
     barrier()
     return out
+
+
+class Shard:
+    """This process's part of a sharded text simulation (``rank`` of ``world``):
+    its documents, the all-reduce of the curvature products, and the gather of
+    its response rows to rank 0 through the run's work directory."""
+
+    def __init__(self, work: Path):
+        self.rank, self.world = rank_world()
+        self.work = work
+
+    def docs(self, n_docs: int) -> slice:
+        return shard(n_docs, self.rank, self.world)
+
+    def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            dist.all_reduce(t)
+        return t
+
+    def all_agree(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on every rank."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([int(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return bool(t.item())
+
+    def gather(self, part: torch.Tensor, tag: str) -> torch.Tensor | None:
+        return gather_rows(part, self.work, tag)

@@ -45,6 +45,20 @@ class FTRecipe:
     epochs: int = 4
 
 
+def load_wrapped(base_dir: str | Path, spec: HFSpec, seed: int, device: str | torch.device = "cpu",
+                 params: dict[str, torch.Tensor] | None = None) -> HFCausalLM:
+    """The base at ``base_dir`` on ``device`` with ``spec``'s trained subspace set
+    up (LoRA seeded by ``seed``); ``params`` (trained parameters by name) copied
+    in when given: a fine-tuned member restored from its checkpoint."""
+    model = wrap(load_model(base_dir, DTYPES[spec.dtype]).to(torch.device(device)), spec, seed=seed)
+    if params is not None:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name in params:
+                    p.copy_(params[name])
+    return model
+
+
 def finetune(base_dir: str | Path, spec: HFSpec, blocks: torch.Tensor, keep: np.ndarray | None, seed: int,
              recipe: FTRecipe = FTRecipe(), device: str | torch.device = "cpu", progress: bool = False,
              threads: int | None = None) -> tuple[HFCausalLM, dict[str, torch.Tensor], dict]:
@@ -57,8 +71,7 @@ def finetune(base_dir: str | Path, spec: HFSpec, blocks: torch.Tensor, keep: np.
         torch.set_num_threads(threads)
     try:
         dev = torch.device(device)
-        base = load_model(base_dir, DTYPES[spec.dtype]).to(dev)
-        model = wrap(base, spec, seed=seed)
+        model = load_wrapped(base_dir, spec, seed, dev)
         trained = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(trained, lr=recipe.lr, betas=recipe.betas, eps=recipe.eps,
                                 weight_decay=recipe.weight_decay)

@@ -14,27 +14,27 @@ sources-only answer then costs one tangent per source.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from influence import heldout
 from influence.layout import ParamLayout
 from influence.quant import dequantize, quantize
 from influence.store import Manifest, publish
 from influence.text.corpus import LMCorpus, brown_corpus
+from influence.text.documents import corpus_sha256, load_text_corpus
 from influence.text.gpt import GPT
-from influence.text.jsonl import load_jsonl_corpus
 from influence.text.lm_math import query_grads
 from influence.text.lm_simulate import compress, probe_grads, score_agreement, simulate_documents
 
 from .config import ConfigError, WorkerConfig
 from .device import device_of, to_cpu
+from .distributed import Shard
 from .lm_train import BATCH, BETAS, EPOCHS, EPS, LR_MAX, WEIGHT_DECAY, perplexity, train_lm
+from .progress import Stages
 
 SNIPPET_WORDS = 40
 
@@ -42,7 +42,7 @@ SNIPPET_WORDS = 40
 def load_corpus(cfg: WorkerConfig) -> tuple[LMCorpus, str]:
     """The corpus and the source level used."""
     d = cfg.data
-    corpus = load_jsonl_corpus(d.path) if d.path is not None else brown_corpus()
+    corpus = load_text_corpus(d.path) if d.path is not None else brown_corpus()
     level = d.sources if d.path is None else "source"
     if level not in corpus.source_ids:
         raise ConfigError(f"data.sources: {level!r} is not a source level of this corpus "
@@ -99,14 +99,25 @@ def wants_source_rows(setting: str, n_sources: int, tangents: int) -> bool:
 
 def respond(cfg: WorkerConfig, model, params: dict[str, torch.Tensor], blocks: torch.Tensor,
             block_doc: torch.Tensor, doc_source: torch.Tensor, n_src: int, seed: int,
-            heldout: tuple[torch.Tensor, torch.Tensor | None] | None, bar) -> dict:
+            heldout: tuple[torch.Tensor, torch.Tensor | None] | None, progress=None, memo=None,
+            shard: Shard | None = None) -> dict | None:
     """A trained member's stored responses, for any ``CausalLM`` kind:
     per-document responses simulated in the trained subspace, compressed
     and/or quantised as configured (the score error on ``heldout`` windows
-    recorded), and per-source rows (exact sums) when they pay."""
+    recorded), and per-source rows (exact sums) when they pay. ``progress``
+    and ``memo``: ``lm_simulate.simulate_documents``'s stage reports and checkpoints.
+    ``shard`` (a ``torchrun`` build): this process simulates its documents, the
+    rows are gathered on rank 0, which does the rest; other ranks get ``None``."""
     m = cfg.method
     t0 = time.perf_counter()
-    resp = simulate_documents(model, params, blocks, block_doc, len(doc_source), m, 0.0, seed, bar)
+    kw = {} if memo is None else {"memo": memo}
+    if shard is not None and shard.world > 1:
+        kw.update(docs=shard.docs(len(doc_source)), share=(shard.rank, shard.world), reduce=shard.all_reduce)
+    resp = simulate_documents(model, params, blocks, block_doc, len(doc_source), m, 0.0, seed, progress, **kw)
+    if shard is not None and shard.world > 1:
+        resp.U = shard.gather(resp.U, f"responses-{seed}")
+        if resp.U is None:
+            return None
     basis, coef, comp = resp.U, None, {}
     if m.compress_rank:
         probe = probe_grads(model, params, blocks, PROBES, seed)
@@ -128,7 +139,7 @@ def respond(cfg: WorkerConfig, model, params: dict[str, torch.Tensor], blocks: t
                                            "compression": comp or None, **resp.diagnostics}}
 
 
-def _member(cfg: WorkerConfig, corpus: LMCorpus, level: str, e: int, bar) -> dict:
+def _member(cfg: WorkerConfig, corpus: LMCorpus, level: str, e: int, progress: bool) -> dict:
     """One member trained and simulated on ``train.device``; what it publishes on the CPU."""
     spec, dev = cfg.model, device_of(cfg)
     seed = cfg.train.seed + e
@@ -136,8 +147,10 @@ def _member(cfg: WorkerConfig, corpus: LMCorpus, level: str, e: int, bar) -> dic
     params, stats = train_lm(spec, blocks, None, seed)
     model = GPT(spec, seed=None).to(dev)  # its causal-mask buffer on dev; the math runs on ``params``
     doc_source = torch.from_numpy(corpus.train_doc_source[level]).to(dev)
+    stages = Stages(f"[{e + 1}/{cfg.method.ensemble}] ", progress)
     out = respond(cfg, model, params, blocks, corpus.block_document.to(dev), doc_source,
-                  len(corpus.source_ids[level]), seed, (_heldout(corpus).to(dev), None), bar)
+                  len(corpus.source_ids[level]), seed, (_heldout(corpus).to(dev), None), stages)
+    stages.close()
     windows = torch.stack([torch.tensor(t[:65]) for t in corpus.heldout_tokens if len(t) >= 65])
     params = to_cpu(params)
     out["params"] = params
@@ -150,8 +163,7 @@ def _data_file(cfg: WorkerConfig) -> dict:
     """A user corpus's file and its sha256 (the audit retrains on it, if unchanged)."""
     if cfg.data.path is None:
         return {}
-    return {"path": str(Path(cfg.data.path).resolve()), "sha256": hashlib.sha256(Path(cfg.data.path).read_bytes())
-            .hexdigest()}
+    return {"path": str(Path(cfg.data.path).resolve()), "sha256": corpus_sha256(cfg.data.path)}
 
 
 def build(cfg: WorkerConfig, progress: bool = True) -> Path:
@@ -162,10 +174,7 @@ def build(cfg: WorkerConfig, progress: bool = True) -> Path:
     if cfg.model.vocab != corpus.tokenizer.vocab_size:  # a user corpus may have fewer than 2,000 distinct words
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"vocab": corpus.tokenizer.vocab_size})})
     m = cfg.method
-    bar = tqdm(total=(m.power + 2) * m.ensemble, desc=f"train + simulate gpt x{m.ensemble}", unit="stage",
-               disable=not progress)
-    members = [_member(cfg, corpus, level, e, bar) for e in range(m.ensemble)]
-    bar.close()
+    members = [_member(cfg, corpus, level, e, progress) for e in range(m.ensemble)]
     sids = corpus.source_ids[level]
     manifest = Manifest(
         format_version=2, model=cfg.model, method=m.model_dump(mode="json"),

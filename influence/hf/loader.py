@@ -63,6 +63,8 @@ def check_dir(path: str | Path, weights: bool = True, tokenizer: bool = True) ->
         raise ModelFileError(p, "no weight file (*.safetensors or *.bin)")
     if weights:
         check_config(p)
+        for f in weight_files(p):  # headers only: a damaged file is named before any work starts
+            check_weight_file(f)
     if tokenizer and not any((p / f).is_file() for f in TOKENIZER_FILES):
         raise ModelFileError(p, "no tokenizer.json: a fast tokenizer saved beside the model is needed")
     return p
@@ -147,8 +149,6 @@ def load_model(path: str | Path, dtype=None):
     from transformers import AutoModelForCausalLM
 
     p = check_dir(path, tokenizer=False)
-    for f in weight_files(p):
-        check_weight_file(f)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(p), local_files_only=True, attn_implementation="eager",
                                                      dtype=dtype or torch.float32)

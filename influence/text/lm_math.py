@@ -82,16 +82,18 @@ def block_grads(model: CausalLM, params: Params, blocks: torch.Tensor, chunk: in
 
 
 def doc_grads(model: CausalLM, params: Params, blocks: torch.Tensor, block_doc: torch.Tensor, n_docs: int,
-              chunk: int = 32) -> torch.Tensor:
+              chunk: int = 32, progress=None) -> torch.Tensor:
     """``(n_docs, p)``: the sum of ``block_grads`` over each document's blocks.
     ``block_doc (N,)`` int64 indexes the documents (a document without
     blocks gets a zero row). Accumulated chunk by chunk: at most ``chunk``
-    block rows exist at once."""
+    block rows exist at once; ``progress(n)`` after each chunk of ``n`` blocks."""
     first = next(iter(params.values()))
     out = torch.zeros(n_docs, ParamLayout.of(params).numel, dtype=first.dtype, device=first.device)
     owner = block_doc.to(first.device)
     for sl, g in _block_grad_chunks(model, params, blocks, chunk):
         out.index_add_(0, owner[sl], g)
+        if progress is not None:
+            progress(g.shape[0])
     return out
 
 
@@ -118,15 +120,30 @@ class LMGaussNewton:
         real = blocks[:, 1:] != PAD  # (N, T): right-padded blocks' real targets
         self.real = None if bool(real.all()) else real
         self.scale = 1.0 / int(real.sum())
+        self.on_chunk = None  # called after each chunk of blocks (the build's progress)
+        self.share: tuple[int, int] = (0, 1)  # (rank, world): this process sums its contiguous share of chunks
+        self.reduce = None  # then ``reduce(acc)`` sums the shares over processes (an all-reduce)
+
+    def chunk_starts(self) -> range:
+        """The first block of each chunk this process sums (all of them unless ``share`` splits them)."""
+        starts = range(0, self.blocks.shape[0], self.chunk)
+        rank, world = self.share
+        base, extra = divmod(len(starts), world)
+        first = rank * base + min(rank, extra)
+        return starts[first : first + base + (rank < extra)]
 
     def __call__(self, U: torch.Tensor) -> torch.Tensor:
         """``U (r, p)`` → ``G U (r, p)`` (in the parameters' dtype)."""
         U = U.to(_dtype(self.params))
         tangents = self.layout.unflatten(U)
         acc = torch.zeros_like(U)
-        for s in range(0, self.blocks.shape[0], self.chunk):
+        for s in self.chunk_starts():
             real = None if self.real is None else self.real[s : s + self.chunk]
             acc += self._chunk(block_io(self.blocks[s : s + self.chunk])[0], tangents, real)
+            if self.on_chunk is not None:
+                self.on_chunk()
+        if self.reduce is not None:
+            acc = self.reduce(acc)
         return acc.mul_(self.scale)
 
     def _chunk(self, inp: torch.Tensor, tangents: Params, real: torch.Tensor | None = None) -> torch.Tensor:

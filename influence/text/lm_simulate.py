@@ -26,6 +26,7 @@ the SVD of what remains. ``CompressionStats`` states the loss.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -44,38 +45,70 @@ class LMResponses:
     diagnostics: dict = field(default_factory=dict)
 
 
+Progress = Callable[[str, int, int], None]
+"""``progress(stage, n, total)``: ``n`` more units of ``stage`` are done, of ``total``."""
+Memo = Callable[[str, Callable[[], object]], object]
+"""``memo(name, compute)``: the stage's result, from a checkpoint when one holds it (the worker's
+work directory), else ``compute()`` (then saved). Identity by default: the core knows no files."""
+
+
+def _no_memo(name: str, compute: Callable[[], object]) -> object:
+    return compute()
+
+
 def simulate_documents(model: GPT, params: dict[str, torch.Tensor], blocks: torch.Tensor, block_doc: torch.Tensor,
                        n_docs: int, method: MethodConfig, weight_decay: float, seed: int,
-                       progress=None) -> LMResponses:
-    """``u_d = −φ_K(G + sI) g_d`` for every document: ``U (n_docs, p)``."""
+                       progress: Progress | None = None, memo: Memo = _no_memo, docs: slice | None = None,
+                       share: tuple[int, int] = (0, 1), reduce: Callable | None = None) -> LMResponses:
+    """``u_d = −φ_K(G + sI) g_d`` for every document: ``U (n_docs, p)``, or
+    for the documents ``docs`` only (a contiguous shard: ``U (len, p)``).
+
+    Sharded over processes: each computes its documents' gradients and
+    responses, and the curvature products sum the process's ``share``
+    ``(rank, world)`` of the curvature chunks, then ``reduce`` (an
+    all-reduce) adds them up, so every process holds the same basis. Rows do
+    not depend on the shard; the basis equals one process's up to the order
+    of the sum.
+
+    Stages, each reported to ``progress`` with its count and kept by ``memo``:
+    ``gradients`` (N blocks), ``curvature basis`` ((power + 1) × ceil(C / chunk)
+    Gauss-Newton chunk products of ``rank`` directions, C = curvature blocks),
+    ``responses`` (1). A stage restored by ``memo`` gives the same bits as computing it."""
+    report = progress or (lambda stage, n, total: None)
+    N = blocks.shape[0]
+    docs = docs or slice(0, n_docs)
+    mine = (block_doc >= docs.start) & (block_doc < docs.stop)  # this shard's documents' blocks
+    n_mine = int(mine.sum())
     t0 = time.perf_counter()
-    G = doc_grads(model, params, blocks, block_doc, n_docs)
-    t_grads = time.perf_counter() - t0
+    G, t_grads = memo("gradients", lambda: _timed(lambda: doc_grads(
+        model, params, blocks[mine], block_doc[mine] - docs.start, docs.stop - docs.start,
+        progress=lambda n: report("gradients", n, n_mine))))
     gen = torch.Generator().manual_seed(seed)
-    sub = method.curvature_subset or blocks.shape[0]
-    idx = torch.randperm(blocks.shape[0], generator=gen)[:sub].sort().values.to(blocks.device)
+    sub = method.curvature_subset or N
+    idx = torch.randperm(N, generator=gen)[:sub].sort().values.to(blocks.device)
     product = LMGaussNewton(model, params, blocks[idx])
-
-    def counted(U: torch.Tensor) -> torch.Tensor:
-        out = product(U)
-        if progress is not None:
-            progress.update(1)
-        return out
-
+    product.share, product.reduce = share, reduce
     p = G.shape[1]
-    t0 = time.perf_counter()
-    basis = nystrom(counted, p, method.rank, method.power, gen, G.dtype, G.device)
-    t_basis = time.perf_counter() - t0
+    chunks = (1 if method.rank >= p else method.power + 1) * len(product.chunk_starts())
+    product.on_chunk = lambda: report("curvature basis", 1, chunks)
+    basis, t_basis = memo("basis", lambda: _timed(
+        lambda: nystrom(product, p, method.rank, method.power, gen, G.dtype, G.device)))
     shift = weight_decay + method.damping
     eta = method.step_size(float(basis.h[0]) + shift)
     filt = LowRankFilter(basis, shift, eta, method.steps)
     U = filt(G)
-    if progress is not None:
-        progress.update(1)
+    report("responses", 1, 1)
     return LMResponses(U, {"solver": "spectral", "rank": len(basis.h), "curvature_blocks": int(sub),
                            "largest_eigenvalue": float(basis.h[0]), "eta": eta,
                            "smallest_eigenvalue": float(basis.h[-1]),
-                           "tail_estimate": filt.tail_bound, "grads_s": t_grads, "basis_s": t_basis})
+                           "tail_estimate": filt.tail_bound, "grads_s": t_grads, "basis_s": t_basis,
+                           "total_s": time.perf_counter() - t0})
+
+
+def _timed(compute: Callable[[], object]) -> tuple[object, float]:
+    """``(compute(), seconds)``: a stage's time is kept with its checkpoint, so a resumed build reports it."""
+    t0 = time.perf_counter()
+    return compute(), time.perf_counter() - t0
 
 
 @dataclass
