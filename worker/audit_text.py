@@ -34,7 +34,6 @@ Cost: one GPT training or fine-tune per model (about 25–60 s each on this
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -50,6 +49,7 @@ from influence.audit import draw_source_subsets, truth_noise
 from influence.errors import StoreError
 from influence.store import Store
 from influence.text.attributor import TextAttributor, TextQuery
+from influence.text.documents import corpus_sha256, load_text_corpus
 from influence.text.gpt import GPT, pad_right, sequence_logprob
 
 from .audit_common import SCHEMA, finite, metrics
@@ -78,7 +78,7 @@ def _jsonl_path(store: Store) -> Path | None:
     if path is None:
         return None
     f = Path(path)
-    if not f.is_file() or hashlib.sha256(f.read_bytes()).hexdigest() != man.data.get("sha256"):
+    if not f.exists() or corpus_sha256(f) != man.data.get("sha256"):
         raise StoreError(f"{store.path}: it was built from {path}, which is gone or has changed since (sha256); "
                          "the audit retrains on the very corpus of the build")
     return f
@@ -93,7 +93,6 @@ def _check_docs(store: Store, ids: list[str], source_ids: list[str]) -> None:
 def _gpt_retrain(store: Store, s, query_file: Path | None) -> Retrain:
     """The protocol GPT: the corpus of the build (Brown or its JSONL file), its held-out windows."""
     from influence.text.corpus import brown_corpus
-    from influence.text.jsonl import load_jsonl_corpus
 
     if query_file is not None:
         raise ConfigError("--query-file: a gpt store is audited on its corpus's held-out windows")
@@ -102,7 +101,7 @@ def _gpt_retrain(store: Store, s, query_file: Path | None) -> Retrain:
     if f is None and man.data.get("name") != "brown":
         raise StoreError(f"{store.path}: its training corpus is not recorded (built before stores kept their "
                          "JSONL path); rebuild it to audit it")
-    corpus = load_jsonl_corpus(f) if f is not None else brown_corpus()
+    corpus = load_text_corpus(f) if f is not None else brown_corpus()
     level = man.data.get("level")
     if level not in corpus.source_ids:
         raise StoreError(f"{store.path}: source level {level!r} is not one of its corpus")

@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--store", type=Path, help="store root (store.root)")
     b.add_argument("--data", type=Path, help="training data (data.path): vector stores .npz/.csv/.parquet; text "
                    "stores (--model, or a preset of kind gpt) .jsonl, one {\"text\", \"source\", optional \"id\"} "
-                   "a line")
+                   "a line, or a datasets table with those columns (.parquet, .arrow, a save_to_disk directory)")
     b.add_argument("--seed", type=int, help="train.seed")
     b.add_argument("--ensemble", type=int, help="method.ensemble")
     b.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -25,8 +25,9 @@ class _Section(BaseModel):
 
 class DataConfig(_Section):
     """``name`` a built-in set (``digits``; ``brown``, text); ``path`` a user
-    file instead (``.npz``/``.csv``/``.parquet`` for an MLP, ``.jsonl`` text
-    for a GPT)."""
+    file instead (``.npz``/``.csv``/``.parquet`` for an MLP; text for ``gpt`` and
+    ``hf``: ``.jsonl``, or a Hugging Face ``datasets`` table: ``.parquet``, ``.arrow``
+    or a ``save_to_disk`` directory, ``influence.text.documents``)."""
 
     name: Literal["digits", "brown", "brown-ft"] | None = "digits"
     path: Path | None = None
@@ -116,8 +117,11 @@ class WorkerConfig(_Section):
             self.data.name = None
         if self.data.name is None and self.data.path is None:
             raise ValueError("data: set either name='digits' or a path")
-        text = self.data.name in ("brown", "brown-ft") or (self.data.path is not None
-                                                            and self.data.path.suffix == ".jsonl")
+        p = self.data.path
+        # a table (.parquet) is a text corpus for a text model, feature vectors for an MLP
+        table = p is not None and p.suffix == ".parquet" and self.model.kind in TEXT_KINDS
+        text = self.data.name in ("brown", "brown-ft") or table or (p is not None and (
+            p.suffix in (".jsonl", ".arrow") or p.is_dir()))
         if text != (self.model.kind in TEXT_KINDS):
             raise ValueError(f"model.kind={self.model.kind!r} does not fit the data "
                              f"({'text' if text else 'feature vectors'}): text data needs kind 'gpt' or 'hf', "

@@ -37,13 +37,16 @@ from influence.hf.loader import check_dir, load_tokenizer, weight_checksums, wei
 from influence.hf.model import context_of, with_layout
 from influence.store import Manifest, publish
 from influence.text.blocks import Coverage, coverage, document_blocks
+from influence.text.documents import read_documents
 from influence.text.gpt import PAD, pad_right
-from influence.text.jsonl import read_jsonl
 
 from .config import ConfigError, WorkerConfig
 from .device import device_of
-from .hf_train import FTRecipe, finetune
+from .distributed import Shard, barrier, broadcast_params, init_from_env, shutdown
+from .hf_train import FTRecipe, finetune, load_wrapped
 from .lm_pipeline import SNIPPET_WORDS, _data_file, respond
+from .progress import Stages
+from .workdir import WorkDir
 
 HELDOUT_CHECK = 64  # held-out windows on which the stored responses' score error is measured (brown-ft)
 COPY_BASE_MB = 200  # model.base='store' copies at most this much; larger bases must be referenced
@@ -81,7 +84,7 @@ def _brown_ft(cfg: WorkerConfig, tok) -> HFCorpus:
 def _jsonl_blocks(path, tok, size: int, max_blocks: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """``(doc ids, blocks (N, L), block_doc (N,))`` of a JSONL corpus (``influence.text.blocks``:
     every document with a target trains; short blocks right-padded)."""
-    ids, blocks, owner, _ = _jsonl_cover(read_jsonl(path), tok, size, max_blocks)
+    ids, blocks, owner, _ = _jsonl_cover(read_documents(path), tok, size, max_blocks)
     return ids, blocks, owner
 
 
@@ -108,7 +111,7 @@ def block_size(cfg: WorkerConfig, context: int) -> int:
 
 
 def _jsonl(cfg: WorkerConfig, tok, context: int) -> HFCorpus:
-    recs = read_jsonl(cfg.data.path)
+    recs = read_documents(cfg.data.path)
     size = block_size(cfg, context)
     ids, blocks, owner, cov = _jsonl_cover(recs, tok, size, cfg.data.max_blocks)
     if cov.empty_sources and not cfg.data.allow_empty_sources:
@@ -177,31 +180,79 @@ def build_hf(cfg: WorkerConfig, progress: bool = True) -> Path:
     recipe = FTRecipe(tr.lr, tuple(tr.betas), tr.eps, tr.weight_decay, tr.batch_size, tr.epochs)
     dev = device_of(cfg)
     t_start = time.perf_counter()
-    bar = tqdm(total=(m.power + 2) * m.ensemble, desc=f"fine-tune + simulate hf x{m.ensemble}", unit="stage",
-               disable=not progress)
     corpus = _brown_ft(cfg, tok) if cfg.data.name == "brown-ft" else _jsonl(cfg, tok, context_of(hf_cfg))
     if corpus.coverage is not None and progress:
         print(f"corpus {corpus.name}: {corpus.coverage.summary()}", flush=True)
+    init_from_env()
+    work = WorkDir(cfg.store.root, _work_key(cfg, base))
+    shard = Shard(work.path)
+    work.agree = shard.all_agree
     members, final_spec = [], spec
     for e in range(m.ensemble):
-        seed = tr.seed + e
-        model, params, stats = finetune(base, spec, corpus.blocks, None, seed, recipe, dev, progress=False)
-        final_spec = with_layout(spec, model)
+        out, final_spec = _member(cfg, base, spec, corpus, recipe, dev, e, work, progress and shard.rank == 0, shard)
+        members.append(out)
+    if shard.rank != 0:  # its rows went to rank 0
+        barrier()
+        shutdown()
+        return None
+    path = _publish(cfg, final_spec, base, hf_cfg, tok, corpus, members, recipe, time.perf_counter() - t_start,
+                    work.restored)
+    work.remove()
+    barrier()
+    shutdown()
+    return path
+
+
+def _work_key(cfg: WorkerConfig, base: Path) -> str:
+    """What the build's result depends on: the settings, the corpus file, the base's files."""
+    settings = cfg.model_dump_json(include={"data", "model", "train", "method", "store"}, exclude={"store": {"keep"}})
+    return json.dumps([settings, _data_file(cfg).get("sha256"), weight_checksums(base)], sort_keys=True)
+
+
+def _member(cfg: WorkerConfig, base: Path, spec, corpus: HFCorpus, recipe: FTRecipe, dev, e: int, work: WorkDir,
+            progress: bool, shard: Shard) -> tuple[dict | None, object]:
+    """Member ``e`` fine-tuned and simulated, each stage from ``work`` when a killed build left it there:
+    ``(what it publishes, on the CPU, or None on ranks other than 0; the spec with its layout)``.
+    Under ``torchrun`` every rank fine-tunes (rank 0's parameters broadcast, so all agree exactly) and
+    simulates its shard of documents; checkpoints are per rank."""
+    seed = cfg.train.seed + e
+    stages = Stages(f"[{e + 1}/{cfg.method.ensemble}] ", progress)
+    tag = "" if shard.world == 1 else f".rank{shard.rank}of{shard.world}"
+    done = work.load(f"member-{seed}{tag}")  # (ranks other than 0 keep none: a sharded member is redone)
+    if done is not None:
+        stages.skipped("fine-tune + simulation", "finished before, read from the checkpoint")
+        final_spec = spec.model_validate(done["spec"])
         if e == 0 and progress:
             tqdm.write(_trained_summary(final_spec))
-        held = None if corpus.heldout is None else tuple(t.to(dev) for t in corpus.heldout)
-        out = respond(cfg, model, params, corpus.blocks.to(dev), corpus.block_doc.to(dev), corpus.doc_source.to(dev),
-                      len(corpus.source_ids), seed, held, bar)
-        out["params"] = {k: v.cpu() for k, v in params.items()}
-        out["stats"] = {"seed": seed, "final_loss": stats["final_loss"], "train_s": round(stats["seconds"], 2),
-                        **out["stats"]}
-        members.append(out)
-    bar.close()
-    return _publish(cfg, final_spec, base, hf_cfg, tok, corpus, members, recipe, time.perf_counter() - t_start)
+        return done["out"], final_spec
+    ft = work.load(f"ft-{seed}{tag}")
+    if ft is None:
+        model, params, stats = finetune(base, spec, corpus.blocks, None, seed, recipe, dev, progress=progress)
+        broadcast_params(params)  # in place: the model's own parameters too
+        work.save(f"ft-{seed}{tag}", {"params": {k: v.cpu() for k, v in params.items()}, "stats": stats})
+    else:
+        stages.skipped("fine-tune")
+        params, stats = {k: v.to(dev) for k, v in ft["params"].items()}, ft["stats"]
+        model = load_wrapped(base, spec, seed, dev, params)
+    final_spec = with_layout(spec, model)
+    if e == 0 and progress:
+        tqdm.write(_trained_summary(final_spec))
+    held = None if corpus.heldout is None else tuple(t.to(dev) for t in corpus.heldout)
+    out = respond(cfg, model, params, corpus.blocks.to(dev), corpus.block_doc.to(dev), corpus.doc_source.to(dev),
+                  len(corpus.source_ids), seed, held, stages, work.memo(f"sim-{seed}{tag}", dev, stages.skipped),
+                  shard)
+    stages.close()
+    if out is None:
+        return None, final_spec
+    out["params"] = {k: v.cpu() for k, v in params.items()}
+    out["stats"] = {"seed": seed, "final_loss": stats["final_loss"], "train_s": round(stats["seconds"], 2),
+                    **out["stats"]}
+    work.save(f"member-{seed}", {"out": out, "spec": final_spec.model_dump(mode="json")})
+    return out, final_spec
 
 
 def _publish(cfg: WorkerConfig, spec, base: Path, hf_cfg, tok, c: HFCorpus, members: list[dict], recipe: FTRecipe,
-             seconds: float) -> Path:
+             seconds: float, restored: list[str]) -> Path:
     base_assets, base_fields = _base_assets(base, spec.base)
     spec = spec.model_copy(update={**base_fields, "path": None, "architecture": (hf_cfg.architectures or ["?"])[0],
                                    "context": context_of(hf_cfg), "vocab": len(tok)})
@@ -220,7 +271,8 @@ def _publish(cfg: WorkerConfig, spec, base: Path, hf_cfg, tok, c: HFCorpus, memb
         classes=[], source_ids=c.source_ids, example_source=c.doc_source.tolist(), members=len(members),
         dtype=cfg.store.dtype, examples_quant=cfg.quant(), has_examples=True, has_sources=False,
         extra={"members": [mb["stats"] for mb in members], "preset": cfg.preset, "source_names": c.source_names,
-               "build_s": round(seconds, 1), "trainable_params": spec.layout().numel})
+               "build_s": round(seconds, 1), "trainable_params": spec.layout().numel,
+               "resumed_stages": restored})
     assets = {**base_assets, **_tokenizer_assets(tok), **heldout.asset(c.heldout_sample),
               "documents.json": json.dumps(_documents(c), ensure_ascii=False).encode()}
     coef = [mb["coef"] for mb in members] if cfg.method.compress_rank else None

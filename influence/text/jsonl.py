@@ -68,29 +68,43 @@ def read_jsonl(path: str | Path) -> list[dict]:
             raise DataError(p, f"line {n}: not valid JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(rec, dict):
             raise DataError(p, f"line {n}: expected a JSON object, got {type(rec).__name__}")
-        text = rec.get("text")
-        if "text" not in rec:
-            raise DataError(p, f"line {n}: missing field 'text'", column="text")
-        if not isinstance(text, str):
-            raise DataError(p, f"line {n}: 'text' must be a string, got {type(text).__name__}", column="text")
-        if not text.strip():
-            raise DataError(p, f"line {n}: 'text' is empty", column="text")
-        if "source" not in rec:
-            raise DataError(p, f"line {n}: missing field 'source'", column="source")
-        src = rec["source"]
-        if not isinstance(src, str) or not src.strip():
-            raise DataError(p, f"line {n}: 'source' must be a non-empty string, got {src!r}", column="source")
-        if "id" in rec:
-            did = rec["id"]
-            if isinstance(did, bool) or not isinstance(did, str | int) or str(did) == "":
-                raise DataError(p, f"line {n}: 'id' must be a non-empty string or an integer, got {did!r}", column="id")
-            did = str(did)
-            if did in seen:
-                raise DataError(p, f"line {n}: duplicate id {did!r} (first on line {seen[did]})", column="id")
-        else:
-            did = f"line-{n:07d}"
-        seen[did] = n
-        out.append({"id": did, "text": text, "source": src.strip(), "line": n})
+        out.append(document_record(p, rec, f"line {n}", n, seen))
+    return check_count(p, out)
+
+
+def document_record(p: Path, rec: dict, where: str, n: int, seen: dict[str, int], default_id: str | None = None,
+                    fields: tuple[str, str, str] = ("text", "source", "id")) -> dict:
+    """One validated document ``{"id", "text", "source", "line"}`` from ``rec``
+    (a JSON line or a table row, ``where`` naming it); ``seen`` maps the ids
+    so far to their line / row ``n``. ``fields``: the names of the text,
+    source and id fields (a table's columns may differ from JSONL's)."""
+    tf, sf, idf = fields
+    if tf not in rec:
+        raise DataError(p, f"{where}: missing field {tf!r}", column=tf)
+    text = rec[tf]
+    if not isinstance(text, str):
+        raise DataError(p, f"{where}: {tf!r} must be a string, got {type(text).__name__}", column=tf)
+    if not text.strip():
+        raise DataError(p, f"{where}: {tf!r} is empty", column=tf)
+    if sf not in rec:
+        raise DataError(p, f"{where}: missing field {sf!r}", column=sf)
+    src = rec[sf]
+    if not isinstance(src, str) or not src.strip():
+        raise DataError(p, f"{where}: {sf!r} must be a non-empty string, got {src!r}", column=sf)
+    if rec.get(idf) is not None:
+        did = rec[idf]
+        if isinstance(did, bool) or not isinstance(did, str | int) or str(did) == "":
+            raise DataError(p, f"{where}: {idf!r} must be a non-empty string or an integer, got {did!r}", column=idf)
+        did = str(did)
+        if did in seen:
+            raise DataError(p, f"{where}: duplicate id {did!r} (first at {seen[did]})", column=idf)
+    else:
+        did = default_id or f"line-{n:07d}"
+    seen[did] = where
+    return {"id": did, "text": text, "source": src.strip(), "line": n}
+
+
+def check_count(p: Path, out: list[dict]) -> list[dict]:
     if not out:
         raise DataError(p, "no documents (the file is empty)")
     if len(out) < 10:
@@ -101,7 +115,11 @@ def read_jsonl(path: str | Path) -> list[dict]:
 def load_jsonl_corpus(path: str | Path, vocab_size: int = VOCAB) -> LMCorpus:
     """An :class:`LMCorpus` from a JSONL file (one source level, ``source``:
     the distinct ``source`` values sorted as strings)."""
-    recs = read_jsonl(path)
+    return corpus_from_records(path, read_jsonl(path), vocab_size)
+
+
+def corpus_from_records(path: str | Path, recs: list[dict], vocab_size: int = VOCAB) -> LMCorpus:
+    """``load_jsonl_corpus`` of validated records (``read_jsonl`` or ``documents.read_documents``)."""
     rules = Tokenizer([UNK])
     words = {r["id"]: rules.tokenize(r["text"]) for r in recs}
     src_ids = sorted({r["source"] for r in recs})

@@ -180,3 +180,22 @@ def test_a_source_without_training_signal_is_refused_unless_allowed(tmp_path):
     assert data_rec["allow_empty_sources"] is True and data_rec["coverage"]["empty_sources"] == ["pub-empty"]
     assert data_rec["coverage"]["left_out"] == [{"id": "tiny", "source": "pub-empty",
                                                  "reason": "no target: fewer than 2 tokens"}]
+
+
+def test_a_datasets_table_builds_the_same_store_as_its_jsonl(built, tmp_path):
+    """The corpus as a Parquet file (what ``datasets.Dataset.to_parquet`` writes): the same documents,
+    blocks and store, tensor for tensor, as from the JSONL file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tmp, data, base, store = built
+    raw = [json.loads(x) for x in data.read_text().splitlines()]
+    pq.write_table(pa.table({k: [r[k] for r in raw] for k in ("id", "source", "text")}), tmp_path / "docs.parquet")
+    r = _cli("build", "--model", str(base), "--data", str(tmp_path / "docs.parquet"), "--store",
+             str(tmp_path / "store"), "--quiet", *[x for o in FAST for x in ("--set", o)])
+    assert r.returncode == 0, r.stderr
+    got = open_store(tmp_path / "store")
+    for xs, ys in ((got.params, store.params), (got.examples, store.examples), (got.sources, store.sources)):
+        for x, y in zip(xs or [], ys or [], strict=True):
+            assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+    assert got.assets["documents.json"] == store.assets["documents.json"]
