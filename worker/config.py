@@ -136,6 +136,10 @@ class WorkerConfig(_Section):
             if self.train.optimizer != "adamw":
                 raise ValueError("train.optimizer: an hf fine-tune uses 'adamw'")
         self._recipe_reads_every_set_field()
+        allowed = ("ggn", "fisher") if self.model.kind in TEXT_KINDS else ("ggn", "hessian")
+        if self.method.curvature not in allowed:
+            raise ValueError(f"method.curvature: {self.method.curvature!r} is not built for kind {self.model.kind!r} "
+                             f"(it has {' and '.join(allowed)})")
         if self.method.iterates > 1:
             if self.model.kind in TEXT_KINDS:
                 raise ValueError("method.iterates > 1: response averaging over iterates is built for MLP stores "

@@ -25,7 +25,10 @@ class MethodConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     mode: Literal["single", "two"] = "single"
-    curvature: Literal["ggn", "hessian"] = "ggn"
+    curvature: Literal["ggn", "hessian", "fisher"] = Field(
+        "ggn", description="ggn: Gauss-Newton (on curvature_subset examples); hessian: the MLP's exact Hessian; "
+                           "fisher (text kinds): the empirical Fisher of every training block, sketched at rank "
+                           "min(rank, blocks) in the gradient pass itself (exact when rank >= blocks)")
     schedule: Literal["posthoc", "alongside"] = "posthoc"
     steps: int = Field(300, ge=1, description="K, the horizon")
     eta: float = Field(0.4, ge=0, description="step size of the propagation; 0 = auto (spectral solver only): "
@@ -81,7 +84,7 @@ class MethodConfig(BaseModel):
         """What ``solver="auto"`` means for these settings."""
         if self.solver != "auto":
             return self.solver
-        return "spectral" if self.fixed_operator() and self.curvature == "ggn" else "steps"
+        return "spectral" if self.fixed_operator() and self.curvature in ("ggn", "fisher") else "steps"
 
     def work_units(self) -> tuple[int, str]:
         """Progress-bar units of one member's single-trajectory simulation."""

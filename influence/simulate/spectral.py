@@ -80,11 +80,26 @@ def nystrom(product: Product, p: int, rank: int, power: int, gen: torch.Generato
     ``product`` runs), so every device starts from the same one."""
     if rank >= p:
         return explicit(product, p, dtype, device)
-    omega = torch.randn(p, rank, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+    omega = gaussian_sketch(p, rank, gen, dtype, device)
     for _ in range(power):
         omega = _orth(product(omega.T.contiguous()).T)
     omega = _orth(omega)
-    Y = product(omega.T.contiguous()).T.double()  # (p, k) = H Ω
+    return nystrom_from(omega, product(omega.T.contiguous()).T, dtype)
+
+
+def gaussian_sketch(p: int, rank: int, gen: torch.Generator, dtype: torch.dtype = torch.float32,
+                device: torch.device | str | None = None) -> torch.Tensor:
+    """``Ω (p, rank)``: Gaussian, drawn on the CPU in float64 (the same on every device), then cast."""
+    return torch.randn(p, rank, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+
+
+def nystrom_from(omega: torch.Tensor, Y: torch.Tensor, dtype: torch.dtype = torch.float32) -> Eigenbasis:
+    """The stabilised Nyström eigenbasis of ``H`` from ``Ω (p, k)`` with orthonormal
+    columns and the sketch ``Y = H Ω (p, k)``: a sketch may be accumulated in a
+    stream (``H = Σ_b g_b g_bᵀ``: ``Y += g_bᵀ (g_b Ω)`` block by block), so one pass
+    over the data suffices. Exact when ``k ≥ rank(H)`` (up to the stabilising shift)."""
+    p = omega.shape[0]
+    Y = Y.double()
     nu = torch.finfo(dtype).eps * p * torch.linalg.matrix_norm(Y, ord=2).item()  # shift for a stable Cholesky
     Y = Y + nu * omega.double()
     core = omega.double().T @ Y

@@ -97,6 +97,26 @@ def doc_grads(model: CausalLM, params: Params, blocks: torch.Tensor, block_doc: 
     return out
 
 
+def doc_grads_and_fisher_sketch(model: CausalLM, params: Params, blocks: torch.Tensor, block_doc: torch.Tensor,
+                                n_docs: int, omega: torch.Tensor, chunk: int = 32, progress=None
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``doc_grads`` and, from the same block gradients, ``Y = Σ_b g_b (g_bᵀ Ω) (p, k)``:
+    the sketch of the (unnormalised) empirical Fisher ``Σ_b g_b g_bᵀ`` of these blocks
+    against ``Ω (p, k)``, for ``spectral.nystrom_from``. One pass; the Fisher never
+    exists as a matrix (memory ``p × k`` for ``Y``)."""
+    first = next(iter(params.values()))
+    out = torch.zeros(n_docs, ParamLayout.of(params).numel, dtype=first.dtype, device=first.device)
+    Y = torch.zeros(omega.shape, dtype=first.dtype, device=first.device)
+    owner = block_doc.to(first.device)
+    omega = omega.to(first.dtype)
+    for sl, g in _block_grad_chunks(model, params, blocks, chunk):
+        out.index_add_(0, owner[sl], g)
+        Y.addmm_(g.T, g @ omega)
+        if progress is not None:
+            progress(g.shape[0])
+    return out, Y
+
+
 # -- curvature -------------------------------------------------------------------------
 class LMGaussNewton:
     """``U (r, p) → G U (r, p)``, ``G`` the Gauss-Newton matrix of the mean

@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..simulate.settings import MethodConfig
-from ..simulate.spectral import LowRankFilter, nystrom
+from ..simulate.spectral import LowRankFilter, gaussian_sketch, nystrom, nystrom_from
 from .gpt import GPT, PAD
-from .lm_math import LMGaussNewton, doc_grads, query_grads
+from .lm_math import LMGaussNewton, doc_grads, doc_grads_and_fisher_sketch, query_grads
 
 
 @dataclass
@@ -79,30 +79,46 @@ def simulate_documents(model: GPT, params: dict[str, torch.Tensor], blocks: torc
     docs = docs or slice(0, n_docs)
     mine = (block_doc >= docs.start) & (block_doc < docs.stop)  # this shard's documents' blocks
     n_mine = int(mine.sum())
+    grads_progress = lambda n: report("gradients", n, n_mine)  # noqa: E731
+    mine_blocks, mine_owner, n_part = blocks[mine], block_doc[mine] - docs.start, docs.stop - docs.start
     t0 = time.perf_counter()
-    G, t_grads = memo("gradients", lambda: _timed(lambda: doc_grads(
-        model, params, blocks[mine], block_doc[mine] - docs.start, docs.stop - docs.start,
-        progress=lambda n: report("gradients", n, n_mine))))
     gen = torch.Generator().manual_seed(seed)
-    sub = method.curvature_subset or N
-    idx = torch.randperm(N, generator=gen)[:sub].sort().values.to(blocks.device)
-    product = LMGaussNewton(model, params, blocks[idx])
-    product.share, product.reduce = share, reduce
-    p = G.shape[1]
-    chunks = (1 if method.rank >= p else method.power + 1) * len(product.chunk_starts())
-    product.on_chunk = lambda: report("curvature basis", 1, chunks)
-    basis, t_basis = memo("basis", lambda: _timed(
-        lambda: nystrom(product, p, method.rank, method.power, gen, G.dtype, G.device)))
+    if method.curvature == "fisher":
+        p = sum(v.numel() for v in params.values())
+        omega = _orth_cols(gaussian_sketch(p, min(method.rank, N, p), gen, torch.float64)).to(blocks.device)
+        (G, Y), t_grads = memo("gradients", lambda: _timed(lambda: doc_grads_and_fisher_sketch(
+            model, params, mine_blocks, mine_owner, n_part, omega, progress=grads_progress)))
+        Y = Y if reduce is None else reduce(Y.clone())
+        n_targets = int((blocks[:, 1:] != PAD).sum())
+        basis, t_basis = memo("basis", lambda: _timed(lambda: nystrom_from(omega, Y / n_targets, G.dtype)))
+        sub = N
+    else:
+        G, t_grads = memo("gradients", lambda: _timed(lambda: doc_grads(
+            model, params, mine_blocks, mine_owner, n_part, progress=grads_progress)))
+        sub = method.curvature_subset or N
+        basis, t_basis = _gauss_newton_basis(model, params, blocks, G, method, gen, sub, share, reduce, report, memo)
     shift = weight_decay + method.damping
     eta = method.step_size(float(basis.h[0]) + shift)
     filt = LowRankFilter(basis, shift, eta, method.steps)
     U = filt(G)
     report("responses", 1, 1)
-    return LMResponses(U, {"solver": "spectral", "rank": len(basis.h), "curvature_blocks": int(sub),
-                           "largest_eigenvalue": float(basis.h[0]), "eta": eta,
+    return LMResponses(U, {"solver": "spectral", "curvature": method.curvature, "rank": len(basis.h),
+                           "curvature_blocks": int(sub), "largest_eigenvalue": float(basis.h[0]), "eta": eta,
                            "smallest_eigenvalue": float(basis.h[-1]),
                            "tail_estimate": filt.tail_bound, "grads_s": t_grads, "basis_s": t_basis,
                            "total_s": time.perf_counter() - t0})
+
+
+def _gauss_newton_basis(model, params, blocks, G, method: MethodConfig, gen, sub: int, share, reduce, report, memo):
+    """The Nyström eigenbasis of the Gauss-Newton matrix on ``sub`` random blocks: ``(basis, seconds)``."""
+    idx = torch.randperm(blocks.shape[0], generator=gen)[:sub].sort().values.to(blocks.device)
+    product = LMGaussNewton(model, params, blocks[idx])
+    product.share, product.reduce = share, reduce
+    p = G.shape[1]
+    chunks = (1 if method.rank >= p else method.power + 1) * len(product.chunk_starts())
+    product.on_chunk = lambda: report("curvature basis", 1, chunks)
+    return memo("basis", lambda: _timed(lambda: nystrom(product, p, method.rank, method.power, gen, G.dtype,
+                                                        G.device)))
 
 
 def _timed(compute: Callable[[], object]) -> tuple[object, float]:

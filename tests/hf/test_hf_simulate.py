@@ -53,3 +53,29 @@ def test_lora_gauss_newton_and_convergence_to_the_damped_inverse():
         errs.append(float((U - want).norm() / want.norm()))
     assert errs[0] > errs[1] > errs[2]
     assert errs[2] < 1e-6
+
+
+def test_fisher_curvature_at_full_rank_is_the_exact_damped_fisher_filter(family):
+    """method.curvature='fisher' with rank >= blocks: the one-pass sketch in the gradient pass gives the
+    eigenbasis of F = Σ_b g_b g_bᵀ / N_tok exactly, so u_d = −φ_K(F + sI) g_d equals the explicit matrix
+    route (float64); the documents' gradients are those of doc_grads."""
+    from influence.simulate.spectral import horizon_filter
+    from influence.text.lm_math import block_grads
+
+    model, params = tiny(family)
+    gen = torch.Generator().manual_seed(3)
+    blocks = torch.randint(0, V, (6, 9), generator=gen)
+    blocks[4, 6:] = -100  # a padded block counts its real targets only
+    block_doc = torch.tensor([0, 0, 1, 2, 2, 2])
+    cfg = MethodConfig(curvature="fisher", rank=64, damping=0.05, steps=40, eta=0.0)
+    U = simulate_documents(model, params, blocks, block_doc, 3, cfg, 0.0, seed=0).U
+    B = block_grads(model, params, blocks)
+    n_tok = int((blocks[:, 1:] != -100).sum())
+    F = B.T @ B / n_tok
+    h, Vec = torch.linalg.eigh(F)
+    eta = 1.0 / (float(h.max()) + 0.05)
+    phi = horizon_filter(h, 0.05, eta, 40)
+    G = doc_grads(model, params, blocks, block_doc, 3)
+    want = -(G @ Vec) * phi @ Vec.T
+    # to 1e-7 of the largest entry: the Nyström's SVD goes through a Gram matrix (squares the condition)
+    torch.testing.assert_close(U, want, rtol=1e-5, atol=1e-7 * float(want.abs().max()))

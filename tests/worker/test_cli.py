@@ -93,3 +93,11 @@ def test_a_train_setting_the_recipe_ignores_is_refused(preset, over, match):
     with pytest.raises(ConfigError, match=match):
         load_config(preset, overrides=over)
     load_config(preset, overrides=["train.seed=5"])  # what every recipe reads stays settable
+
+
+def test_a_curvature_the_kind_does_not_have_is_refused():
+    with pytest.raises(ConfigError, match="method.curvature: 'fisher' is not built for kind 'mlp'"):
+        load_config("digits", overrides=["method.curvature=fisher"])
+    with pytest.raises(ConfigError, match="method.curvature: 'hessian' is not built for kind 'gpt'"):
+        load_config("brown", overrides=["method.curvature=hessian"])
+    assert load_config("brown", overrides=["method.curvature=fisher"]).method.curvature == "fisher"
