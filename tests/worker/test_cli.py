@@ -99,5 +99,5 @@ def test_a_curvature_the_kind_does_not_have_is_refused():
     with pytest.raises(ConfigError, match="method.curvature: 'fisher' is not built for kind 'mlp'"):
         load_config("digits", overrides=["method.curvature=fisher"])
     with pytest.raises(ConfigError, match="method.curvature: 'hessian' is not built for kind 'gpt'"):
-        load_config("brown", overrides=["method.curvature=hessian"])
+        load_config("brown", overrides=["method.curvature=hessian", "method.eta=0.4"])
     assert load_config("brown", overrides=["method.curvature=fisher"]).method.curvature == "fisher"
