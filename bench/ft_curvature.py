@@ -125,6 +125,30 @@ def _sketch_grid(Q, G, QG, basis: Eigenbasis, mean_h: float) -> list:
             for c, K in itertools.product(DAMPINGS_REL, STEPS)]
 
 
+def store_records(roots: list[str], Q: torch.Tensor, report, gt) -> list[dict]:
+    """The published stores' own rows (as the service reads them: codes expanded to float32)
+    scored against the benchmark's queries, τ = Q Uᵀ (what the forward readout computes), and their
+    build times from the manifests: the product path, side by side."""
+    from influence.store import open_store
+
+    out = []
+    for root in roots:
+        st = open_store(root)
+        man = st.manifest
+        U = man.model.layout().flatten(st.examples[0]).double()
+        tau = (Q @ U.T).numpy()
+        rep, full = evaluate(tau, report), evaluate(tau, gt)
+        mem = man.extra["members"][0]
+        for lvl in LEVELS:
+            out.append({"method": f"store_{mem.get('curvature', 'ggn')}", "models": 1, "level": lvl,
+                        "lds": rep.get(lvl), "lds_all": full.get(lvl), "store": str(root),
+                        "curvature": f"{mem.get('curvature', 'ggn')} rank {mem['rank']} on {mem['curvature_blocks']} "
+                                     "blocks", "settings": {k: man.method[k] for k in ("damping", "steps", "rank")},
+                        "build_s": man.extra["build_s"], "grads_s": mem["grads_s"], "basis_s": mem["basis_s"],
+                        "train_s": mem["train_s"]})
+    return out
+
+
 def _row(settings: dict, tau: np.ndarray, gt) -> dict:
     lv = evaluate(tau, gt)
     return {**settings, **lv, "mean": float(np.mean([lv[k] for k in LEVELS if k in lv]))}
@@ -133,6 +157,7 @@ def _row(settings: dict, tau: np.ndarray, gt) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--stores", nargs="*", default=[], help="published brown-ft stores to score with their own rows")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     gt = load_groundtruth(DEFAULT)
@@ -173,12 +198,18 @@ def main(argv: list[str] | None = None) -> int:
                             else f"exact (rank {len(basis.h)})"),
                          "precompute_s": None if method == "ours_gn" else grads_s + eig_s})
         print(f"{method:13s} {settings}: " + ", ".join(f"{lvl} {fmt(rep.get(lvl))}" for lvl in LEVELS), flush=True)
+    stores = store_records(a.stores, Q, report, gt)
+    recs += stores
+    for r in stores:
+        print(f"{r['method']} {r['store']} {r['level']}: LDS {fmt(r['lds'])}, build {r['build_s']} s "
+              f"(gradients {r['grads_s']:.0f} s, basis {r['basis_s']:.0f} s)", flush=True)
     gaps = {m: paired_gap(best_tau[m], best_tau["ours_gn"], report) for m in METHODS if m != "ours_gn"}
     for m, g in gaps.items():
         print(f"{m} - ours_gn, document LDS on the report half: {g['gap']:+.4f} "
               f"(95% over queries {g['ci95'][0]:+.4f} .. {g['ci95'][1]:+.4f})", flush=True)
     prev = json.loads(OUT.read_text()) if OUT.exists() else {"records": []}
-    prev["records"] = [r for r in prev["records"] if r.get("method") not in METHODS] + recs
+    prev["records"] = [r for r in prev["records"] if r.get("method") not in METHODS
+                       and not str(r.get("method")).startswith("store_")] + recs
     prev["curvature"] = {"chosen": chosen, "document_gap_vs_ours_gn": gaps, "fisher_rank": len(basis.h),
                          "fisher_blocks": int(B.shape[0]),
                          "fisher_lambda_max": float(basis.h[0]), "fisher_mean_eigenvalue": mean_h,
