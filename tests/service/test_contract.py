@@ -11,13 +11,13 @@ import torch
 from influence.attributor import Attributor
 from influence.store import open_store
 
-from .util import query
+from .util import query, ready_probed
 
 
 def test_health_ready_store_stats_metrics(server):
     base, s = server
     assert httpx.get(base + "/healthz").json() == {"status": "ok"}
-    ready = httpx.get(base + "/readyz").json()
+    ready = ready_probed(base)
     assert ready["status"] == "ready" and ready["store_version"] == "v000001" and ready["redis"] is True
     assert ready["batch_invariant"] is True
     info = httpx.get(base + "/v1/store").json()

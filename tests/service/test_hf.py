@@ -26,7 +26,7 @@ from service.kinds import KINDS, kind_of
 from service.runtime import change_refused
 
 from .hf_store import HF_NAMES, fit_words
-from .util import serve, strip_volatile
+from .util import ready_probed, serve, strip_volatile
 
 POOL = [f"w{i}" for i in range(60)] + [f"s{s}x{i}" for s in range(3) for i in range(15)]
 
@@ -50,7 +50,7 @@ def _fields(r: httpx.Response) -> list[str]:
 
 def test_hf_queries_match_the_library(hf_server, hf_att):
     base, _ = hf_server
-    assert httpx.get(base + "/readyz").json()["batch_invariant"] is True
+    assert ready_probed(base)["batch_invariant"] is True
     info = httpx.get(base + "/v1/store").json()
     assert info["model"]["kind"] == "hf" and info["model"]["context"] == 32
     assert info["source_ids"] == ["pub-0", "pub-1", "pub-2"] and info["version"] == hf_att.version

@@ -17,7 +17,7 @@ import torch
 
 from service.credit import credit
 
-from .util import query, serve, strip_volatile
+from .util import query, ready_probed, serve, strip_volatile
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def _words(n: int, seed: int = 0) -> str:
 
 def test_text_and_prompt_queries_match_the_library(text_server, text_att):
     base, _ = text_server
-    ready = httpx.get(base + "/readyz").json()
+    ready = ready_probed(base)
     assert ready["batch_invariant"] is True
     info = httpx.get(base + "/v1/store").json()
     assert info["model"]["kind"] == "gpt" and info["source_ids"] == ["pub-0", "pub-1", "pub-2"]
@@ -226,7 +226,7 @@ def test_bfloat16_tangents_served(text_settings, text_store, text_att):
     bf = TextAttributor(open_store(text_store), "cpu", tangent_dtype=torch.bfloat16)
     texts = ["w1 w2 s0x1 w5 w7", "s1x2 s1x4 w9 w3", "s2x1 s2x2 w0 w1 s2x3"]
     with serve(text_settings(text_tangent_dtype="bfloat16")) as base:
-        assert httpx.get(base + "/readyz").json()["batch_invariant"] is True
+        assert ready_probed(base)["batch_invariant"] is True
         assert httpx.get(base + "/v1/store").json()["readout_dtype"] == "bfloat16"
         r = httpx.post(base + "/v1/attributions", json={"queries": [{"text": t} for t in texts], "top_k": 3,
                                                         "record": False})

@@ -74,6 +74,16 @@ def wait_ready(base: str, deadline: float, interval: float = 0.05) -> bool:
     return False
 
 
+def ready_probed(base: str, timeout: float = 300.0) -> dict:
+    """``/readyz`` once the store's batch-invariance probe has answered (it runs in the background)."""
+    deadline = time.time() + timeout
+    while True:
+        ready = httpx.get(base + "/readyz", timeout=10).json()
+        if ready["batch_invariant"] is not None or time.time() > deadline:
+            return ready
+        time.sleep(0.05)
+
+
 def free_port() -> int:
     """A TCP port free on loopback right now."""
     with socket.socket() as s:
