@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from influence.attributor import Attributor, top_k
-from influence.blocks import batch_invariant, by_bucket, text_batch_invariant, text_readout_rows
+from influence.blocks import batch_invariant, by_bucket, length_buckets, text_batch_invariant, text_readout_rows
 from influence.errors import QueryError, StoreError
 from influence.store import Manifest, Store
 from influence.text.attributor import TextAttributor
@@ -81,6 +81,21 @@ class Kind:
     def cost(self, att, rows, examples: bool) -> int:
         """What reading ``rows`` out costs, in token-rows (``COST_UNIT``)."""
         raise NotImplementedError
+
+    def rows_read(self, att, examples: bool) -> int:
+        """Stored rows (forward tangents for a text store) one query is read against."""
+        raise NotImplementedError
+
+    def lengths(self, att) -> list[int]:
+        """The positions a query row can carry: its length buckets (a vector query: 1)."""
+        return [1]
+
+    def cost_card(self, att, s: Settings) -> dict:
+        """What a query costs on this store, as ``max_request_cost`` counts it (``/v1/store`` ``cost``):
+        rows read per query at each granularity and the cost per query at each length bucket."""
+        rows = {"sources": self.rows_read(att, False), "documents": self.rows_read(att, True)}
+        return {"unit": COST_UNIT, "max_request_cost": s.max_request_cost, "rows_read": rows,
+                "per_query": [{"tokens": n, **{k: n * v for k, v in rows.items()}} for n in self.lengths(att)]}
 
     def within_budget(self, att, parts: list, examples: bool, s: Settings, at: str = "queries") -> int:
         """The cost of reading out every ``rows`` of ``parts``; a 422 naming
@@ -214,8 +229,10 @@ class VectorKind(Kind):
     def cost(self, att: Attributor, rows, examples: bool) -> int:
         """A query is one position read against every source row, and every
         example row when ``examples``."""
-        per = len(att.manifest.source_ids) + (len(att.manifest.example_source) if examples else 0)
-        return rows[0].shape[0] * per
+        return rows[0].shape[0] * self.rows_read(att, examples)
+
+    def rows_read(self, att: Attributor, examples: bool) -> int:
+        return len(att.manifest.source_ids) + (len(att.manifest.example_source) if examples else 0)
 
     def submit(self, batcher: Batcher, att, rows, n: int, output: str, examples: bool, block: int):
         return batcher.submit(att, rows[0], rows[1], output, examples, block)
@@ -355,6 +372,12 @@ class TextKind(Kind):
         times the tangents it is read against (``TextAttributor.tangents``)."""
         groups = by_bucket(rows, att.spec.context)
         return sum(length * len(idx) for length, idx in groups.items()) * att.tangents(examples)
+
+    def rows_read(self, att: TextAttributor, examples: bool) -> int:
+        return att.tangents(examples)
+
+    def lengths(self, att: TextAttributor) -> list[int]:
+        return length_buckets(att.spec.context)
 
     def submit(self, batcher: Batcher, att, rows, n: int, output: str, examples: bool, block: int):
         """One piece per readout block: the queries of one length bucket,

@@ -259,6 +259,9 @@ class StoreInfo(BaseModel):
     audit: dict | None = Field(None, description="the version's audit against retraining (fa-worker audit: "
                                "settings, metrics such as source_lds and loso_pearson, created_at); null when "
                                "this version has not been audited")
+    cost: dict = Field(..., description="what a query costs here, in the unit max_request_cost counts: rows_read "
+                       "per query (forward tangents) for granularity sources and documents, and per_query: the "
+                       "cost of one query at each length bucket (tokens x rows)")
 
 
 class SourceLabel(BaseModel):

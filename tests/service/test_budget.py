@@ -165,3 +165,23 @@ def test_text_cost_counts_length_buckets_and_split_answers_match_whole(text_sett
         fits = httpx.post(base + "/v1/attributions", json={**body, "queries": qs[1:]}, timeout=60)
     assert r.status_code == 422 and f"{cost:,} token-rows" in r.json()["error"]["message"], r.text
     assert fits.status_code == 200, fits.text
+
+
+def test_the_store_states_what_a_query_costs(text_settings, text_att, settings_for):
+    """/v1/store cost: rows read per query and each bucket's cost, in the unit the 422 counts; a request of
+    exactly one query costs what the card says (the budget one below refuses it, at it admits it)."""
+    with serve(text_settings(cache_ttl_s=0)) as base:
+        card = httpx.get(base + "/v1/store").json()["cost"]
+    assert card["unit"] == "token-rows" and card["rows_read"] == {"sources": text_att.tangents(False),
+                                                                  "documents": text_att.tangents(True)}
+    assert [c["tokens"] for c in card["per_query"]] == length_buckets(text_att.spec.context)
+    want = card["per_query"][0]["documents"]  # a short query: the smallest bucket
+    body = {"queries": [{"text": "w1 w2 w3"}], "granularity": "both", "record": False}
+    for budget, status in ((want - 1, 422), (want, 200)):
+        with serve(text_settings(cache_ttl_s=0, max_request_cost=budget)) as base:
+            r = httpx.post(base + "/v1/attributions", json=body, timeout=60)
+        assert r.status_code == status, r.text
+    with serve(settings_for()) as base:
+        vec = httpx.get(base + "/v1/store").json()
+    n, k = vec["n_examples"], vec["n_sources"]
+    assert vec["cost"]["rows_read"] == {"sources": k, "documents": k + n} and len(vec["cost"]["per_query"]) == 1
