@@ -376,6 +376,10 @@ def read_manifest(path: Path) -> Manifest:
         raise StoreError(f"{path}/manifest.json: not valid JSON: {e}") from None
     if man.format_version not in READABLE_FORMATS:
         raise StoreError(f"{path}: store format {man.format_version}, this reader understands {READABLE_FORMATS}")
+    if path.parent.name == "versions" and man.version and man.version != path.name:
+        # a copied or renamed directory: served under the manifest's name, its cache and credit would be another's
+        raise StoreError(f"{path}: its manifest names version {man.version!r}, not {path.name!r} "
+                         "(a copied or renamed version directory)")
     return man
 
 

@@ -244,11 +244,18 @@ class Runtime:
             if self.peers:
                 self.peers.announce(prev)
             return {"previous_version": prev, "store_version": prev, "changed": False, "load_s": 0.0}
-        if old is not None:
-            man = await asyncio.to_thread(read_manifest, self.s.store / "versions" / target)
-            change_refused(old.att.manifest, old.kind.name, man, allow_kind_change, allow_source_change)
         t0 = time.perf_counter()
-        served = await asyncio.to_thread(self._load, target)
+        try:
+            if old is not None:
+                man = await asyncio.to_thread(read_manifest, self.s.store / "versions" / target)
+                change_refused(old.att.manifest, old.kind.name, man, allow_kind_change, allow_source_change)
+            served = await asyncio.to_thread(self._load, target)
+        except (InfluenceError, OSError) as e:
+            if old is None:  # nothing served yet: the start-up loop retries and logs
+                raise
+            reason = f"cannot be loaded ({str(e)[:300]}); still serving {prev}"
+            raise ApiError(409, "version_unloadable", f"version {target}: {reason}", [("version", reason)],
+                           "query") from None
         self.served = served  # the whole hot swap
         if self.peers:
             self.peers.announce(served.version)
