@@ -344,7 +344,9 @@ class TextKind(Kind):
                     out.append(att.encode(text=q.text, pretokenized=q.pretokenized))
             except QueryError as e:  # (the checks above come first; this keeps any other refusal a 422)
                 _refuse(fields, e.problem)
-        tags = [(f"text:{e.n_targets}", np.asarray(e.ids, dtype=np.int64).tobytes()) for e in out]
+        # the text is part of the tag: texts with the same ids (whitespace, a prefix space) have their own pieces
+        tags = [(f"text:{e.n_targets}", np.asarray(e.ids, dtype=np.int64).tobytes() + _text_bytes(q))
+                for e, q in zip(out, req.queries, strict=True)]
         return out, tags
 
     def take(self, rows, idx: list[int]):
@@ -377,7 +379,7 @@ class TextKind(Kind):
         sign = output_sign(output)
         out = []
         for j, q in enumerate(rows):
-            a = {"logprob": lps[j], "token_logprobs": r.token_logprobs[j], "tokens": att.tokenizer.decode(q.ids),
+            a = {"logprob": lps[j], "token_logprobs": r.token_logprobs[j], "tokens": q.tokens,
                  "n_tokens": len(q.ids), "n_targets": q.n_targets, "oov": q.oov, "sources": None, "examples": None,
                  "cached": False}
             if src_top is not None:
@@ -400,6 +402,13 @@ def _document(docs: list[dict], i: int, score: float) -> dict:
     out["snippet"] = snip if len(snip) <= SNIPPET_CHARS else snip[:SNIPPET_CHARS - 1] + "…"
     out["score"] = score
     return out
+
+
+def _text_bytes(q) -> bytes:
+    """A text query's own characters for its cache tag (lengths first, so no two splits collide)."""
+    parts = [q.text] if isinstance(q, TextQuery) else [q.prompt, q.completion]
+    raw = [t.encode("utf-8", "surrogatepass") for t in parts]
+    return b"".join(len(r).to_bytes(8, "little") + r for r in raw)
 
 
 def _refuse(fields: list[str], reason: str):
