@@ -42,6 +42,7 @@ from influence.text.attributor import TextQuery as Encoded
 from .batcher import Batcher, Piece
 from .credit import credit, output_sign
 from .errors import ApiError, invalid
+from .per_token import finite, token_answer
 from .schemas import AttributionRequest, PromptQuery, Query, TextQuery
 from .settings import Settings
 
@@ -93,7 +94,10 @@ class Kind:
                           f"send fewer or shorter queries{hint}")
         return cost
 
-    def submit(self, batcher: Batcher, att, rows, n: int, output: str, examples: bool, block: int) -> Awaitable:
+    def submit(self, batcher: Batcher, att, rows, n: int, output: str, examples: bool, block: int,
+               per_token: bool = False) -> Awaitable:
+        """Queue ``rows`` for the readout; ``per_token`` (text kinds, checked
+        by ``prepare``): with every scored token's scores."""
         raise NotImplementedError
 
     def answers(self, att, req: AttributionRequest, output: str, s: Settings, r, rows) -> Answers:
@@ -188,6 +192,9 @@ class VectorKind(Kind):
     def prepare(self, att: Attributor, req: AttributionRequest, s: Settings):
         """Shapes and values -> (x ``(B, d)`` float32, y ``(B,)`` (-1 = predicted))."""
         d, c = att.spec.in_dim, att.spec.n_classes
+        if req.per_token:
+            raise invalid("per_token", f"this store holds a classifier (kind {self.name}): a vector query has no "
+                          "tokens (per_token is for text stores)")
         if req.granularity != "sources" and att.examples is None:
             raise invalid("granularity", "this store holds no per-example responses")
         for i, q in enumerate(req.queries):
@@ -217,7 +224,8 @@ class VectorKind(Kind):
         per = len(att.manifest.source_ids) + (len(att.manifest.example_source) if examples else 0)
         return rows[0].shape[0] * per
 
-    def submit(self, batcher: Batcher, att, rows, n: int, output: str, examples: bool, block: int):
+    def submit(self, batcher: Batcher, att, rows, n: int, output: str, examples: bool, block: int,
+               per_token: bool = False):
         return batcher.submit(att, rows[0], rows[1], output, examples, block)
 
     def answers(self, att: Attributor, req: AttributionRequest, output: str, s: Settings, r, rows) -> Answers:
@@ -260,20 +268,25 @@ class TextReadout:
     token_logprobs: list[list[float]]
     sources: torch.Tensor
     examples: torch.Tensor | None
+    token_sources: list[torch.Tensor] | None = None  # per_token reads: per query (n_targets, S)
     queue_s: float = 0.0
     readout_s: float = 0.0
     batch_queries: int = 0
 
 
-def text_readout(att: TextAttributor, rows: list[list[Encoded]], examples: list[bool], block: int) -> list[TextReadout]:
+def text_readout(att: TextAttributor, rows: list[list[Encoded]], examples: list[bool], block: int,
+                 per_token: bool = False) -> list[TextReadout]:
     """The text store's ``ReadoutFn`` (``service.batcher``). Documents are
     read when any request of the batch wants them (a store with per-source
-    rows reads its sources from those either way: the same numbers)."""
-    lp, toks, src, ex = text_readout_rows(att, [q for r in rows for q in r], block, any(examples))
+    rows reads its sources from those either way: the same numbers).
+    ``per_token``: every request of the batch asked for per-token scores
+    (they batch in a group of their own)."""
+    lp, toks, src, ex, *pt = text_readout_rows(att, [q for r in rows for q in r], block, any(examples), per_token)
     out, s = [], 0
     for r in rows:
         e = s + len(r)
-        out.append(TextReadout(att.version, lp[s:e], toks[s:e], src[s:e], None if ex is None else ex[s:e]))
+        out.append(TextReadout(att.version, lp[s:e], toks[s:e], src[s:e], None if ex is None else ex[s:e],
+                               pt[0][s:e] if pt else None))
         s = e
     return out
 
@@ -337,6 +350,10 @@ class TextKind(Kind):
             if n > most:
                 _refuse(fields, f"{n} tokens: at most {most} per query (the model's context of "
                         f"{att.spec.context} + 1)")
+            targets = n - 1 if isinstance(q, TextQuery) else cw
+            if req.per_token and targets > s.max_per_token_targets:
+                _refuse([*fields, "per_token"], f"{targets} scored tokens: at most {s.max_per_token_targets} per "
+                        "query with per_token (max_per_token_targets)")
             try:
                 if isinstance(q, PromptQuery):
                     out.append(att.encode(prompt=q.prompt, completion=q.completion, pretokenized=q.pretokenized))
@@ -358,13 +375,16 @@ class TextKind(Kind):
         groups = by_bucket(rows, att.spec.context)
         return sum(length * len(idx) for length, idx in groups.items()) * att.tangents(examples)
 
-    def submit(self, batcher: Batcher, att, rows, n: int, output: str, examples: bool, block: int):
+    def submit(self, batcher: Batcher, att, rows, n: int, output: str, examples: bool, block: int,
+               per_token: bool = False):
         """One piece per readout block: the queries of one length bucket,
-        ``block`` at a time (so a piece never pads a block it shares)."""
+        ``block`` at a time (so a piece never pads a block it shares);
+        per-token requests share readouts only with each other (the
+        sequence scores are the same numbers either way)."""
         pieces = [Piece([rows[i] for i in idx[s:s + block]], len(idx[s:s + block]), idx[s:s + block])
                   for idx in by_bucket(rows, att.spec.context).values() for s in range(0, len(idx), block)]
-        return batcher.submit_rows(att, rows, n, (id(att), "text", block), examples, partial(text_readout, block=block),
-                                   pieces)
+        return batcher.submit_rows(att, rows, n, (id(att), "text", block, per_token), examples,
+                                   partial(text_readout, block=block, per_token=per_token), pieces)
 
     def answers(self, att: TextAttributor, req: AttributionRequest, output: str, s: Settings, r, rows) -> Answers:
         man, docs = att.manifest, att.documents
@@ -374,6 +394,8 @@ class TextKind(Kind):
         ex_ok = _examples_finite(r)
         for j, (lp, row, toks) in enumerate(zip(lps, src_rows, r.token_logprobs, strict=True)):
             if not (_row_finite([lp], row, toks) and (ex_ok is None or ex_ok[j])):
+                raise NotFinite(j)
+            if req.per_token and not finite(r.token_sources[j]):
                 raise NotFinite(j)
         src_top, ex_top = _tops(r, req)
         sign = output_sign(output)
@@ -388,6 +410,10 @@ class TextKind(Kind):
             if ex_top is not None:
                 vs, ix = next(ex_top)
                 a["examples"] = [_document(docs, i, v) for v, i in zip(vs, ix, strict=True)]
+            if req.per_token:
+                a["per_token"], a["spans"] = token_answer(q, r.token_sources[j], r.token_logprobs[j], ids, names,
+                                                          req.token_top_k, req.order)
+                a["cached"] = a.pop("cached")  # (last, as without per_token)
             units = credit(src_rows[j], s.credit_units, s.credit_rule, sign)
             out.append((a, {ids[i]: u for i, u in units.items()}))
         return out

@@ -36,13 +36,15 @@ class TextQuery:
     text, or the prompt + completion; a word-level store's words), and
     ``target_spans``, each target token's ``(start, end)`` characters of the
     text (of the completion for a prompt/completion pair), tiling the
-    targets' part of it (``influence.text.pieces``)."""
+    targets' part of it (``influence.text.pieces``), and ``target_text``,
+    the string they index (the text, or the completion)."""
 
     ids: list[int]
     n_targets: int
     oov: int
     tokens: list[str] | None = None
     target_spans: list[tuple[int, int]] | None = None
+    target_text: str | None = None
 
 
 @dataclass
@@ -130,7 +132,8 @@ class TextAttributor:
         spans = [tok.spans(t, pretokenized) for t in parts]
         shown = [t[a:b] for t, sp in zip(parts, spans, strict=True) for a, b in sp] if tok.lossless \
             else tok.decode(ids)
-        return TextQuery(ids, n_t, 0 if unk is None else sum(i == unk for i in ids), shown, spans[-1][-n_t:])
+        return TextQuery(ids, n_t, 0 if unk is None else sum(i == unk for i in ids), shown, spans[-1][-n_t:],
+                         parts[-1])
 
     def batch(self, queries: list[TextQuery], length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded ``x (Q, T+1)`` and the target mask ``(Q, T)`` (padding
