@@ -78,7 +78,8 @@ def by_bucket(queries: list[TextQuery], context: int) -> dict[int, list[int]]:
     return dict(sorted(out.items()))
 
 
-def text_readout_rows(att: TextAttributor, queries: list[TextQuery], block: int, examples: bool = True):
+def text_readout_rows(att: TextAttributor, queries: list[TextQuery], block: int, examples: bool = True,
+                      per_token: bool = False):
     """Score ``queries`` in calls of exactly ``block`` rows, each row right-padded
     (with masks) to the smallest of ``length_buckets`` that holds it and the
     rows of one call all of that length (the last call of a length filled up
@@ -87,19 +88,26 @@ def text_readout_rows(att: TextAttributor, queries: list[TextQuery], block: int,
     depend on what it is batched with; short queries do not pay for a full
     context (a 129-token context costs a 15-token query 8x more than its
     bucket of 17). -> CPU (logprob, token log-probabilities, sources, examples
-    or None: ``examples`` False on a store with per-source rows), in order."""
+    or None: ``examples`` False on a store with per-source rows), in order;
+    ``per_token``: and a fifth, per query its target tokens' source scores
+    ``(n_targets, S)`` (``TextAttributor.score(per_token=True)``: the other
+    four are the same numbers with it on or off)."""
     lp, src = [None] * len(queries), [None] * len(queries)
-    toks, ex = [None] * len(queries), [None] * len(queries)
+    toks, ex, tsrc = [None] * len(queries), [None] * len(queries), [None] * len(queries)
     for length, idx in by_bucket(queries, att.spec.context).items():
         fill = TextQuery([0] * length, 1, 0)
         for s in range(0, len(idx), block):
             part = idx[s:s + block]
-            sc = att.score([queries[i] for i in part] + [fill] * (block - len(part)), length, examples)
+            sc = att.score([queries[i] for i in part] + [fill] * (block - len(part)), length, examples,
+                           per_token=per_token)
             for j, i in enumerate(part):
                 lp[i], src[i], toks[i] = sc.logprob[j], sc.sources[j], sc.token_logprobs[j]
                 ex[i] = None if sc.examples is None else sc.examples[j]
+                if per_token:
+                    tsrc[i] = sc.token_sources[j].cpu()
     exs = None if ex[0] is None else torch.stack(ex).cpu()
-    return torch.stack(lp).cpu(), toks, torch.stack(src).cpu(), exs
+    out = torch.stack(lp).cpu(), toks, torch.stack(src).cpu(), exs
+    return (*out, tsrc) if per_token else out
 
 
 def text_batch_invariant(att: TextAttributor, block: int) -> bool:

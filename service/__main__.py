@@ -28,6 +28,7 @@ from pathlib import Path
 
 import uvicorn
 
+from .protocol import connection_options
 from .settings import Settings
 
 
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     from .app import create_app
 
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
-                access_log=args.log_level == "debug")
+                access_log=args.log_level == "debug", **connection_options(settings))
     return 0
 
 

@@ -112,7 +112,8 @@ class AnswerStore:
         return bool(self.cache_ttl_s) and self.ledger.healthy
 
     def cache_key(self, version: str, req: AttributionRequest, output: str, tag: tuple[str, bytes]) -> str:
-        h = hashlib.sha256(f"{output}|{req.granularity}|{req.top_k}|{req.order}|{tag[0]}|{self._credit}".encode())
+        per = f"|per_token:{req.token_top_k}" if req.per_token else ""  # (absent when off: the keys of before)
+        h = hashlib.sha256(f"{output}|{req.granularity}|{req.top_k}|{req.order}|{tag[0]}|{self._credit}{per}".encode())
         h.update(tag[1])
         return self.ledger.key("cache", version, h.hexdigest())
 

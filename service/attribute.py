@@ -37,6 +37,10 @@ def check(rt: Runtime, att, kind: Kind, req: AttributionRequest):
         raise invalid("queries", f"at most {s.max_queries} queries per request, got {len(req.queries)}")
     if req.top_k > s.max_top_k:
         raise invalid("top_k", f"must be at most {s.max_top_k}")
+    if "token_top_k" in req.model_fields_set and not req.per_token:
+        raise invalid("token_top_k", "only with per_token: true (sources per token of a per-token answer)")
+    if req.token_top_k > s.max_token_top_k:
+        raise invalid("token_top_k", f"must be at most {s.max_token_top_k}")
     rows, tags = kind.prepare(att, req, s)
     kind.within_budget(att, [rows], req.granularity != "sources", s)
     return rows, tags
@@ -88,7 +92,7 @@ async def _answer(rt: Runtime, att, kind: Kind, req: AttributionRequest, rows, t
     if miss:
         todo = rows if len(miss) == n else kind.take(rows, miss)
         r = await kind.submit(rt.batcher, att, todo, len(miss), output, req.granularity != "sources",
-                              kind.block(rt.s))
+                              kind.block(rt.s), req.per_token)
         try:
             built = kind.answers(att, req, output, rt.s, r, todo)
         except NotFinite as e:

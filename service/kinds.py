@@ -42,6 +42,7 @@ from influence.text.attributor import TextQuery as Encoded
 from .batcher import Batcher, Piece
 from .credit import credit, output_sign
 from .errors import ApiError, invalid
+from .per_token import finite, token_answer
 from .schemas import AttributionRequest, PromptQuery, Query, TextQuery
 from .settings import Settings
 
@@ -108,7 +109,10 @@ class Kind:
                           f"send fewer or shorter queries{hint}")
         return cost
 
-    def submit(self, batcher: Batcher, att, rows, n: int, output: str, examples: bool, block: int) -> Awaitable:
+    def submit(self, batcher: Batcher, att, rows, n: int, output: str, examples: bool, block: int,
+               per_token: bool = False) -> Awaitable:
+        """Queue ``rows`` for the readout; ``per_token`` (text kinds, checked
+        by ``prepare``): with every scored token's scores."""
         raise NotImplementedError
 
     def answers(self, att, req: AttributionRequest, output: str, s: Settings, r, rows) -> Answers:
@@ -203,6 +207,9 @@ class VectorKind(Kind):
     def prepare(self, att: Attributor, req: AttributionRequest, s: Settings):
         """Shapes and values -> (x ``(B, d)`` float32, y ``(B,)`` (-1 = predicted))."""
         d, c = att.spec.in_dim, att.spec.n_classes
+        if req.per_token:
+            raise invalid("per_token", f"this store holds a classifier (kind {self.name}): a vector query has no "
+                          "tokens (per_token is for text stores)")
         if req.granularity != "sources" and att.examples is None:
             raise invalid("granularity", "this store holds no per-example responses")
         for i, q in enumerate(req.queries):
@@ -234,7 +241,8 @@ class VectorKind(Kind):
     def rows_read(self, att: Attributor, examples: bool) -> int:
         return len(att.manifest.source_ids) + (len(att.manifest.example_source) if examples else 0)
 
-    def submit(self, batcher: Batcher, att, rows, n: int, output: str, examples: bool, block: int):
+    def submit(self, batcher: Batcher, att, rows, n: int, output: str, examples: bool, block: int,
+               per_token: bool = False):
         return batcher.submit(att, rows[0], rows[1], output, examples, block)
 
     def answers(self, att: Attributor, req: AttributionRequest, output: str, s: Settings, r, rows) -> Answers:
@@ -277,20 +285,25 @@ class TextReadout:
     token_logprobs: list[list[float]]
     sources: torch.Tensor
     examples: torch.Tensor | None
+    token_sources: list[torch.Tensor] | None = None  # per_token reads: per query (n_targets, S)
     queue_s: float = 0.0
     readout_s: float = 0.0
     batch_queries: int = 0
 
 
-def text_readout(att: TextAttributor, rows: list[list[Encoded]], examples: list[bool], block: int) -> list[TextReadout]:
+def text_readout(att: TextAttributor, rows: list[list[Encoded]], examples: list[bool], block: int,
+                 per_token: bool = False) -> list[TextReadout]:
     """The text store's ``ReadoutFn`` (``service.batcher``). Documents are
     read when any request of the batch wants them (a store with per-source
-    rows reads its sources from those either way: the same numbers)."""
-    lp, toks, src, ex = text_readout_rows(att, [q for r in rows for q in r], block, any(examples))
+    rows reads its sources from those either way: the same numbers).
+    ``per_token``: every request of the batch asked for per-token scores
+    (they batch in a group of their own)."""
+    lp, toks, src, ex, *pt = text_readout_rows(att, [q for r in rows for q in r], block, any(examples), per_token)
     out, s = [], 0
     for r in rows:
         e = s + len(r)
-        out.append(TextReadout(att.version, lp[s:e], toks[s:e], src[s:e], None if ex is None else ex[s:e]))
+        out.append(TextReadout(att.version, lp[s:e], toks[s:e], src[s:e], None if ex is None else ex[s:e],
+                               pt[0][s:e] if pt else None))
         s = e
     return out
 
@@ -354,6 +367,10 @@ class TextKind(Kind):
             if n > most:
                 _refuse(fields, f"{n} tokens: at most {most} per query (the model's context of "
                         f"{att.spec.context} + 1)")
+            targets = n - 1 if isinstance(q, TextQuery) else cw
+            if req.per_token and targets > s.max_per_token_targets:
+                _refuse([*fields, "per_token"], f"{targets} scored tokens: at most {s.max_per_token_targets} per "
+                        "query with per_token (max_per_token_targets)")
             try:
                 if isinstance(q, PromptQuery):
                     out.append(att.encode(prompt=q.prompt, completion=q.completion, pretokenized=q.pretokenized))
@@ -361,7 +378,9 @@ class TextKind(Kind):
                     out.append(att.encode(text=q.text, pretokenized=q.pretokenized))
             except QueryError as e:  # (the checks above come first; this keeps any other refusal a 422)
                 _refuse(fields, e.problem)
-        tags = [(f"text:{e.n_targets}", np.asarray(e.ids, dtype=np.int64).tobytes()) for e in out]
+        # the text is part of the tag: texts with the same ids (whitespace, a prefix space) have their own pieces
+        tags = [(f"text:{e.n_targets}", np.asarray(e.ids, dtype=np.int64).tobytes() + _text_bytes(q))
+                for e, q in zip(out, req.queries, strict=True)]
         return out, tags
 
     def take(self, rows, idx: list[int]):
@@ -379,13 +398,16 @@ class TextKind(Kind):
     def lengths(self, att: TextAttributor) -> list[int]:
         return length_buckets(att.spec.context)
 
-    def submit(self, batcher: Batcher, att, rows, n: int, output: str, examples: bool, block: int):
+    def submit(self, batcher: Batcher, att, rows, n: int, output: str, examples: bool, block: int,
+               per_token: bool = False):
         """One piece per readout block: the queries of one length bucket,
-        ``block`` at a time (so a piece never pads a block it shares)."""
+        ``block`` at a time (so a piece never pads a block it shares);
+        per-token requests share readouts only with each other (the
+        sequence scores are the same numbers either way)."""
         pieces = [Piece([rows[i] for i in idx[s:s + block]], len(idx[s:s + block]), idx[s:s + block])
                   for idx in by_bucket(rows, att.spec.context).values() for s in range(0, len(idx), block)]
-        return batcher.submit_rows(att, rows, n, (id(att), "text", block), examples, partial(text_readout, block=block),
-                                   pieces)
+        return batcher.submit_rows(att, rows, n, (id(att), "text", block, per_token), examples,
+                                   partial(text_readout, block=block, per_token=per_token), pieces)
 
     def answers(self, att: TextAttributor, req: AttributionRequest, output: str, s: Settings, r, rows) -> Answers:
         man, docs = att.manifest, att.documents
@@ -396,11 +418,13 @@ class TextKind(Kind):
         for j, (lp, row, toks) in enumerate(zip(lps, src_rows, r.token_logprobs, strict=True)):
             if not (_row_finite([lp], row, toks) and (ex_ok is None or ex_ok[j])):
                 raise NotFinite(j)
+            if req.per_token and not finite(r.token_sources[j]):
+                raise NotFinite(j)
         src_top, ex_top = _tops(r, req)
         sign = output_sign(output)
         out = []
         for j, q in enumerate(rows):
-            a = {"logprob": lps[j], "token_logprobs": r.token_logprobs[j], "tokens": att.tokenizer.decode(q.ids),
+            a = {"logprob": lps[j], "token_logprobs": r.token_logprobs[j], "tokens": q.tokens,
                  "n_tokens": len(q.ids), "n_targets": q.n_targets, "oov": q.oov, "sources": None, "examples": None,
                  "cached": False}
             if src_top is not None:
@@ -409,6 +433,10 @@ class TextKind(Kind):
             if ex_top is not None:
                 vs, ix = next(ex_top)
                 a["examples"] = [_document(docs, i, v) for v, i in zip(vs, ix, strict=True)]
+            if req.per_token:
+                a["per_token"], a["spans"] = token_answer(q, r.token_sources[j], r.token_logprobs[j], ids, names,
+                                                          req.token_top_k, req.order)
+                a["cached"] = a.pop("cached")  # (last, as without per_token)
             units = credit(src_rows[j], s.credit_units, s.credit_rule, sign)
             out.append((a, {ids[i]: u for i, u in units.items()}))
         return out
@@ -423,6 +451,13 @@ def _document(docs: list[dict], i: int, score: float) -> dict:
     out["snippet"] = snip if len(snip) <= SNIPPET_CHARS else snip[:SNIPPET_CHARS - 1] + "…"
     out["score"] = score
     return out
+
+
+def _text_bytes(q) -> bytes:
+    """A text query's own characters for its cache tag (lengths first, so no two splits collide)."""
+    parts = [q.text] if isinstance(q, TextQuery) else [q.prompt, q.completion]
+    raw = [t.encode("utf-8", "surrogatepass") for t in parts]
+    return b"".join(len(r).to_bytes(8, "little") + r for r in raw)
 
 
 def _refuse(fields: list[str], reason: str):

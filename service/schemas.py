@@ -103,6 +103,10 @@ class AttributionRequest(_Strict):
                                       "(vector store), logprob (text store: the only one)")
     order: Order = Field("positive", description="positive: most helpful first; negative: most harmful; abs")
     record: bool = Field(True, description="false: do not count this request in the aggregates")
+    per_token: bool = Field(False, description="text stores: also each scored token's piece, characters, "
+                            "log-probability and top sources, and spans of tokens with the same top source "
+                            "(the sequence's scores and credit are unchanged)")
+    token_top_k: int = Field(3, ge=1, description="with per_token: sources per token (at most max_token_top_k)")
 
 
 class Prediction(BaseModel):
@@ -146,6 +150,28 @@ class DocumentScore(BaseModel):
     score: float
 
 
+class TokenScore(BaseModel):
+    """One scored token of a per_token answer. Its scores are τ_t, the
+    token's own log-probability's response (f's are their mean)."""
+
+    piece: str = Field(..., description="the token's characters of the text (of the completion for prompt + "
+                       "completion): text[start_char:end_char]; the pieces join back into the scored text")
+    start_char: int = Field(..., description="first character (Python str index: code points) of the piece")
+    end_char: int = Field(..., description="one past its last character")
+    logprob: float = Field(..., description="log p of the token given its prefix (its token_logprobs entry)")
+    sources: list[SourceName] = Field(..., description="the token's top token_top_k sources, by the request's "
+                                      "order")
+
+
+class TokenSpan(BaseModel):
+    start_char: int
+    end_char: int
+    source: str = Field(..., description="the top source (id) of every token of the span")
+    name: str = Field(..., description="its display name")
+    score: float = Field(..., description="mean of the span's tokens' scores for that source")
+    n_tokens: int
+
+
 class TextAttribution(BaseModel):
     """A text query's answer: f, its tokens' log-probabilities, publishers and documents."""
 
@@ -153,8 +179,8 @@ class TextAttribution(BaseModel):
     logprob: float = Field(..., description="f: mean log-probability (natural log) of the scored tokens")
     token_logprobs: list[float] = Field(..., description="log p of each scored token given its prefix, in order")
     tokens: list[str] | None = Field(None, description="every token of the query as the model reads it, as "
-                                     "readable text (`<unk>` out of vocabulary; an hf store's BPE pieces decoded, "
-                                     "a leading space kept: `\" jury\"`), n_tokens of them; token_logprobs are "
+                                     "readable text (`<unk>` out of vocabulary; an hf store's pieces of the text "
+                                     "itself, joining back into it: `\" jury\"`), n_tokens of them; token_logprobs are "
                                      "those of the last n_targets")
     n_tokens: int = Field(..., description="tokens of the query (prompt + completion)")
     n_targets: int = Field(..., description="tokens f is taken over")
@@ -162,6 +188,10 @@ class TextAttribution(BaseModel):
                      "BPE, which encodes every text)")
     sources: list[SourceName] | None = None
     examples: list[DocumentScore] | None = None
+    per_token: list[TokenScore] | None = Field(None, description="with per_token: each scored token in order "
+                                                "(the completion's, for prompt + completion); absent otherwise")
+    spans: list[TokenSpan] | None = Field(None, description="with per_token: consecutive scored tokens with the "
+                                          "same top source, merged; they tile the scored tokens' characters")
     cached: bool = False
 
 

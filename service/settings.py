@@ -43,8 +43,17 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_000_000, ge=1024, description="request body size, bytes")
     max_top_k: int = Field(100, ge=1, description="largest top_k a request may ask for")
     max_text_chars: int = Field(4000, ge=1, description="characters per text query (text, or prompt + completion)")
+    max_token_top_k: int = Field(10, ge=1, description="largest token_top_k (sources per token of a per_token "
+                                 "answer) a request may ask for")
+    max_per_token_targets: int = Field(256, ge=1, description="scored tokens per query of a per_token request "
+                                       "(each carries token_top_k sources in the answer)")
     body_timeout_s: float = Field(30.0, gt=0, description="a request body must arrive within this many seconds "
                                   "of the headers (408 beyond)")
+    header_timeout_s: float = Field(10.0, gt=0, description="a connection must send a whole request head (request "
+                                    "line and headers) within this many seconds of opening, or of its last "
+                                    "response; else it is closed (no answer: nothing was asked)")
+    max_connections: int = Field(1000, ge=1, description="open connections (and requests in progress) per serving "
+                                 "process; beyond, a request is answered 503 and its connection closed")
     max_header_bytes: int = Field(16_384, ge=1024, description="request header names and values together, bytes "
                                   "(431 beyond)")
     max_headers: int = Field(100, ge=10, description="request headers (431 beyond)")

@@ -67,11 +67,14 @@ def _child(settings_json: str, host: str, port: int, log_level: str) -> None:
     import uvicorn
 
     from .app import WORKER_LOG_LEVEL, WORKER_SETTINGS
+    from .protocol import connection_options
+    from .settings import Settings
 
     os.environ[WORKER_SETTINGS], os.environ[WORKER_LOG_LEVEL] = settings_json, log_level.upper()
     sock = reuseport_socket(host, port)
     config = uvicorn.Config("service.app:worker_app", factory=True, host=host, port=port, log_level=log_level,
-                            access_log=log_level == "debug")
+                            access_log=log_level == "debug",
+                            **connection_options(Settings.model_validate_json(settings_json)))
     uvicorn.Server(config).run(sockets=[sock])
 
 

@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="besides sources.npy, examples.npy and columns.json (the ids of their columns): "
                         "csv or parquet tables, one row per query, one column per source / document id")
     s.add_argument("--device", default=None, help="cpu or cuda (default: best available)")
+    s.add_argument("--per-token", action="store_true", help="text stores: also every scored token's scores, "
+                   "per_token.safetensors (rows: tokens; columns: sources, documents) and per_token.json (column "
+                   "ids, each query's rows, pieces and character spans)")
     i = sub.add_parser("info", help="show a store's versions and current manifest")
     i.add_argument("--store", type=Path, required=True)
     _audit_parser(sub)
@@ -149,8 +152,11 @@ def _score(a) -> None:
     if store.manifest.model.kind in TEXT_KINDS:
         from .score_text import score_text
 
-        print(score_text(store, a.queries, a.out, a.top_k, a.device, a.format))
+        print(score_text(store, a.queries, a.out, a.top_k, a.device, a.format, a.per_token))
         return
+    if a.per_token:
+        raise ConfigError(f"--per-token is for text stores (gpt, hf): {a.store} holds a "
+                          f"{store.manifest.model.kind} model, whose queries have no tokens")
     att = Attributor(store, a.device)
     man = store.manifest
     X, y = load_query_file(a.queries, man.model.in_dim, man.classes)

@@ -30,11 +30,21 @@ from .models import load_text_model
 class TextQuery:
     """One encoded query: ``ids`` (≥ 2 tokens), ``n_targets`` scored from the
     end (all but the first token for plain text; the completion's tokens for
-    a prompt/completion pair), and the count of out-of-vocabulary words."""
+    a prompt/completion pair), and the count of out-of-vocabulary words.
+    From ``TextAttributor.encode`` also: ``tokens``, every token as readable
+    text (a BPE store's pieces of the text itself, joining back into the
+    text, or the prompt + completion; a word-level store's words), and
+    ``target_spans``, each target token's ``(start, end)`` characters of the
+    text (of the completion for a prompt/completion pair), tiling the
+    targets' part of it (``influence.text.pieces``), and ``target_text``,
+    the string they index (the text, or the completion)."""
 
     ids: list[int]
     n_targets: int
     oov: int
+    tokens: list[str] | None = None
+    target_spans: list[tuple[int, int]] | None = None
+    target_text: str | None = None
 
 
 @dataclass
@@ -106,18 +116,24 @@ class TextAttributor:
         if text is not None:
             words = tok.tokenize(text, pretokenized)
             n_t = len(words) - 1
+            parts = [text]
         else:
             pw, cw = tok.tokenize(prompt or "", pretokenized), tok.tokenize(completion or "", pretokenized)
             if not pw or not cw:
                 raise QueryError("prompt", "prompt and completion must each have at least one token")
             words, n_t = pw + cw, len(cw)
+            parts = [prompt, completion]
         if len(words) < 2:
             raise QueryError("text", "needs at least 2 tokens (one target after one token of context)")
         if len(words) > ctx + 1:
             raise QueryError("text", f"{len(words)} tokens: more than the model's context of {ctx} + 1")
         ids = tok.encode(words)
         unk = self.tokenizer.unk_id
-        return TextQuery(ids, n_t, 0 if unk is None else sum(i == unk for i in ids))
+        spans = [tok.spans(t, pretokenized) for t in parts]
+        shown = [t[a:b] for t, sp in zip(parts, spans, strict=True) for a, b in sp] if tok.lossless \
+            else tok.decode(ids)
+        return TextQuery(ids, n_t, 0 if unk is None else sum(i == unk for i in ids), shown, spans[-1][-n_t:],
+                         parts[-1])
 
     def batch(self, queries: list[TextQuery], length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded ``x (Q, T+1)`` and the target mask ``(Q, T)`` (padding

@@ -35,6 +35,8 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 
+from .pieces import Spans, tile
+
 UNK = "<unk>"
 _LEFT = ("``", "`", "(", "[")
 _RIGHT = ("''", ",", ";", ":", "?", "!", ")", "]")
@@ -46,6 +48,7 @@ class Tokenizer:
     """``words[i]`` is the word of id ``i``; ``words[0] == "<unk>"``."""
 
     unk_id = 0  # every out-of-vocabulary word encodes to it
+    lossless = False  # a token is a lowercased corpus word (or <unk>), not the text's own characters
 
     def __init__(self, words: list[str], kept: Iterable[str] = ()):
         if not words or words[0] != UNK:
@@ -115,6 +118,33 @@ class Tokenizer:
 
     def encode_text(self, text: str, pretokenized: bool = False) -> list[int]:
         return self.encode(self.tokenize(text, pretokenized))
+
+    def spans(self, text: str, pretokenized: bool = False) -> Spans:
+        """Per token of ``tokenize(text, pretokenized)``: ``(start, end)``
+        characters of ``text``, tiling it (``pieces.tile``: a word's span
+        runs from the end of the one before it to its own last character).
+        Each word is found, in order, in the text as step 1 rewrites it
+        (lowercased, quotes as the corpus writes them), character by
+        character so that positions map back; a word not found there (a
+        case mapping that depends on context) ends where the one before it did."""
+        norm, where = [], []
+        for i, c in enumerate(text):
+            if not pretokenized:
+                c = {"\u2019": "'", "\u2018": "`", "\u201c": "``", "\u201d": "''"}.get(c, c)
+                if c == '"':
+                    c = "``" if i == 0 or text[i - 1].isspace() or text[i - 1] in "([" else "''"
+            c = c.lower()
+            norm.append(c)
+            where += [i] * len(c)
+        flat, ends, at = "".join(norm), [], 0
+        for w in self.tokenize(text, pretokenized):
+            k = flat.find(w, at)
+            if k >= 0:
+                at = k + len(w)
+                ends.append(where[at - 1] + 1)
+            else:
+                ends.append(ends[-1] if ends else 0)
+        return tile(ends, len(text))
 
     # -- storage -----------------------------------------------------------------
     def to_json(self) -> str:

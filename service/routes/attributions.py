@@ -37,6 +37,12 @@ ATTRIBUTION_EXAMPLES = {
                               "for an hf store's tokenizer).",
                "value": {"queries": [{"prompt": "the jury said", "completion": "the election was fair .",
                                       "pretokenized": True}], "granularity": "sources"}},
+    "per_token": {"summary": "text store: which sources shaped each token",
+                  "description": "per_token: each scored token's piece of the text (they join back into it), "
+                                 "characters, log-probability and top token_top_k sources, and spans of tokens "
+                                 "with the same top source; the sequence's scores and credit are unchanged.",
+                  "value": {"queries": [{"prompt": "The jury said", "completion": " the election was fair."}],
+                            "per_token": True, "token_top_k": 3, "record": False}},
 }
 
 
@@ -53,7 +59,8 @@ async def attributions(req: Annotated[AttributionRequest, Body(openapi_examples=
     context + 1 tokens (65 for ``brown``) and ``max_text_chars`` characters per query; the
     other form is a 422 naming the field. Text answers carry ``logprob``
     (f), ``token_logprobs``, ``oov``, publishers (id, name) and documents
-    (id, genre, snippet)."""
+    (id, genre, snippet); with ``"per_token": true`` also each scored
+    token's top sources and ``spans`` (``service.per_token``)."""
     status, t0 = 500, time.perf_counter()
     try:
         raw = await request.body()

@@ -4,6 +4,10 @@
    given the tokens before it, the publishers whose documents pushed f up
    or down (score tau: change of f per unit upweighting of a publisher's
    documents) and the most influential training documents with snippets.
+   With "per token" (the default) the text is highlighted by which publisher
+   shaped each part: the answer's spans (runs of tokens with the same top
+   publisher) in a colour per publisher, a legend, and a hover panel with a
+   token's log p and top publishers (scores tau_t of the token's own log p).
    Everything from the API goes into the page as text (textContent).
    TextPlayground(h) is called by dashboard.js with its helpers:
    { api, el, setText, fix, label } (label: source id -> display name). */
@@ -14,6 +18,8 @@ function TextPlayground(h) {
   const LP_FLOOR = -12;  // log p at or below this is coloured fully red
   const signed = v => (v >= 0 ? "+" : "") + Charts.fmt(v);
   let passages = null;
+  let asked = null;  // the query of the answer shown
+  let ptColour = () => Charts.OTHER;  // source id -> its colour in the highlight shown
 
   function tokenColor(lp) {
     const t = Math.min(1, Math.max(0, lp / LP_FLOOR));  // 0: certain (green) .. 1: very surprising (red)
@@ -53,8 +59,10 @@ function TextPlayground(h) {
     $("pgt-msg").textContent = "";
     $("pgt-submit").disabled = true;
     $("pgt-result").dataset.state = "running";
-    const req = { queries: [query()], top_k: Number($("pgt-topk").value), granularity: "both",
+    asked = query();
+    const req = { queries: [asked], top_k: Number($("pgt-topk").value), granularity: "both",
       order: "positive", record: $("pgt-record").checked };
+    if ($("pgt-pertoken").checked) Object.assign(req, { per_token: true, token_top_k: 3 });
     const r = await h.api("v1/attributions", { method: "POST", body: JSON.stringify(req),
       headers: { "Content-Type": "application/json" } });
     $("pgt-submit").disabled = false;
@@ -83,6 +91,73 @@ function TextPlayground(h) {
       if (w === "<unk>") chip.classList.add("oov");
       box.appendChild(chip);
     });
+  }
+
+  // a publisher's colour as a tint readable behind text (the colour itself underlines the span)
+  function tint(hex, alpha) {
+    const n = parseInt(hex.slice(1), 16);
+    return `rgba(${n >> 16}, ${(n >> 8) & 255}, ${n & 255}, ${alpha})`;
+  }
+
+  // publishers of the spans, most scored tokens first (ties: by id), each its palette colour (then "other" grey)
+  function colours(spans) {
+    const count = new Map();
+    for (const s of spans) count.set(s.source, (count.get(s.source) || 0) + s.n_tokens);
+    const order = [...count.keys()].sort((x, y) => count.get(y) - count.get(x) || (x < y ? -1 : 1));
+    const colour = new Map(order.map((id, i) => [id, i < Charts.PALETTE.length ? Charts.PALETTE[i] : Charts.OTHER]));
+    return { order, colour, count };
+  }
+
+  function hover(t, chip) {
+    for (const on of document.querySelectorAll("#pgt-highlight .pt.on")) on.classList.remove("on");
+    chip.classList.add("on");
+    const box = $("pgt-hover");
+    box.dataset.pos = chip.dataset.pos;
+    const rows = t.sources.map(s => {
+      const sw = h.el("span", { class: "swatch" });
+      sw.style.background = ptColour(s.id);
+      return h.el("tr", { "data-source": s.id }, h.el("td", {}, sw, h.el("span", { text: s.name })),
+        h.el("td", { class: "num", text: signed(s.score) }));
+    });
+    box.replaceChildren(h.el("div", {}, h.el("span", { class: "piece", text: JSON.stringify(t.piece) }),
+      h.el("span", { text: ` · log p = ${t.logprob.toFixed(3)} · characters ${t.start_char}–${t.end_char} · ` +
+        "top publishers by τ_t:" })), h.el("table", {}, ...rows));
+  }
+
+  function renderPerToken(a, q) {
+    const box = $("pgt-pt");
+    box.hidden = !a.per_token;
+    if (!a.per_token) return;
+    const scored = q.completion !== undefined ? q.completion : q.text;
+    const hl = $("pgt-highlight");
+    hl.replaceChildren();
+    if (q.completion !== undefined) hl.appendChild(h.el("span", { class: "ctx", text: q.prompt }));
+    const start = a.per_token.length ? a.per_token[0].start_char : scored.length;
+    if (start > 0) hl.appendChild(h.el("span", { class: "ctx", text: scored.slice(0, start) }));
+    const { order, colour, count } = colours(a.spans);
+    ptColour = id => colour.get(id) || Charts.OTHER;
+    let i = 0;
+    for (const s of a.spans) {
+      const span = h.el("span", { class: "hl", "data-source": s.source, "data-start": String(s.start_char),
+        "data-end": String(s.end_char), "data-score": String(s.score) });
+      span.style.background = tint(colour.get(s.source), 0.24);
+      span.style.borderBottomColor = colour.get(s.source);
+      for (let k = 0; k < s.n_tokens; k++, i++) {
+        const t = a.per_token[i], chip = h.el("span", { class: "pt", "data-pos": String(i), text: t.piece });
+        chip.addEventListener("mouseenter", () => hover(t, chip));
+        span.appendChild(chip);
+      }
+      hl.appendChild(span);
+    }
+    const names = new Map(a.spans.map(s => [s.source, s.name]));
+    $("pgt-legend").replaceChildren(...order.map(id => {
+      const sw = h.el("span", { class: "swatch" });
+      sw.style.background = colour.get(id);
+      const n = count.get(id);
+      return h.el("span", { class: "item", "data-source": id, "data-color": colour.get(id) }, sw,
+        h.el("span", { text: names.get(id) }), h.el("span", { class: "share", text: `${n} token${n === 1 ? "" : "s"}` }));
+    }));
+    $("pgt-hover").replaceChildren(document.createTextNode("Hover a token to see its top publishers."));
   }
 
   function renderSources(srcs) {
@@ -125,6 +200,7 @@ function TextPlayground(h) {
     h.setText("pgt-timing", `${h.fix(t.total_ms, 1)} ms in the service · readout ${h.fix(t.readout_ms, 1)} ms · ` +
       `batch of ${t.batch_queries}${a.cached ? " · from cache" : ""}${body.recorded ? " · counted in credit" : " · not counted"}`);
     renderTokens(a);
+    renderPerToken(a, asked);
     renderSources(a.sources || []);
     renderDocs(a.examples || []);
     $("pgt-result").dataset.state = "done";

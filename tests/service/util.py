@@ -19,6 +19,7 @@ import uvicorn
 
 from influence.store import AUDIT_ASSET, open_store, publish
 from service.app import create_app
+from service.protocol import connection_options
 from service.settings import Settings
 
 REDIS_URL = os.environ.get("FA_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -45,7 +46,8 @@ def serve(settings: Settings, ready: bool = True):
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", lifespan="on",
+                                           **connection_options(settings)))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"

@@ -45,6 +45,15 @@ def test_score_tables_carry_the_ids(tmp_path, tiny_store, fmt):
     assert read(tmp_path / f"out/examples.{fmt}").shape == (3, 121)
 
 
+def test_score_per_token_on_a_vector_store_is_refused(tmp_path, tiny_store, capsys):
+    X, y = load_digits_test()
+    np.savez(tmp_path / "q.npz", X=X[:2], y=y[:2])
+    assert main(["score", "--store", str(tiny_store), "--queries", str(tmp_path / "q.npz"),
+                 "--out", str(tmp_path / "out"), "--per-token"]) == 2
+    err = capsys.readouterr().err
+    assert "--per-token is for text stores" in err and "mlp" in err and not (tmp_path / "out").exists()
+
+
 def test_build_from_user_csv_via_module(tmp_path):
     rng = np.random.default_rng(0)
     X = rng.random((40, 3))

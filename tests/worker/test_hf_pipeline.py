@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -199,3 +200,45 @@ def test_a_datasets_table_builds_the_same_store_as_its_jsonl(built, tmp_path):
         for x, y in zip(xs or [], ys or [], strict=True):
             assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
     assert got.assets["documents.json"] == store.assets["documents.json"]
+
+
+def test_score_cli_per_token(built, tmp_path):
+    """``--per-token``: a row per scored token, its query, position and id;
+    each query's rows average to its row of sources.npy / examples.npy; the
+    pieces join back into the scored text (the completion for a prompt)."""
+    from safetensors.torch import load_file
+
+    tmp, _, _, store = built
+    texts = [{"text": "w1 w2 s0x3 café 😀"}, {"prompt": "w4", "completion": " w5 w6 日本語"}]
+    q = tmp_path / "q.jsonl"
+    q.write_text("".join(json.dumps(t, ensure_ascii=False) + "\n" for t in texts))
+    out = tmp_path / "out"
+    r = _cli("score", "--store", str(tmp / "store"), "--queries", str(q), "--out", str(out), "--per-token")
+    assert r.returncode == 0, r.stderr
+    assert "per_token.safetensors" in r.stdout
+    t = load_file(out / "per_token.safetensors")
+    meta = json.loads((out / "per_token.json").read_text())
+    src, ex = np.load(out / "sources.npy"), np.load(out / "examples.npy")
+    man = store.manifest
+    assert meta["sources"] == man.source_ids and t["sources"].shape[1] == src.shape[1] == len(man.source_ids)
+    assert len(meta["examples"]) == t["examples"].shape[1] == ex.shape[1]
+    att = TextAttributor(store, "cpu")
+    enc = [att.encode(**texts[0]), att.encode(**texts[1])]
+    for i, (m, e, text) in enumerate(zip(meta["queries"], enc, [texts[0]["text"], texts[1]["completion"]],
+                                         strict=True)):
+        a, b = m["rows"]
+        assert b - a == e.n_targets == len(m["tokens"])
+        assert t["query"][a:b].tolist() == [i] * e.n_targets
+        pos = t["position"][a:b].tolist()
+        assert pos == list(range(len(e.ids) - e.n_targets, len(e.ids)))
+        assert t["token_id"][a:b].tolist() == [e.ids[p] for p in pos]
+        pieces = "".join(x["piece"] for x in m["tokens"])
+        assert pieces == (text if i == 1 else text[m["tokens"][0]["start_char"]:])
+        assert all(text[x["start_char"]:x["end_char"]] == x["piece"] for x in m["tokens"])
+        scale = float(np.abs(src[i]).max())
+        np.testing.assert_allclose(t["sources"][a:b].mean(0).numpy(), src[i], rtol=1e-4, atol=1e-5 * scale)
+        np.testing.assert_allclose(t["examples"][a:b].mean(0).numpy(), ex[i], rtol=1e-4,
+                                   atol=1e-5 * float(np.abs(ex[i]).max()))
+    # without the flag: no per-token files
+    r = _cli("score", "--store", str(tmp / "store"), "--queries", str(q), "--out", str(tmp_path / "plain"))
+    assert r.returncode == 0 and not (tmp_path / "plain" / "per_token.json").exists()
