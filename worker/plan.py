@@ -7,9 +7,9 @@ the same errors), loads the base and wraps it as the build does
 (``influence.hf.model.wrap``: P all parameters, p trained) and, without
 training, times one unit of each stage on this machine and device:
 
-- fine-tune: AdamW steps on batches of ``train.batch_size`` blocks
-  (``lm_loss`` + backward + step; one warm-up step untimed), × ``epochs ×
-  ⌈N / batch⌉`` steps, plus the base's load;
+- fine-tune: AdamW steps on a batch of ``train.batch_size`` blocks
+  (``lm_loss`` + backward + step; the mean of ``PROBE_STEPS`` after a few
+  untimed ones), × ``epochs × ⌈N / batch⌉`` steps, plus the base's load;
 - document gradients (``lm_math.doc_grads``) on a few blocks, × N blocks;
 - the curvature basis: one Gauss-Newton product (``lm_math.LMGaussNewton``)
   of a few columns on a few blocks, per column-block, × ``(power + 1) × rank``
@@ -18,17 +18,24 @@ training, times one unit of each stage on this machine and device:
 - responses: the spectral filter (``g V``, ``· V ᵀ``) and the quantisation
   round trip on a few rows, × n documents;
 
-each × ``method.ensemble`` members. An estimate from a short measurement:
-a busy host, a first call's warm-up or a different batch shape moves it.
+each × ``method.ensemble`` members. The other probes run once untimed
+(first-call allocations), then ``PROBE_REPEATS`` times, the fastest kept. An
+estimate from a short measurement: a busy host or a different batch shape
+moves it (the plan records the host's load and torch's threads).
 
 Memory (bytes): the probes' measured peak (process RSS on the CPU,
 ``torch.cuda.max_memory_allocated`` on CUDA: the model, its optimizer state,
 one probe's activations, the libraries) + ``3 × n × p × 4`` (the document
 gradients G, the responses U, and the dequantised or flattened copy the
 held-out check and the publish make) + ``6 × p × k × 4`` (the basis and its
-float64 working copies). Store on disk: ``responses.safetensors`` (n rows of
-``⌈p / group⌉ × group × bits / 8`` code bytes and ``⌈p / group⌉`` bfloat16
-scales each, or ``n × p × dtype`` unquantised, + ``S × p × dtype`` per-source
+float64 working copies) + on the CPU, ``(k − PROBE_COLUMNS) × 8 × (L − 1) ×
+V × 4``: glibc's malloc keeps about one logits tangent of the Gauss-Newton
+pass (8 blocks × L − 1 inputs × V vocabulary floats) per column of a
+product, so the process's RSS grows with the rank (brown-ft, one product of
+128 columns on 8 blocks: +1.31 GB RSS, +0.29 GB with
+``MALLOC_MMAP_THRESHOLD_=1048576``). Store on disk: ``responses.safetensors``
+(n rows of ``⌈p / group⌉ × group × bits / 8`` code bytes and ``⌈p / group⌉``
+bfloat16 scales each, or ``n × p × dtype`` unquantised, + ``S × p × dtype`` per-source
 rows when ``store.source_rows`` keeps them), ``params.safetensors`` (p × 4
 per member), the base when copied, the tokenizer and the documents' metadata
 (exact). Served: ``P × 4 + (n + S) × p × 4`` (rows are expanded to float32).
@@ -36,8 +43,10 @@ per member), the base when copied, the tokenizer and the documents' metadata
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
+import os
 import resource
 import time
 from pathlib import Path
@@ -66,10 +75,12 @@ from .hf_pipeline import (
 )
 from .lm_pipeline import PROBES, wants_source_rows
 
-PROBE_STEPS = 2  # timed fine-tune steps (after one untimed warm-up step)
+PROBE_REPEATS = 2  # the gradient, curvature and response probes: timed this many times, the fastest kept
+PROBE_STEPS = (3, 5)  # fine-tune steps untimed (the first steps run slow), then timed: their mean
 PROBE_BLOCKS = 8  # blocks of the gradient and Gauss-Newton probes
 PROBE_COLUMNS = 16  # directions of the Gauss-Newton probe (two of LMGaussNewton's dir_chunk)
 PROBE_ROWS = 64  # rows of the responses probe
+GN_CHUNK = inspect.signature(LMGaussNewton).parameters["chunk"].default  # blocks per Gauss-Newton pass
 STORE_ITEM = {"float32": 4, "bfloat16": 2, "float16": 2}  # bytes per stored float (store.dtype)
 
 
@@ -78,12 +89,16 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def _timed(dev: torch.device, fn) -> float:
-    _sync(dev)
-    t0 = time.perf_counter()
-    fn()
-    _sync(dev)
-    return time.perf_counter() - t0
+def _timed(dev: torch.device, fn, reps: int = PROBE_REPEATS) -> float:
+    """The fastest of ``reps`` runs of ``fn`` (s): the least disturbed by other work on a shared host."""
+    best = math.inf
+    for _ in range(reps):
+        _sync(dev)
+        t0 = time.perf_counter()
+        fn()
+        _sync(dev)
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def _corpus(cfg: WorkerConfig, tok, context: int) -> tuple[dict, object, list[str]]:
@@ -132,8 +147,9 @@ def _probe(cfg: WorkerConfig, model, blocks: torch.Tensor, n: int, k: int, dev: 
         loss.backward()
         opt.step()
 
-    step()  # warm-up: first-call allocations
-    step_s = sum(_timed(dev, step) for _ in range(PROBE_STEPS)) / PROBE_STEPS
+    for _ in range(PROBE_STEPS[0]):
+        step()
+    step_s = _timed(dev, lambda: [step() for _ in range(PROBE_STEPS[1])], reps=1) / PROBE_STEPS[1]
     params = model.trained()
     p = sum(v.numel() for v in params.values())
     g_blocks = pick(PROBE_BLOCKS)
@@ -226,12 +242,17 @@ def plan_hf(cfg: WorkerConfig) -> dict:
                     "to copy into the store; set model.base=path")
     probe_peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else _rss_bytes()
     item = DTYPES[spec.dtype].itemsize
+    vocab = int(getattr(hf_cfg, "vocab_size", None) or len(tok))
+    retained = 0 if dev.type == "cuda" else max(0, min(m.rank, p) - PROBE_COLUMNS) * GN_CHUNK * (
+        corpus["block_tokens"] - 1) * vocab * 4
     mem = {"weights": (P + (p if spec.trained == "lora" else 0)) * item, "optimizer": 3 * p * 4,
-           "matrices": 3 * n * p * 4, "basis": 6 * p * k * 4, "probe_peak": probe_peak}
-    mem["peak"] = probe_peak + mem["matrices"] + mem["basis"]
+           "matrices": 3 * n * p * 4, "basis": 6 * p * k * 4, "allocator": retained, "probe_peak": probe_peak}
+    mem["peak"] = probe_peak + mem["matrices"] + mem["basis"] + retained
     mem["served"] = P * 4 + (n + (S if store["source_rows_kept"] else 0)) * p * 4
     return {
         "kind": "hf", "preset": cfg.preset, "device": str(dev), "members": members,
+        "host": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                 "load_1min": round(os.getloadavg()[0], 2)},
         "corpus": corpus,
         "model": {"path": str(base), "architecture": (hf_cfg.architectures or ["?"])[0], "P": P, "p": p,
                   "dtype": spec.dtype, "trained": _trained_summary(final).removeprefix("trained: ")},
@@ -239,7 +260,8 @@ def plan_hf(cfg: WorkerConfig) -> dict:
                    "basis_columns": cols, "response_rows": n,
                    "store_rows": {"documents": n, "sources": S if store["source_rows_kept"] else 0}},
         "measured": {"load_s": load_s, **unit, "probe_blocks": PROBE_BLOCKS, "probe_columns": PROBE_COLUMNS,
-                     "probe_steps": PROBE_STEPS, "plan_s": time.perf_counter() - t_all},
+                     "probe_repeats": PROBE_REPEATS, "probe_steps": list(PROBE_STEPS),
+                     "plan_s": time.perf_counter() - t_all},
         "time_s": times,
         "formulas": {
             "fine_tune": "members x (load + epochs x ceil(blocks / batch) x step)",
@@ -247,7 +269,8 @@ def plan_hf(cfg: WorkerConfig) -> dict:
             "basis": "members x (power + 1) x rank columns (p once when rank >= p) x curvature blocks x "
                      "Gauss-Newton product per column-block",
             "responses": "members x documents x filter + quantisation per row",
-            "peak_memory": "probe peak (model, optimizer, activations, libraries) + 3 x n x p x 4 + 6 x p x k x 4",
+            "peak_memory": "probe peak (model, optimizer, activations, libraries) + 3 x n x p x 4 + 6 x p x k x 4 "
+                           "[+ CPU: (rank - probe columns) x 8 blocks x block inputs x vocab x 4, what glibc keeps]",
             "store": "n x ceil(p/group) x (group x bits/8 + 2) [+ S x p x 4 source rows] + p x 4 params + base + "
                      "tokenizer and documents",
             "served": "P x 4 + (n [+ S]) x p x 4"},
@@ -280,8 +303,10 @@ def render(plan: dict) -> str:
                u["gn_column_block_s"], t["basis"]),
               ("responses", f"{k['response_rows']:,} rows filtered and quantised", u["response_row_s"],
                t["responses"])]
+    h = plan["host"]
     rows = [
-        f"plan for an hf build on {plan['device']} ({plan['members']} member(s)); {plan['note']}",
+        f"plan for an hf build on {plan['device']} ({plan['members']} member(s)); {plan['note']} (measured with "
+        f"{h['torch_threads']} torch threads, host load {h['load_1min']:.1f} on {h['cpus']} CPUs)",
         f"corpus {c['name']}: {c['documents_trained']} of {c['documents']} documents trained, {c['sources']} "
         f"sources, {c['blocks']:,} blocks of up to {c['block_tokens']} tokens ({c['padded_blocks']} padded), "
         f"{c['target_tokens']:,} target tokens{extra}",
@@ -293,7 +318,7 @@ def render(plan: dict) -> str:
         "",
         f"peak memory   {_mb(mem['peak'])}: the probes' measured peak {_mb(mem['probe_peak'])} (weights "
         f"{_mb(mem['weights'])}, optimizer {_mb(mem['optimizer'])}, activations, libraries) + n x p matrices "
-        f"{_mb(mem['matrices'])} + basis {_mb(mem['basis'])}",
+        f"{_mb(mem['matrices'])} + basis {_mb(mem['basis'])} + allocator {_mb(mem['allocator'])}",
         f"store on disk {_mb(st['total'])}: responses {_mb(st['responses'])} ({k['store_rows']['documents']} "
         f"document rows{src}), params {_mb(st['params'])}, base {_mb(st['base'])}, tokenizer and documents "
         f"{_mb(st['assets'])}",
