@@ -25,26 +25,18 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fa-worker", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="train, simulate responses, publish a store version")
-    b.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                   help="default: digits, or hf when --model is given")
-    b.add_argument("--model", type=Path, help="a Hugging Face causal LM's local directory (model.path; kind hf)")
-    b.add_argument("--device", help="cpu, cuda[:N] or auto: where training and simulation run, every model kind "
-                   "(train.device; default auto: CUDA when present)")
-    b.add_argument("--config", type=Path, help="TOML or YAML file overlaid on the preset")
-    b.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    b.add_argument("--store", type=Path, help="store root (store.root)")
-    b.add_argument("--data", type=Path, help="training data (data.path): vector stores .npz/.csv/.parquet; text "
-                   "stores (--model, or a preset of kind gpt) .jsonl, one {\"text\", \"source\", optional \"id\"} "
-                   "a line, or a datasets table with those columns (.parquet, .arrow, a save_to_disk directory)")
-    b.add_argument("--seed", type=int, help="train.seed")
-    b.add_argument("--ensemble", type=int, help="method.ensemble")
+    _config_args(b)
     b.add_argument("--quiet", action="store_true", help="no progress bar")
-    b.add_argument("--allow-empty-sources", action="store_true",
-                   help="publish even when a source has no training signal (data.allow_empty_sources)")
     b.add_argument("--if-missing", action="store_true",
                    help="do nothing when the store root already has a published version (first runs)")
     b.add_argument("--audit", action="store_true", help="then run `audit` with its defaults (a text store: "
                    "(1 + subsets + loso) x seeds language models retrained)")
+    b.add_argument("--dry-run", action="store_true", help="print the plan (`fa-worker plan`) and exit: nothing "
+                   "is trained or written")
+    pl = sub.add_parser("plan", help="what an hf build will cost (time per stage, peak memory, store size), "
+                        "from the model and corpus sizes and a short measurement on this machine; builds nothing")
+    _config_args(pl)
+    pl.add_argument("--json", action="store_true", help="a machine-readable dict instead of the table")
     s = sub.add_parser("score", help="score a query file against a store (forward-only)")
     s.add_argument("--store", type=Path, required=True)
     s.add_argument("--version", help="store version (default: current)")
@@ -65,6 +57,25 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--store", type=Path, required=True)
     _audit_parser(sub)
     return p
+
+
+def _config_args(b) -> None:
+    """The arguments that make a build's config (``build`` and ``plan``)."""
+    b.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="default: digits, or hf when --model is given")
+    b.add_argument("--model", type=Path, help="a Hugging Face causal LM's local directory (model.path; kind hf)")
+    b.add_argument("--device", help="cpu, cuda[:N] or auto: where training and simulation run, every model kind "
+                   "(train.device; default auto: CUDA when present)")
+    b.add_argument("--config", type=Path, help="TOML or YAML file overlaid on the preset")
+    b.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    b.add_argument("--store", type=Path, help="store root (store.root)")
+    b.add_argument("--data", type=Path, help="training data (data.path): vector stores .npz/.csv/.parquet; text "
+                   "stores (--model, or a preset of kind gpt) .jsonl, one {\"text\", \"source\", optional \"id\"} "
+                   "a line, or a datasets table with those columns (.parquet, .arrow, a save_to_disk directory)")
+    b.add_argument("--seed", type=int, help="train.seed")
+    b.add_argument("--ensemble", type=int, help="method.ensemble")
+    b.add_argument("--allow-empty-sources", action="store_true",
+                   help="publish even when a source has no training signal (data.allow_empty_sources)")
 
 
 def _audit_parser(sub) -> None:
@@ -96,7 +107,7 @@ def _audit_parser(sub) -> None:
     a.add_argument("--quiet", action="store_true")
 
 
-def _build(a) -> None:
+def _config(a):
     over = list(a.overrides)
     flags = ((a.store, "store.root"), (a.data, "data.path"), (a.seed, "train.seed"), (a.ensemble, "method.ensemble"),
              (a.model, "model.path"), (a.device, "train.device"))
@@ -105,7 +116,20 @@ def _build(a) -> None:
             over.append(f"{key}={json.dumps(str(flag)) if isinstance(flag, Path) else flag}")
     if a.allow_empty_sources:
         over.append("data.allow_empty_sources=true")
-    cfg = load_config(a.preset or ("hf" if a.model is not None else "digits"), a.config, over)
+    return load_config(a.preset or ("hf" if a.model is not None else "digits"), a.config, over)
+
+
+def _plan(a) -> None:
+    from .plan import plan_hf, render
+
+    plan = plan_hf(_config(a))
+    print(json.dumps(plan, indent=1) if getattr(a, "json", False) else render(plan))
+
+
+def _build(a) -> None:
+    if a.dry_run:
+        return _plan(a)
+    cfg = _config(a)
     if a.if_missing and (cfg.store.root / "CURRENT").is_file():
         print(f"store {cfg.store.root} already has {current_version(cfg.store.root)}; nothing to build (--if-missing)")
         return
@@ -191,7 +215,7 @@ def _info(a) -> None:
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     try:
-        {"build": _build, "score": _score, "info": _info, "audit": _audit}[a.cmd](a)
+        {"build": _build, "plan": _plan, "score": _score, "info": _info, "audit": _audit}[a.cmd](a)
     except (InfluenceError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

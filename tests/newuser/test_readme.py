@@ -1,6 +1,6 @@
 """The README's "Your own model" commands, run as written (issue 29's
 new-user check): the build, score and audit lines with the README's own
-arguments and defaults, only the paths pointed at a tiny Qwen2 checkpoint
+arguments and defaults (the plan first), only the paths pointed at a tiny Qwen2 checkpoint
 (an architecture the project did not ship) and a corpus of short and long
 documents; ``.venv/bin/python`` is this interpreter."""
 
@@ -32,7 +32,7 @@ def _commands() -> list[list[str]]:
 
 def test_the_readme_commands_run_as_written(tmp_path):
     cmds = _commands()
-    assert [c[3] for c in cmds] == ["build", "score", "audit", "build"]  # the README's four worker lines
+    assert [c[3] for c in cmds] == ["plan", "build", "score", "audit", "build"]  # the README's worker lines
     data = write_short_and_long(tmp_path / "docs.jsonl")
     texts = [json.loads(x)["text"] for x in data.read_text().splitlines()]
     save_tiny_checkpoint(tmp_path / "path" / "to" / "checkpoint", texts, family="qwen2")
@@ -40,7 +40,7 @@ def test_the_readme_commands_run_as_written(tmp_path):
     (tmp_path / "heldout.jsonl").write_text("".join(json.dumps({"text": f"w{i} s{i % 3}x{i} w{i + 1} w3"}) + "\n"
                                                     for i in range(6)))
     env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
-    for cmd in cmds[:3]:  # the brown-ft preset (minutes) is the benchmark's own, tested elsewhere
+    for cmd in cmds[:4]:  # the brown-ft preset (minutes) is the benchmark's own, tested elsewhere
         r = subprocess.run([sys.executable, *cmd[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=900,
                            env=env)
         assert r.returncode == 0, f"{shlex.join(cmd)}\n{r.stderr[-3000:]}"
