@@ -38,7 +38,7 @@ def readout_rows(att: Attributor, x: torch.Tensor, y: torch.Tensor, kind: str, e
     return tuple(out)
 
 
-def batch_invariant(att: Attributor, block: int, kind: str = "margin") -> bool:
+def batch_invariant(att: Attributor, block: int, kind: str = "margin", stop=None) -> bool | None:
     """Whether a row's answer is the same at every position of a block (the
     premise of the padded blocks above; BLAS kernels for some skinny shapes
     break it). A probe of ``block`` random rows, read out rolled to every
@@ -52,6 +52,8 @@ def batch_invariant(att: Attributor, block: int, kind: str = "margin") -> bool:
     examples = att.examples is not None and len(att.manifest.example_source) * block * block <= _PROBE_EXAMPLE_ROWS
     base = readout_rows(att, x, y, kind, examples, block)
     for shift in range(1, block):
+        if stop is not None and stop():  # asked to stop between readouts (a process shutting down): unknown
+            return None
         rolled = readout_rows(att, x.roll(shift, 0), y.roll(shift, 0), kind, examples, block)
         if not all(a is None or torch.equal(a.roll(shift, 0), b) for a, b in zip(base, rolled, strict=True)):
             return False
@@ -110,9 +112,10 @@ def text_readout_rows(att: TextAttributor, queries: list[TextQuery], block: int,
     return (*out, tsrc) if per_token else out
 
 
-def text_batch_invariant(att: TextAttributor, block: int) -> bool:
+def text_batch_invariant(att: TextAttributor, block: int, stop=None) -> bool | None:
     """``batch_invariant`` for a text store: ``block`` random queries of
-    random lengths, read out rolled to every offset of the block."""
+    random lengths, read out rolled to every offset of the block. ``stop()``
+    true between two readouts ends it with None (unknown)."""
     gen = torch.Generator().manual_seed(0)
     ctx, vocab = att.spec.context, att.spec.vocab
     qs = []
@@ -126,6 +129,8 @@ def text_batch_invariant(att: TextAttributor, block: int) -> bool:
         if not (torch.equal(alone[0], base[0]) and torch.equal(alone[2], base[2])):
             return False
     for shift in range(1, block):
+        if stop is not None and stop():
+            return None
         rolled = text_readout_rows(att, qs[-shift:] + qs[:-shift], block)
         lp, toks, src, ex = rolled
         if not (torch.equal(base[0].roll(shift, 0), lp) and base[1][-shift:] + base[1][:-shift] == toks

@@ -63,7 +63,8 @@ class Kind:
         """The resident attributor of ``store`` on ``s.device``."""
         raise NotImplementedError
 
-    def invariant(self, att, block: int) -> bool:
+    def invariant(self, att, block: int, stop=None) -> bool | None:
+        """Whether a query's numbers do not depend on its place in a block (None: stopped first)."""
         raise NotImplementedError
 
     def block(self, s: Settings) -> int:
@@ -192,8 +193,8 @@ class VectorKind(Kind):
     def load(self, store: Store, s: Settings) -> Attributor:
         return Attributor(store, s.device)
 
-    def invariant(self, att: Attributor, block: int) -> bool:
-        return batch_invariant(att, block)
+    def invariant(self, att: Attributor, block: int, stop=None) -> bool | None:
+        return batch_invariant(att, block, stop=stop)
 
     def whatif_scale(self, manifest: Manifest) -> tuple[int, str]:
         return len(manifest.example_source), "training examples"
@@ -320,8 +321,8 @@ class TextKind(Kind):
     def load(self, store: Store, s: Settings) -> TextAttributor:
         return TextAttributor(store, s.device, tangent_dtype=getattr(torch, s.text_tangent_dtype))
 
-    def invariant(self, att: TextAttributor, block: int) -> bool:
-        return text_batch_invariant(att, block)
+    def invariant(self, att: TextAttributor, block: int, stop=None) -> bool | None:
+        return text_batch_invariant(att, block, stop)
 
     def whatif_scale(self, manifest: Manifest) -> tuple[int, str]:
         return int(manifest.data["n_targets"]), "training target tokens"

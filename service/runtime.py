@@ -107,16 +107,20 @@ class InvarianceProbe:
 
     def __init__(self, kind: Kind, att, block: int):
         self.result: bool | None = None
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(kind, att, block), daemon=True,
                                         name=f"invariance-probe-{att.version}")
         self._thread.start()
 
     def _run(self, kind: Kind, att, block: int) -> None:
         try:
-            self.result = bool(kind.invariant(att, block))
+            got = kind.invariant(att, block, self._stop.is_set)
         except Exception:  # noqa: BLE001 - a failed probe is reported as not invariant, never a crash
             log.exception("store %s: the batch-invariance probe failed", att.version)
-            self.result = False
+            got = False
+        if got is None:  # stopped: the process is shutting down, nothing to report
+            return
+        self.result = bool(got)
         if not self.result:
             log.warning("store %s: a query's scores depend on its position in a readout block on this host "
                         "(BLAS kernel choice): answers may differ in the last bits with concurrent traffic",
@@ -125,6 +129,16 @@ class InvarianceProbe:
     def wait(self, timeout: float | None = None) -> bool | None:
         self._thread.join(timeout)
         return self.result
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Ask the probe to end after its current readout and wait for it (a thread still in
+        torch when the interpreter exits aborts the process)."""
+        self._stop.set()
+        self._thread.join(timeout)
 
 
 async def _connect(s: Settings) -> tuple[aioredis.Redis, EmbeddedRedis | None, str]:
@@ -153,6 +167,7 @@ class Runtime:
         self.peers: Peers | None = None  # the other serving processes of this host (workers > 1)
         self.sources_cache: dict = {}  # (rev, version, bucket) -> view (service.sources)
         self._tasks: list[asyncio.Task] = []
+        self._probes: list[InvarianceProbe] = []  # the store probes still running (stopped at shutdown)
         self._reload_lock = asyncio.Lock()
 
     # ---- lifecycle -----------------------------------------------------
@@ -198,6 +213,8 @@ class Runtime:
         """Background tasks first, then the batcher (its requests finish),
         the ledger (its last group commit), Redis, the embedded server."""
         await cancel_and_wait(self._tasks)
+        probes = [p for p in self._probes if p.alive]
+        await asyncio.gather(*(asyncio.to_thread(p.stop, 120) for p in probes))
         await self.batcher.stop()
         await self.ledger.stop()
         self.ledger.journal.release()
@@ -257,6 +274,8 @@ class Runtime:
             raise ApiError(409, "version_unloadable", f"version {target}: {reason}", [("version", reason)],
                            "query") from None
         self.served = served  # the whole hot swap
+        if old is not None:
+            old.probe.stop(0)  # a version no longer served needs no answer (ends after its current readout)
         if self.peers:
             self.peers.announce(served.version)
         self.stats.m_reloads.inc()
@@ -320,7 +339,9 @@ class Runtime:
         store = open_store(self.s.store, version)
         kind = kind_of(store.manifest)
         att = kind.load(store, self.s)
-        return Served(att, kind, store.audit, InvarianceProbe(kind, att, kind.block(self.s)))
+        probe = InvarianceProbe(kind, att, kind.block(self.s))
+        self._probes = [p for p in self._probes if p.alive] + [probe]
+        return Served(att, kind, store.audit, probe)
 
     async def _initial_load(self) -> None:
         while self.served is None:

@@ -29,6 +29,7 @@ mean), so scores do not depend on the batch composition or its padding.
 
 from __future__ import annotations
 
+import threading
 from typing import Literal
 
 import torch
@@ -41,6 +42,15 @@ from .gpt import PAD, block_io, lm_loss, sequence_logprob
 from .rules import manual_chunk
 
 Params = dict[str, torch.Tensor]
+
+
+FORWARD_AD = threading.RLock()
+"""torch's forward-mode AD keeps its dual levels in process-wide state, and
+``functional_call`` swaps a module's parameters in place: two threads inside
+``torch.func.jvp`` on one model corrupt each other ("Trying to access a forward AD
+level with an invalid index", or silently other parameters). Every torch.func readout
+holds this lock (the hand-derived tangents, pure functions of their inputs, need
+none): the service's readout workers and its background store probe share a process."""
 
 
 def _detached(params: Params) -> Params:
@@ -263,6 +273,14 @@ def jvp_scores(model: CausalLM, params: Params, U: torch.Tensor, x: torch.Tensor
     the per-token scores if ``per_token`` (a tuple when either is set)."""
     if impl not in ("manual", "func"):
         raise ValueError(f"impl must be 'manual' or 'func', not {impl!r}")
+    if head and model.head_ok and impl == "manual" and model.manual_tangents:
+        return _jvp_scores(model, params, U, x, target_mask, chunk, head, logprobs, impl, tangent_params, per_token)
+    with FORWARD_AD:  # functional_call swaps the module's parameters in place, and jvp's levels are global
+        return _jvp_scores(model, params, U, x, target_mask, chunk, head, logprobs, impl, tangent_params, per_token)
+
+
+def _jvp_scores(model, params, U, x, target_mask, chunk, head, logprobs, impl, tangent_params, per_token):
+    """``jvp_scores``' work (the caller holds ``FORWARD_AD`` on the torch.func path)."""
     params = _detached(params)
     layout = ParamLayout.of(params)
     head = head and model.head_ok
