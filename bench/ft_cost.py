@@ -45,7 +45,7 @@ from bench.ft_groundtruth import load_groundtruth
 from bench.ft_ours import member_artefacts, member_model, responses
 from bench.ft_protocol import DEFAULT, N_GENRES, N_PUBLICATIONS, blocks, doc_source, queries
 from bench.lm_baselines import evaluate_one, lam_grid, lds, projector, trak_features
-from influence.text.gpt import sequence_logprob
+from influence.text.causal import sequence_logprob
 from influence.text.lm_math import jvp_scores
 from influence.text.lm_simulate import compress, probe_grads, score_agreement
 

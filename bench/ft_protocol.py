@@ -12,7 +12,7 @@ missing one is fine-tuned again, bit for bit on one thread).
 
 Choices where the protocol is silent (written down here, used everywhere):
 
-- Queries: ``n_queries = 256`` windows from ``influence.hf.ftdata.
+- Queries: ``n_queries = 256`` windows from ``influence.datasets.brown_ft.
   query_windows(text, 256, seed=query_seed)`` (every non-overlapping window
   of 64 corpus tokens of the 50 held-out documents, drawn without
   replacement), encoded and truncated to 128 BPE tokens, right-padded in
@@ -117,7 +117,7 @@ def tokenizer():
 
 @lru_cache(maxsize=1)
 def text():
-    from influence.hf.ftdata import ft_text
+    from influence.datasets.brown_ft import ft_text
 
     return ft_text()
 
@@ -125,14 +125,14 @@ def text():
 @lru_cache(maxsize=1)
 def blocks() -> tuple[torch.Tensor, torch.Tensor]:
     """``(blocks (1800, 65), block_document (1800,))``."""
-    from influence.hf.ftdata import ft_blocks
+    from influence.datasets.brown_ft import ft_blocks
 
     return ft_blocks(tokenizer(), text().openings)
 
 
 @lru_cache(maxsize=4)
 def _windows(n: int, seed: int):
-    from influence.hf.ftdata import query_windows
+    from influence.datasets.brown_ft import query_windows
 
     return query_windows(text(), n, seed)
 
@@ -148,8 +148,8 @@ def query_docs(p: FTProtocol = DEFAULT) -> np.ndarray:
 
 @lru_cache(maxsize=4)
 def _encoded(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from influence.hf.ftdata import encode_queries
-    from influence.text.gpt import pad_right
+    from influence.datasets.brown_ft import encode_queries
+    from influence.text.causal import pad_right
 
     return pad_right(encode_queries(tokenizer(), [w[2] for w in _windows(n, seed)]))
 
@@ -177,7 +177,7 @@ def genre_docs(mask: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def outputs(model, x: torch.Tensor, mask: torch.Tensor, batch: int = 32) -> np.ndarray:
     """``f(q)`` of every row (float64 numpy), in batches, trimmed to each batch's longest row."""
-    from influence.text.gpt import sequence_logprob
+    from influence.text.causal import sequence_logprob
 
     out = []
     for i in range(0, len(x), batch):

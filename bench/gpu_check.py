@@ -38,9 +38,9 @@ from pathlib import Path
 import torch
 
 import influence  # noqa: F401
-from influence.attributor import Attributor
-from influence.data import load_digits_test
-from influence.readout import linear_stack_scores
+from influence.datasets.vectors import load_digits_test
+from influence.mlp.attributor import Attributor
+from influence.mlp.readout import linear_stack_scores
 from influence.store import open_store
 
 from .common import RESULTS, digits_store, machine

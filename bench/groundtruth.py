@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from influence.model import MLPSpec, init_params
+from influence.mlp.iterates import IterateRecorder
+from influence.mlp.model import MLPSpec, init_params
 from influence.outputs import output
-from influence.simulate import IterateRecorder
 from worker.config import TrainConfig
 from worker.retrain import forward_stacked
 from worker.train import batch_order, train

@@ -54,7 +54,8 @@ import torch
 from scipy.stats import rankdata
 from torch.func import functional_call, grad, vmap
 
-from influence.text.gpt import GPT, sequence_logprob, token_logprobs
+from influence.gpt.model import GPT
+from influence.text.causal import sequence_logprob, token_logprobs
 
 # ---------------------------------------------------------------------------
 # LDS

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from bench.lm_protocol import DEFAULT, SPEC, LMProtocol, corpus, doc_blocks, genre_docs, queries
+from influence.text.causal import sequence_logprob
 from influence.text.corpus import all_windows
-from influence.text.gpt import sequence_logprob
 from worker.lm_train import train_lm
 
 DEFAULT_FULL = 5

@@ -34,10 +34,10 @@ import torch
 
 from bench.lm_groundtruth import load_full_params
 from bench.lm_protocol import DEFAULT, N_GENRES, N_TRAIN, SPEC, LMProtocol, corpus, doc_genre, queries
+from influence.gpt.model import GPT
 from influence.quant import dequantize, quantize
 from influence.simulate.settings import MethodConfig
 from influence.store import DTYPES
-from influence.text.gpt import GPT
 from influence.text.lm_math import jvp_scores, query_grads
 from influence.text.lm_simulate import compress, probe_grads, simulate_documents
 from worker.config import PRESETS

@@ -35,9 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from influence.text.brown import BROWN_SHA256
+from influence.datasets.brown import BROWN_SHA256
+from influence.gpt.model import GPTSpec
 from influence.text.corpus import LMCorpus, brown_corpus
-from influence.text.gpt import GPTSpec
 from worker import lm_train
 
 LM_GT_VERSION = 1

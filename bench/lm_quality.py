@@ -29,7 +29,7 @@ from bench.lm_groundtruth import load_full_params, load_groundtruth, n_full_avai
 from bench.lm_ours import member_scores, readout_path
 from bench.lm_protocol import DEFAULT, SPEC, corpus, doc_genre, queries
 from bench.lm_timing import side_by_side
-from influence.text.gpt import GPT
+from influence.gpt.model import GPT
 
 OUT = RESULTS / "lm_quality.json"
 EXACT_BYTES = 450 * SPEC.n_params() * 4

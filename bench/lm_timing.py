@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from bench.lm_baselines import lam_grid, trak_features
-from influence.text.gpt import GPT, sequence_logprob
+from influence.gpt.model import GPT
+from influence.text.causal import sequence_logprob
 from influence.text.lm_math import jvp_scores
 
 

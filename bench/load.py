@@ -133,7 +133,7 @@ def _drop_prefix(redis_url: str, prefix: str) -> None:
 
 # -- requests ---------------------------------------------------------------------------------------------------
 def test_inputs() -> np.ndarray:
-    from influence.data import load_digits_test
+    from influence.datasets.vectors import load_digits_test
 
     return np.asarray(load_digits_test()[0], dtype=np.float32)
 

@@ -98,7 +98,7 @@ def ensure_store(root: Path) -> Path:
 def passages(tokenizer, count: int = 720, window: int = 64) -> list[str]:
     """``count`` raw-text windows of the held-out Brown documents, at most
     ``window`` tokens each under ``tokenizer`` (see the module doc)."""
-    from influence.text.brown import load_brown
+    from influence.datasets.brown import load_brown
     from influence.text.corpus import brown_corpus
 
     words = {s.id: list(s.tokens) for s in load_brown()}
@@ -211,7 +211,7 @@ def gemm_rates(spec, threads: int, block: int = 16, chunk: int = 16, min_s: floa
 
 # -- TRAK and the readout in process, query by query -----------------------------------------------------------
 def _model(att):
-    from influence.text.gpt import GPT
+    from influence.gpt.model import GPT
 
     model = GPT(att.spec, seed=None).to(att.dtype)
     model.load_state_dict(att.params[0])
@@ -263,7 +263,7 @@ def in_process(att, texts: list[str], setup: dict, n_queries: int, batch: int, b
     doc). ``examples`` False: the sources-only read (per-source rows when
     the store has them)."""
     from influence.blocks import text_readout_rows
-    from influence.text.gpt import sequence_logprob
+    from influence.text.causal import sequence_logprob
     from influence.text.lm_math import jvp_scores
 
     torch.set_num_threads(threads)

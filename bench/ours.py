@@ -19,11 +19,11 @@ import time
 import torch
 from torch.func import functional_call, jacrev, vmap
 
-from influence.model import MLPSpec, ParamLayout, build_mlp
+from influence.mlp.curvature import per_example_grads
+from influence.mlp.model import MLPSpec, ParamLayout, build_mlp
+from influence.mlp.propagate import Simulator
+from influence.mlp.readout import linear_stack_scores, mlp_forward, split_layers
 from influence.outputs import cross_entropy_hessian, output_grad
-from influence.readout import linear_stack_scores, mlp_forward, split_layers
-from influence.simulate import Simulator
-from influence.simulate.curvature import per_example_grads
 from worker.config import WorkerConfig
 
 from .protocol import Data

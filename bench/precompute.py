@@ -30,9 +30,10 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from influence.model import MLPSpec
-from influence.readout import split_layers
-from influence.simulate import MethodConfig, Simulator
+from influence.mlp.model import MLPSpec
+from influence.mlp.propagate import Simulator
+from influence.mlp.readout import split_layers
+from influence.simulate.settings import MethodConfig
 from worker.config import TrainConfig, load_config
 from worker.pipeline import member_seed
 from worker.train import train

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from influence.data import load_digits_train
-from influence.model import MLPSpec
+from influence.datasets.vectors import load_digits_train
+from influence.mlp.model import MLPSpec
 from worker.config import TrainConfig, WorkerConfig, load_config
 
 GT_VERSION = 1
@@ -74,7 +74,7 @@ def final_iterate_only(cfg: WorkerConfig) -> WorkerConfig:
 
 
 def load_data() -> Data:
-    from influence.data import load_digits_test
+    from influence.datasets.vectors import load_digits_test
 
     ds = load_digits_train()
     Xq, yq = load_digits_test()

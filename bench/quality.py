@@ -81,7 +81,7 @@ def _timings(members, params, trak: Trak, data, counts, best_lam: dict, repeats:
     ``linear_stack_scores`` with its default chunk and with chunk 32; TRAK:
     projection matrix resident, or traker's ``BasicProjector``."""
     spec = base_config().model
-    from influence.readout import split_layers
+    from influence.mlp.readout import split_layers
 
     ex = [split_layers(m["U_ex"], spec) for m in members]
     src = [split_layers(m["U_src"], spec) for m in members]

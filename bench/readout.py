@@ -1,6 +1,6 @@
 """``python -m bench.readout``: throughput of the forward-only readout.
 
-Query × stored-response pairs per second of ``influence.readout.
+Query × stored-response pairs per second of ``influence.mlp.readout.
 linear_stack_scores`` (forward pass included) against batch size ``B``,
 store size ``R`` and storage precision, each measured side by side with
 
@@ -33,11 +33,11 @@ import time
 import torch
 
 import influence  # noqa: F401  (sets the OpenMP wait policy first)
-from influence.attributor import Attributor
-from influence.data import load_digits_test
-from influence.model import MLPSpec
+from influence.datasets.vectors import load_digits_test
+from influence.mlp.attributor import Attributor
+from influence.mlp.model import MLPSpec
+from influence.mlp.readout import jvp_scores, linear_stack_scores, mlp_forward
 from influence.outputs import output_grad
-from influence.readout import jvp_scores, linear_stack_scores, mlp_forward
 from influence.store import open_store
 
 from .common import CACHE, RESULTS, digits_store, loadavg, machine, side_by_side, write_json, write_section
@@ -255,7 +255,7 @@ def versus_trak(st, att, spec, params, Xq, yq, threads, rounds, log) -> dict:
                               for s in range(0, len(Xq), block)])
 
         model_params = {k: v.clone() for k, v in params.items()}
-        from influence.model import build_mlp
+        from influence.mlp.model import build_mlp
 
         model = build_mlp(spec)
         resp = {k: v for k, v in st.examples[0].items()}
@@ -353,7 +353,7 @@ def markdown(res: dict) -> str:
         f"Peak float32 GEMM of this machine during the run: {res['peak_gflops']:.0f} GFLOP/s "
         "(2048² square matmul, 1 thread). JSON: `bench/results/readout.json`; plot: `bench/results/readout.png`.",
         "",
-        "**The limit.** For each (B, R) the readout (`influence.readout.linear_stack_scores`, forward pass "
+        "**The limit.** For each (B, R) the readout (`influence.mlp.readout.linear_stack_scores`, forward pass "
         "included) is timed next to one float32 GEMM `(B, p) @ (p, R)`: the same 2·B·R·p flops, reading the "
         "same store once (what an explicit `∇f(q)ᵀU` product costs). *Fraction* = readout pairs/s ÷ GEMM "
         "pairs/s. *vs v0* = speed-up over the readout before this work (kept as `bench.readout.readout_v0`).",

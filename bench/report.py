@@ -184,7 +184,7 @@ NOTES = """How each row is computed (code in `bench/`):
   `U_K = −V diag((1 − (1 − η(h+s))^K)/(h+s)) Vᵀ G`), which gives the whole λ × K grid from one
   eigendecomposition per member; `--check` compares it with the worker's own `Simulator` on 64
   directions. The *forward readout* row scores the resulting example responses with the product's
-  `influence.readout.linear_stack_scores` (the path the service serves); the sweep rows use the same τ
+  `influence.mlp.readout.linear_stack_scores` (the path the service serves); the sweep rows use the same τ
   computed in the eigenbasis. Its precompute column is this bench path (explicit GGN + `eigh` +
   per-example gradients, summed over members, training excluded); the worker's own simulation time is
   in the *worker end to end* rows (which include training one model). These rows linearise at the

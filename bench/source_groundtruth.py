@@ -36,7 +36,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from influence.audit import draw_source_subsets
-from influence.model import MLPSpec
+from influence.mlp.model import MLPSpec
 from worker.config import TrainConfig
 from worker.retrain import train_padded
 from worker.train import train

@@ -45,9 +45,9 @@ import torch
 
 from influence.audit import loso, source_lds, whatif_check
 from influence.audit import truth_noise as _truth_noise
-from influence.readout import linear_stack_scores, split_layers
-from influence.simulate import Simulator
-from influence.simulate.curvature import mlp_example_grads
+from influence.mlp.curvature import mlp_example_grads
+from influence.mlp.propagate import Simulator
+from influence.mlp.readout import linear_stack_scores, split_layers
 from influence.whatif import removal, source_scores
 
 from .common import machine

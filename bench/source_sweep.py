@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from influence.audit import loso, source_lds
-from influence.simulate import Simulator
-from influence.simulate.curvature import mlp_example_grads
+from influence.mlp.curvature import mlp_example_grads
+from influence.mlp.propagate import Simulator
 from influence.simulate.spectral import LowRankFilter
 
 from .common import machine, write_json

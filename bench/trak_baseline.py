@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from influence.model import MLPSpec, build_mlp
+from influence.mlp.model import MLPSpec, build_mlp
 
 from .protocol import Data
 

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from influence.simulate import Simulator
+from influence.mlp.propagate import Simulator
 from influence.store import open_store
 from worker.config import load_config
 

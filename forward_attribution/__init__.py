@@ -25,9 +25,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from influence.attributor import Attributor as _VectorAttributor
+from influence import registry
 from influence.errors import InfluenceError, QueryError
-from influence.spec import TEXT_KINDS
+from influence.mlp.attributor import Attributor as _VectorAttributor
 from influence.store import Store, open_store
 from influence.text.attributor import TextAttributor as _TextAttributor
 
@@ -87,7 +87,7 @@ class Attributor:
     def __init__(self, store: Store | str | Path, device: str | None = None):
         self.store = store if isinstance(store, Store) else open_store(store)
         man = self.store.manifest
-        self.text = man.model.kind in TEXT_KINDS
+        self.text = registry.of(man.model).text
         self._att = (_TextAttributor if self.text else _VectorAttributor)(self.store, device)
         self.source_ids = list(man.source_ids)
         self.document_ids = [d["id"] for d in self._att.documents] if self.text else \

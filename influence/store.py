@@ -54,11 +54,12 @@ from pydantic import BaseModel, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import StoreError
-from .heldout import HELDOUT_ASSET, HeldoutSample
-from .layout import ParamLayout
-from .quant import QMAX, QTensor, dequantize, quantize
-from .spec import ModelSpec
+from influence.errors import StoreError
+from influence.files import sha256_file
+from influence.heldout import HELDOUT_ASSET, HeldoutSample
+from influence.layout import ParamLayout
+from influence.quant import QMAX, QTensor, dequantize, quantize
+from influence.spec import ModelSpec
 
 FORMAT_VERSION = 3  # 3: examples_quant
 READABLE_FORMATS = (1, 2, 3)
@@ -121,15 +122,6 @@ class Store:
         """The version's held-out query sample (``heldout.json``, ``influence.heldout``), or None."""
         blob = (self.assets or {}).get(HELDOUT_ASSET)
         return None if blob is None else HeldoutSample.from_bytes(blob)
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:

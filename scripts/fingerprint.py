@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+
 def _steady(v):
     """A manifest without what differs run to run: timings, dates, the build's own paths."""
     if isinstance(v, dict):
@@ -45,7 +46,7 @@ def _readout(root: Path) -> dict:
 
     store = open_store(root)
     if store.manifest.model.kind == "mlp":
-        from influence.attributor import Attributor
+        from influence.mlp.attributor import Attributor
 
         att = Attributor(store, "cpu")
         x = torch.linspace(-1, 1, 3 * att.spec.in_dim).reshape(3, -1)

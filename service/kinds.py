@@ -1,5 +1,6 @@
-"""Store kinds: the one place where the served store's ``manifest.model.kind``
-decides how a request is read, scored and answered.
+"""Query forms: how a served store's requests are read, scored and answered,
+picked by its model kind's query form (``influence.registry``: ``vector`` or
+``text``), never by the kind's name.
 
 ``kind_of(manifest)`` picks a :class:`Kind` when a store version is loaded
 (``Runtime.reload``); the runtime keeps it next to the attributor, and
@@ -12,14 +13,13 @@ decides how a request is read, scored and answered.
 * what to hash for the result cache, how the batcher scores its rows and how
   a readout becomes answers and per-source credit (``answers``).
 
-Kinds: ``mlp`` (vector store: ``{"input": [...], "target": c}``, outputs
-margin / loss / logprob) and the text stores ``gpt`` (the project's own
-GPT, word-level tokenizer) and ``hf`` (a Hugging Face causal LM, LoRA or
-fully fine-tuned, its own BPE tokenizer): ``{"text": ...}`` or
-``{"prompt": ..., "completion": ...}``, f = mean log-probability. Both text
-kinds are one :class:`TextKind` (``TextAttributor`` loads either model
-through ``influence.text.models``); only the name, taken from the manifest,
-differs, and every message names it.
+Forms: vector stores (``mlp``: ``{"input": [...], "target": c}``, outputs
+margin / loss / logprob, :class:`VectorKind`) and text stores (``gpt``,
+``hf``, any kind of the causal-LM engine: ``{"text": ...}`` or
+``{"prompt": ..., "completion": ...}``, f = mean log-probability,
+:class:`TextKind`; ``TextAttributor`` loads the model through its kind's
+``load``). The kind's name, taken from the manifest, only names it in
+messages.
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ from functools import partial
 import numpy as np
 import torch
 
-from influence.attributor import Attributor, top_k
+from influence import registry
 from influence.blocks import batch_invariant, by_bucket, length_buckets, text_batch_invariant, text_readout_rows
-from influence.errors import QueryError, StoreError
+from influence.errors import InfluenceError, QueryError, StoreError
+from influence.mlp.attributor import Attributor, top_k
 from influence.store import Manifest, Store
 from influence.text.attributor import TextAttributor
 from influence.text.attributor import TextQuery as Encoded
@@ -187,8 +188,12 @@ def _tops(r, req: AttributionRequest):
 
 # ---- vector stores (model.kind == "mlp") --------------------------------------------------------------------------
 class VectorKind(Kind):
-    name = "mlp"
+    """A vector store of kind ``name`` (``mlp``, or any kind whose queries are vectors)."""
+
     playground = True
+
+    def __init__(self, name: str):
+        self.name = name
 
     def load(self, store: Store, s: Settings) -> Attributor:
         return Attributor(store, s.device)
@@ -465,12 +470,18 @@ def _refuse(fields: list[str], reason: str):
     raise ApiError(422, "invalid_request", f"{fields[0]}: {reason}", [(f, reason) for f in fields])
 
 
-KINDS: dict[str, Kind] = {"mlp": VectorKind(), "gpt": TextKind("gpt"), "hf": TextKind("hf")}
+FORMS: dict[str, type[Kind]] = {"vector": VectorKind, "text": TextKind}  # by the model kind's query form
 
 
 def kind_of(manifest: Manifest) -> Kind:
-    """The kind serving a store version (the only ``model.kind`` dispatch of the service)."""
-    kind = getattr(manifest.model, "kind", "mlp")
-    if kind not in KINDS:
-        raise StoreError(f"store {manifest.version}: model kind {kind!r} cannot be served (have {sorted(KINDS)})")
-    return KINDS[kind]
+    """What serves a store version: its model kind's query form (``influence.registry``), named after the kind."""
+    try:
+        kind = registry.of(manifest.model)
+    except InfluenceError as e:
+        raise StoreError(f"store {manifest.version}: {e}") from None
+    if kind.name not in _SERVING:
+        _SERVING[kind.name] = FORMS[kind.queries](kind.name)
+    return _SERVING[kind.name]
+
+
+_SERVING: dict[str, Kind] = {}

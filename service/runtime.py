@@ -21,8 +21,9 @@ import torch
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from influence.attributor import Attributor
+from influence import registry
 from influence.errors import InfluenceError, StoreError
+from influence.mlp.attributor import Attributor
 from influence.store import Manifest, current_version, list_versions, open_store, read_manifest
 from influence.text.attributor import TextAttributor
 
@@ -30,7 +31,7 @@ from .answers import AnswerStore
 from .batcher import Batcher
 from .embedded_redis import EmbeddedRedis
 from .errors import ApiError, invalid
-from .kinds import KINDS, Kind, kind_of
+from .kinds import Kind, kind_of
 from .ledger import OUTAGE, Journal, Ledger
 from .peers import FOLLOW_S, Peers
 from .settings import Settings
@@ -39,7 +40,6 @@ from .tasks import cancel_and_wait
 
 log = logging.getLogger("service")
 
-TEXT_KINDS = frozenset(k for k, v in KINDS.items() if v.text)
 
 VERSION_NAME = re.compile(r"v[0-9]{6,12}")
 """A published version's name (``influence.store`` names them ``v000001``,
@@ -61,7 +61,7 @@ def change_refused(old: Manifest, old_kind: str, new: Manifest, allow_kind_chang
     kind = kind_of(new)
     new_kind = kind.name
     if new_kind != old_kind and not allow_kind_change:
-        same_form = kind.text and old_kind in TEXT_KINDS
+        same_form = kind.text and registry.get(old_kind).text
         reason = (f"{new.version} holds a {new_kind} store, {old.version} (served) a {old_kind} store: the "
                   + ("model and its tokenizer change" if same_form else "query form changes")
                   + "; add allow_kind_change=true to switch anyway")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import influence  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
-from influence.model import MLPSpec, init_params
+from influence.mlp.model import MLPSpec, init_params
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import forward_attribution as fa
-from influence.attributor import Attributor as VectorAttributor
 from influence.errors import QueryError
+from influence.mlp.attributor import Attributor as VectorAttributor
 from influence.store import open_store
 from influence.text.attributor import TextAttributor
 

@@ -48,13 +48,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from influence.attributor import Attributor
+from influence import registry
 from influence.audit import draw_source_subsets, truth_noise
-from influence.data import Dataset, digits_split, load_query_file
+from influence.datasets.vectors import Dataset, digits_split, load_query_file
 from influence.errors import DataError, StoreError
+from influence.mlp.attributor import Attributor
+from influence.mlp.readout import mlp_forward
 from influence.outputs import output
-from influence.readout import mlp_forward
-from influence.spec import TEXT_KINDS
 from influence.store import AUDIT_ASSET, Store, current_version, open_store, read_manifest, republish
 
 from .audit_common import SCHEMA, AuditSettings, finite, metrics
@@ -180,7 +180,7 @@ def compute_audit(store: Store, s: AuditSettings, query_file: Path | None = None
     keep = draw_source_subsets(s.subsets, S, s.keep_prob, min(s.min_keep, S), s.selection_seed)
     counts = np.bincount(source, minlength=S)
     loso_idx = np.sort(np.argsort(-counts, kind="stable")[: min(s.loso, S)])
-    seeds = [recipe.seed + 1000 * e for e in range(s.seeds)]  # worker.pipeline.member_seed
+    seeds = [registry.of(man.model).member_seed(recipe.seed, e) for e in range(s.seeds)]  # the build's members
     t_data = time.perf_counter()
     models = (1 + len(keep) + len(loso_idx)) * s.seeds + (len(keep) + len(loso_idx)) * s.seeds * s.matched
     log(f"retraining {models} models ({len(keep)} subsets, {len(loso_idx)} left-out sources, full; "
@@ -230,11 +230,11 @@ def run_audit(root: str | Path, s: AuditSettings, query_file: Path | None = None
     if not root.is_dir():
         raise StoreError(f"{root}: no such store directory")
     version = current_version(root)
-    kind = read_manifest(root / "versions" / version).model.kind
-    if kind in TEXT_KINDS and s.matched:
+    text = registry.of(read_manifest(root / "versions" / version).model).text
+    if text and s.matched:
         raise ConfigError("--matched: not supported for text stores")
     store = open_store(root, version)
-    if kind in TEXT_KINDS:
+    if text:
         from .audit_text import compute_text_audit
 
         audit = compute_text_audit(store, s, log, progress=False, query_file=query_file)

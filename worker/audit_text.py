@@ -24,7 +24,7 @@ What differs by kind is one ``Retrain`` (``RETRAINERS``): the corpus's
 blocks, the query windows and how a model is trained and evaluated. ``hf``
 stores: the store's recipe (``worker.hf_train.finetune`` from the store's own
 base, LoRA or named parameters as built), queries = held-out windows of the
-brown-ft benchmark (``influence.hf.ftdata.query_windows``), or, for a store
+brown-ft benchmark (``influence.datasets.brown_ft.query_windows``), or, for a store
 built from a JSONL file (every document trained on), the texts of
 ``--query-file`` (JSONL ``{"text"}`` lines).
 
@@ -45,12 +45,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from influence import registry
 from influence.audit import draw_source_subsets, truth_noise
+from influence.datasets.documents import corpus_sha256, load_text_corpus
 from influence.errors import StoreError
+from influence.gpt.model import GPT
 from influence.store import Store
 from influence.text.attributor import TextAttributor, TextQuery
-from influence.text.documents import corpus_sha256, load_text_corpus
-from influence.text.gpt import GPT, pad_right, sequence_logprob
+from influence.text.causal import pad_right, sequence_logprob
 
 from .audit_common import SCHEMA, finite, metrics
 from .config import ConfigError
@@ -119,7 +121,7 @@ def _gpt_retrain(store: Store, s, query_file: Path | None) -> Retrain:
 
 
 def _hf_queries(att: TextAttributor, s, query_file: Path | None, from_jsonl: bool) -> tuple[list[list[int]], str]:
-    from influence.hf.ftdata import encode_queries, ft_text, query_windows
+    from influence.datasets.brown_ft import encode_queries, ft_text, query_windows
 
     if query_file is not None:  # validated and encoded like fa-worker score's query files (errors name the line)
         from influence.errors import DataError
@@ -140,8 +142,8 @@ def _hf_queries(att: TextAttributor, s, query_file: Path | None, from_jsonl: boo
 
 def _hf_retrain(store: Store, s, query_file: Path | None) -> Retrain:
     """An hf store: fine-tuned again from its own base with its recipe."""
-    from influence.hf.ftdata import ft_blocks, ft_text
-    from influence.text.models import hf_base_dir
+    from influence.datasets.brown_ft import ft_blocks, ft_text
+    from influence.hf.kind import base_dir as hf_base_dir
 
     from .hf_pipeline import _jsonl_blocks
     from .hf_train import FTRecipe, finetune
@@ -203,7 +205,7 @@ def compute_text_audit(store: Store, s, log=lambda msg: None, progress: bool = T
     keep = draw_source_subsets(s.subsets, S, s.keep_prob, min(s.min_keep, S), s.selection_seed)
     counts = np.bincount(doc_source, minlength=S)
     loso_idx = np.sort(np.argsort(-counts, kind="stable")[: min(s.loso, S)])
-    seeds = [int(man.recipe.get("seed", 0)) + e for e in range(s.seeds)]  # the build's members: train.seed + e
+    seeds = [registry.of(man.model).member_seed(int(man.recipe.get("seed", 0)), e) for e in range(s.seeds)]
     masks = [("full", 0, np.ones(S, bool))] + [("subset", j, k) for j, k in enumerate(keep)]
     masks += [("loso", i, np.arange(S) != src) for i, src in enumerate(loso_idx)]
     log(f"retraining {len(masks) * len(seeds)} language models ({len(keep)} subsets, {len(loso_idx)} left-out "

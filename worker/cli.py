@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from influence.attributor import Attributor, top_k
-from influence.data import load_query_file
+from influence import registry
+from influence.datasets.vectors import load_query_file
 from influence.errors import InfluenceError
-from influence.spec import TEXT_KINDS
+from influence.mlp.attributor import Attributor, top_k
 from influence.store import current_version, list_versions, open_store
 
 from .config import PRESETS, ConfigError, load_config
@@ -173,13 +173,13 @@ def _audit(a) -> None:
 
 def _score(a) -> None:
     store = open_store(a.store, a.version)
-    if store.manifest.model.kind in TEXT_KINDS:
+    if registry.of(store.manifest.model).text:
         from .score_text import score_text
 
         print(score_text(store, a.queries, a.out, a.top_k, a.device, a.format, a.per_token))
         return
     if a.per_token:
-        raise ConfigError(f"--per-token is for text stores (gpt, hf): {a.store} holds a "
+        raise ConfigError(f"--per-token is for text stores: {a.store} holds a "
                           f"{store.manifest.model.kind} model, whose queries have no tokens")
     att = Attributor(store, a.device)
     man = store.manifest

@@ -14,9 +14,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from influence.model import MLPSpec
+from influence import registry
+from influence.datasets import BUILT_IN
+from influence.kind import ModelKind
+from influence.mlp.model import MLPSpec
 from influence.simulate.settings import MethodConfig
-from influence.spec import TEXT_KINDS, ModelSpec
+from influence.spec import ModelSpec
 
 
 class _Section(BaseModel):
@@ -27,7 +30,7 @@ class DataConfig(_Section):
     """``name`` a built-in set (``digits``; ``brown``, text); ``path`` a user
     file instead (``.npz``/``.csv``/``.parquet`` for an MLP; text for ``gpt`` and
     ``hf``: ``.jsonl``, or a Hugging Face ``datasets`` table: ``.parquet``, ``.arrow``
-    or a ``save_to_disk`` directory, ``influence.text.documents``)."""
+    or a ``save_to_disk`` directory, ``influence.datasets.documents``)."""
 
     name: Literal["digits", "brown", "brown-ft"] | None = "digits"
     path: Path | None = None
@@ -65,17 +68,6 @@ class TrainConfig(_Section):
     seed: int = 0
 
 
-# The train fields each model kind's recipe reads; one set explicitly that the recipe would ignore is an
-# error (``WorkerConfig._consistent``), never silently dropped. The protocol GPT's recipe is fixed
-# (worker.lm_train: AdamW, its own lr, batch and epochs).
-RECIPE_FIELDS = {
-    ("mlp", "sgd"): {"optimizer", "lr", "momentum", "batch_size", "epochs", "weight_decay", "seed", "device"},
-    ("mlp", "adam"): {"optimizer", "lr", "batch_size", "epochs", "weight_decay", "seed", "device"},
-    ("gpt", None): {"seed", "device"},
-    ("hf", "adamw"): {"optimizer", "lr", "betas", "eps", "weight_decay", "batch_size", "epochs", "seed", "device"},
-}
-
-
 class StoreConfig(_Section):
     root: Path = Path("stores/digits")
     keep: int = Field(3, ge=1)
@@ -99,11 +91,16 @@ class WorkerConfig(_Section):
     method: MethodConfig = MethodConfig()
     store: StoreConfig = StoreConfig()
 
-    def _recipe_reads_every_set_field(self) -> None:
-        ignored, used = _ignored_train_fields(self.model.kind, self.train)
+    def _recipe_reads_every_set_field(self, kind: ModelKind) -> None:
+        used = kind.recipe_fields(self.train.optimizer)
+        if used is None:
+            takes = " or ".join(repr(o) for o in kind.recipes)
+            raise ValueError(f"train.optimizer: the {kind.name} recipe trains with {takes}, "
+                             f"not {self.train.optimizer!r}")
+        ignored = sorted(self.train.model_fields_set - used)
         if ignored:
-            opt = "" if self.model.kind == "gpt" else f" with optimizer {self.train.optimizer!r}"
-            raise ValueError(f"train.{ignored[0]}: not used by the {self.model.kind} recipe{opt} (set: "
+            opt = "" if None in kind.recipes else f" with optimizer {self.train.optimizer!r}"
+            raise ValueError(f"train.{ignored[0]}: not used by the {kind.name} recipe{opt} (set: "
                              f"{', '.join(ignored)}); it reads only {', '.join(sorted(used))}")
 
     def quant(self) -> dict | None:
@@ -117,33 +114,31 @@ class WorkerConfig(_Section):
             self.data.name = None
         if self.data.name is None and self.data.path is None:
             raise ValueError("data: set either name='digits' or a path")
+        kind = registry.of(self.model)
         p = self.data.path
         # a table (.parquet) is a text corpus for a text model, feature vectors for an MLP
-        table = p is not None and p.suffix == ".parquet" and self.model.kind in TEXT_KINDS
-        text = self.data.name in ("brown", "brown-ft") or table or (p is not None and (
-            p.suffix in (".jsonl", ".arrow") or p.is_dir()))
-        if text != (self.model.kind in TEXT_KINDS):
-            raise ValueError(f"model.kind={self.model.kind!r} does not fit the data "
-                             f"({'text' if text else 'feature vectors'}): text data needs kind 'gpt' or 'hf', "
-                             "feature vectors kind 'mlp'")
-        if self.data.name == "brown-ft" and self.model.kind != "hf":
-            raise ValueError("data.name='brown-ft' (the fine-tuning benchmark's openings) needs model.kind='hf'")
-        if self.model.kind == "hf" and self.data.name == "brown":
-            raise ValueError("model.kind='hf' trains on data.name='brown-ft' or a JSONL data.path, not 'brown'")
-        if self.model.kind == "hf":
-            if self.model.path is None:
-                raise ValueError("model.path: an hf model needs its local directory (--model DIR)")
-            if self.train.optimizer != "adamw":
-                raise ValueError("train.optimizer: an hf fine-tune uses 'adamw'")
-        self._recipe_reads_every_set_field()
-        allowed = ("ggn", "fisher") if self.model.kind in TEXT_KINDS else ("ggn", "hessian")
-        if self.method.curvature not in allowed:
-            raise ValueError(f"method.curvature: {self.method.curvature!r} is not built for kind {self.model.kind!r} "
-                             f"(it has {' and '.join(allowed)})")
+        table = p is not None and p.suffix == ".parquet" and kind.text
+        text = BUILT_IN.get(self.data.name) == "text" or table or (p is not None and (p.suffix in (".jsonl", ".arrow")
+                                                                             or p.is_dir()))
+        if text != kind.text:
+            fits = " or ".join(repr(k.name) for k in registry.KINDS.values() if k.text == text)
+            raise ValueError(f"model.kind={kind.name!r} does not fit the data "
+                             f"({'text' if text else 'feature vectors'}): {'text' if text else 'feature vectors'}"
+                             f" need kind {fits}")
+        if self.data.name is not None and self.data.name not in kind.datasets:
+            takes = [k.name for k in registry.KINDS.values() if self.data.name in k.datasets]
+            raise ValueError(f"data.name={self.data.name!r} is for model.kind {' or '.join(map(repr, takes))}; "
+                             f"kind {kind.name!r} trains on {' or '.join(map(repr, kind.datasets))} or a data.path")
+        if kind.needs_path and getattr(self.model, "path", None) is None:
+            raise ValueError(f"model.path: a {kind.name} model needs its local directory (--model DIR)")
+        self._recipe_reads_every_set_field(kind)
+        if self.method.curvature not in kind.curvatures:
+            raise ValueError(f"method.curvature: {self.method.curvature!r} is not built for kind {kind.name!r} "
+                             f"(it has {' and '.join(kind.curvatures)})")
         if self.method.iterates > 1:
-            if self.model.kind in TEXT_KINDS:
-                raise ValueError("method.iterates > 1: response averaging over iterates is built for MLP stores "
-                                 "only; use 1 for a text store")
+            if not kind.iterates:
+                raise ValueError(f"method.iterates > 1: response averaging over iterates is not built for kind "
+                                 f"{kind.name!r}; use 1")
             try:
                 self.method.iterate_epochs(self.train.epochs)
             except ValueError as e:
@@ -236,14 +231,6 @@ def read_config_file(path: Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a table of sections")
     return data
-
-
-def _ignored_train_fields(kind: str, train: TrainConfig) -> tuple[list[str], set[str]]:
-    """The explicitly set train fields that ``kind``'s recipe does not read, and those it reads."""
-    used = RECIPE_FIELDS.get((kind, None)) or RECIPE_FIELDS.get((kind, train.optimizer))
-    if used is None:
-        return [], set()  # an optimizer this kind does not take: refused by its own check
-    return sorted(train.model_fields_set - used), used
 
 
 class ConfigError(ValueError):

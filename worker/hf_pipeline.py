@@ -30,15 +30,15 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from influence import heldout
+from influence import heldout, registry
+from influence.datasets.brown_ft import encode_queries, ft_blocks, ft_heldout_sample, ft_text, query_windows
+from influence.datasets.documents import read_documents
 from influence.heldout import HeldoutSample
-from influence.hf.ftdata import encode_queries, ft_blocks, ft_heldout_sample, ft_text, query_windows
 from influence.hf.loader import check_dir, load_tokenizer, weight_checksums, weight_files
 from influence.hf.model import context_of, with_layout
 from influence.store import Manifest, publish
 from influence.text.blocks import Coverage, coverage, document_blocks
-from influence.text.documents import read_documents
-from influence.text.gpt import PAD, pad_right
+from influence.text.causal import PAD, pad_right
 
 from .config import ConfigError, WorkerConfig
 from .device import device_of
@@ -215,7 +215,7 @@ def _member(cfg: WorkerConfig, base: Path, spec, corpus: HFCorpus, recipe: FTRec
     ``(what it publishes, on the CPU, or None on ranks other than 0; the spec with its layout)``.
     Under ``torchrun`` every rank fine-tunes (rank 0's parameters broadcast, so all agree exactly) and
     simulates its shard of documents; checkpoints are per rank."""
-    seed = cfg.train.seed + e
+    seed = registry.of(spec).member_seed(cfg.train.seed, e)
     stages = Stages(f"[{e + 1}/{cfg.method.ensemble}] ", progress)
     tag = "" if shard.world == 1 else f".rank{shard.rank}of{shard.world}"
     done = work.load(f"member-{seed}{tag}")  # (ranks other than 0 keep none: a sharded member is redone)

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from influence.hf.loader import load_model
 from influence.hf.model import DTYPES, HFCausalLM, wrap
 from influence.hf.spec import HFSpec
-from influence.text.gpt import lm_loss
+from influence.text.causal import lm_loss
 
 from .lm_train import batch_order, lr_at
 

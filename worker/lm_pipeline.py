@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
-from influence import heldout
+from influence import heldout, registry
+from influence.datasets.documents import corpus_sha256, load_text_corpus
+from influence.gpt.model import GPT
 from influence.layout import ParamLayout
 from influence.quant import dequantize, quantize
 from influence.store import Manifest, publish
 from influence.text.corpus import LMCorpus, brown_corpus
-from influence.text.documents import corpus_sha256, load_text_corpus
-from influence.text.gpt import GPT
 from influence.text.lm_math import query_grads
 from influence.text.lm_simulate import compress, probe_grads, score_agreement, simulate_documents
 
@@ -142,7 +142,7 @@ def respond(cfg: WorkerConfig, model, params: dict[str, torch.Tensor], blocks: t
 def _member(cfg: WorkerConfig, corpus: LMCorpus, level: str, e: int, progress: bool) -> dict:
     """One member trained and simulated on ``train.device``; what it publishes on the CPU."""
     spec, dev = cfg.model, device_of(cfg)
-    seed = cfg.train.seed + e
+    seed = registry.of(spec).member_seed(cfg.train.seed, e)
     blocks = corpus.blocks.to(dev)
     params, stats = train_lm(spec, blocks, None, seed)
     model = GPT(spec, seed=None).to(dev)  # its causal-mask buffer on dev; the math runs on ``params``

@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from influence import heldout
-from influence.data import Dataset, load_digits_train, load_training_file
-from influence.readout import mlp_forward
-from influence.simulate import Responses, Simulator, StepCheckpoint
+from influence import heldout, registry
+from influence.datasets.vectors import Dataset, load_digits_train, load_training_file
+from influence.mlp.propagate import Responses, Simulator, StepCheckpoint
+from influence.mlp.readout import mlp_forward
 from influence.store import Manifest, publish
 
 from .config import ConfigError, WorkerConfig
@@ -43,7 +43,7 @@ def load_dataset(cfg: WorkerConfig) -> Dataset:
 
 
 def member_seed(cfg: WorkerConfig, member: int) -> int:
-    return cfg.train.seed + 1000 * member
+    return registry.of(cfg.model).member_seed(cfg.train.seed, member)
 
 
 def run_id(cfg: WorkerConfig, ds: Dataset) -> str:

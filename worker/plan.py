@@ -54,11 +54,11 @@ from pathlib import Path
 import torch
 
 from influence import heldout
+from influence.datasets.jsonl import read_jsonl
 from influence.hf.loader import check_dir, load_model, load_tokenizer, weight_files
 from influence.hf.model import DTYPES, context_of, with_layout, wrap
 from influence.quant import dequantize, quantize
-from influence.text.gpt import PAD, lm_loss
-from influence.text.jsonl import read_jsonl
+from influence.text.causal import PAD, lm_loss
 from influence.text.lm_math import LMGaussNewton, doc_grads
 
 from .config import ConfigError, WorkerConfig

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from influence.model import MLPSpec, init_params
+from influence.mlp.model import MLPSpec, init_params
 from influence.outputs import output
 
 from .config import TrainConfig

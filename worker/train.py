@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.func import functional_call
 
-from influence.model import MLPSpec, build_mlp, init_params
-from influence.simulate import IterateRecorder
+from influence.mlp.iterates import IterateRecorder
+from influence.mlp.model import MLPSpec, build_mlp, init_params
 
 from .config import TrainConfig
 

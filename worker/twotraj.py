@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call, grad, vmap
 
-from influence.model import MLPSpec, ParamLayout, build_mlp
-from influence.simulate import Responses
+from influence.mlp.model import MLPSpec, ParamLayout, build_mlp
+from influence.mlp.propagate import Responses
 
 from .config import MethodConfig, TrainConfig
 from .train import Trained, batch_order

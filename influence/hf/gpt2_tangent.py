@@ -3,7 +3,7 @@
 serving readout: the same numbers as ``torch.func.jvp`` through the model
 (tested at 1e-10 in float64) with the primal computed once per query batch
 and every layer's tangent a few large GEMMs over all ``K`` directions, as
-``influence.text.tangent`` does for the protocol GPT (whose attention and
+``influence.gpt.tangent`` does for the protocol GPT (whose attention and
 LayerNorm rules it reuses).
 
 Only the LoRA factors move (the base is frozen), so the embeddings carry no
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..text.rules import LNPrimal, TrunkPrimal, attn_primal, attn_t, layer_norm, layer_norm_t
+from influence.text.rules import LNPrimal, TrunkPrimal, attn_primal, attn_t, layer_norm, layer_norm_t
 
 ACTS = ("gelu_new", "gelu", "gelu_pytorch_tanh")
 _C = math.sqrt(2.0 / math.pi)

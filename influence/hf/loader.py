@@ -17,8 +17,8 @@ import warnings
 import zipfile
 from pathlib import Path
 
-from ..errors import InfluenceError
-from ..store import sha256_file
+from influence.errors import InfluenceError
+from influence.files import sha256_file
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 TOKENIZER_FILES = ("tokenizer.json",)

@@ -1,10 +1,6 @@
-"""Training-time simulation of parameter responses (the method page's
-"Simulation"): settings, curvature products, the step-by-step propagation
-(the reference) and its closed-form spectral evaluation. Free of the
-worker's job logic, the service and any I/O."""
-
-from .iterates import IterateRecorder, iterate_steps
-from .propagate import Responses, Simulator, StepCheckpoint
-from .settings import MethodConfig
-
-__all__ = ["IterateRecorder", "MethodConfig", "Responses", "Simulator", "StepCheckpoint", "iterate_steps"]
+"""Training-time simulation settings and the spectral machinery every model
+kind's simulator shares (``settings``: ``MethodConfig``; ``spectral``: the
+Nyström / low-rank filters). The MLP's step-by-step propagation and curvature
+products are its kind's own (``influence.mlp.propagate``, ``.curvature``), the
+causal LMs' are ``influence.text.lm_simulate``. Free of the worker's job
+logic, the service and any I/O."""

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import QueryError
-from ..store import Store
-from .gpt import pad_right
-from .lm_math import jvp_scores
-from .models import load_text_model
+from influence import registry
+from influence.errors import QueryError, StoreError
+from influence.store import Store
+from influence.text.causal import pad_right
+from influence.text.lm_math import jvp_scores
 
 
 @dataclass
@@ -77,7 +77,10 @@ class TextAttributor:
         self.heldout = store.heldout  # the held-out query sample, or None
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype, self.tangent_dtype = dtype, tangent_dtype or dtype
-        self.model, self.tokenizer = load_text_model(store, self.device, dtype)
+        kind = registry.of(man.model)
+        if not kind.text:
+            raise StoreError(f"{store.path}: model kind {kind.name!r} is not a text model")
+        self.model, self.tokenizer = kind.load(store, self.device, dtype)
         if not self.model.manual_tangents:  # reduced-precision tangents need the hand-derived rules (gpt)
             self.tangent_dtype = dtype
         self.documents = json.loads(store.assets["documents.json"].decode())

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .gpt import PAD
+from influence.text.causal import PAD
 
 
 @dataclass

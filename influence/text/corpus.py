@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..heldout import HeldoutSample
-from .tokenizer import Tokenizer
+from influence.gpt.tokenizer import Tokenizer
+from influence.heldout import HeldoutSample
 
 BLOCK = 65  # tokens per block: 64 inputs + 1 (targets are the last 64)
 BLOCKS_PER_DOC = 4
@@ -144,7 +144,7 @@ def build_corpus(
 def brown_corpus() -> LMCorpus:
     """The ``brown`` preset: 450 training documents, 1,800 blocks, V = 2000,
     sources at the ``publication`` and ``genre`` levels."""
-    from .brown import LEVELS, heldout_sample, load_brown, source_table
+    from influence.datasets.brown import LEVELS, heldout_sample, load_brown, source_table
 
     samples = load_brown()
     ids = [s.id for s in samples]

@@ -21,7 +21,7 @@ the first ``T``, targets the last ``T``.
 
 Everything is ``torch.func`` (``functional_call`` + ``grad``/``jvp``/``vjp``/
 ``vmap``) except the serving path of ``jvp_scores``, whose trunk tangents are
-hand-derived and batched into large GEMMs (``influence.text.tangent``, tested
+hand-derived and batched into large GEMMs (``influence.gpt.tangent``, tested
 against ``torch.func.jvp``); all run in float32 and float64 on any device.
 Every query is scored on its own row of the batch (causal attention, masked
 mean), so scores do not depend on the batch composition or its padding.
@@ -36,10 +36,9 @@ import torch
 from torch.func import functional_call, grad, jvp, vjp, vmap
 from torch.nn import functional as F
 
-from ..layout import ParamLayout
-from .causal import CausalLM
-from .gpt import PAD, block_io, lm_loss, sequence_logprob
-from .rules import manual_chunk
+from influence.layout import ParamLayout
+from influence.text.causal import PAD, CausalLM, block_io, lm_loss, sequence_logprob
+from influence.text.rules import manual_chunk
 
 Params = dict[str, torch.Tensor]
 

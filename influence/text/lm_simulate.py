@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..simulate.settings import MethodConfig
-from ..simulate.spectral import LowRankFilter, gaussian_sketch, nystrom, nystrom_from
-from .gpt import GPT, PAD
-from .lm_math import LMGaussNewton, doc_grads, doc_grads_and_fisher_sketch, query_grads
+from influence.simulate.settings import MethodConfig
+from influence.simulate.spectral import LowRankFilter, gaussian_sketch, nystrom, nystrom_from
+from influence.text.causal import PAD, CausalLM
+from influence.text.lm_math import LMGaussNewton, doc_grads, doc_grads_and_fisher_sketch, query_grads
 
 
 @dataclass
@@ -56,7 +56,7 @@ def _no_memo(name: str, compute: Callable[[], object]) -> object:
     return compute()
 
 
-def simulate_documents(model: GPT, params: dict[str, torch.Tensor], blocks: torch.Tensor, block_doc: torch.Tensor,
+def simulate_documents(model: CausalLM, params: dict[str, torch.Tensor], blocks: torch.Tensor, block_doc: torch.Tensor,
                        n_docs: int, method: MethodConfig, weight_decay: float, seed: int,
                        progress: Progress | None = None, memo: Memo = _no_memo, docs: slice | None = None,
                        share: tuple[int, int] = (0, 1), reduce: Callable | None = None) -> LMResponses:
@@ -141,7 +141,7 @@ class CompressionStats:
     heldout: dict | None = None  # the same on held-out queries, with per-query rank agreement
 
 
-def probe_grads(model: GPT, params: dict[str, torch.Tensor], blocks: torch.Tensor, m: int, seed: int
+def probe_grads(model: CausalLM, params: dict[str, torch.Tensor], blocks: torch.Tensor, m: int, seed: int
                 ) -> torch.Tensor:
     """``(m, p)`` output gradients ``∇f`` on ``m`` random training blocks
     (seed ``seed + 17``): the query metric that steers ``compress``, drawn

@@ -20,7 +20,7 @@ QUERIES = ["s0x1 s0x2 w3 w4 s0x5", "w1 w2 s2x3 s2x4 w5 w6"]
 
 
 def _scores(root: Path) -> dict:
-    from influence.attributor import Attributor
+    from influence.mlp.attributor import Attributor
     from influence.store import open_store
     from influence.text.attributor import TextAttributor
 

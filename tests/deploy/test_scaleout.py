@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from influence.data import load_digits_test
+from influence.datasets.vectors import load_digits_test
 from service.credit import credit
 
 from ..service.util import REDIS_URL, wait_ready

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from influence.text.blocks import coverage, document_blocks
-from influence.text.gpt import PAD, lm_loss
+from influence.text.causal import PAD, lm_loss
 from influence.text.lm_math import LMGaussNewton, block_grads, doc_grads
 
 from .conftest import tiny

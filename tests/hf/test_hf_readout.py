@@ -12,7 +12,7 @@ import torch
 
 from influence.hf.model import HFCausalLM
 from influence.layout import ParamLayout
-from influence.text.gpt import pad_right
+from influence.text.causal import pad_right
 from influence.text.lm_math import difference_scores, gradient_scores, jvp_scores
 
 from .conftest import CTX, V, tiny

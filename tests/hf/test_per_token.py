@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch.func import functional_call, jacrev
 
+from influence.gpt.model import GPT, GPTSpec
 from influence.layout import ParamLayout
-from influence.text.gpt import GPT, GPTSpec
 from influence.text.lm_math import jvp_scores
 
 from .conftest import V, tiny

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
+from influence.gpt.tokenizer import Tokenizer
 from influence.hf.tokenizer import HFTokenizer
 from influence.text.pieces import squash, tile, unsquash
-from influence.text.tokenizer import Tokenizer
 
 from .conftest import save_tiny_checkpoint
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from influence.attributor import Attributor
+from influence.mlp.attributor import Attributor
 from influence.store import open_store
 
 

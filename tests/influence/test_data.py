@@ -7,7 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from influence.data import assign_sources, digits_split, load_digits_train, load_query_file, load_training_file
+from influence.datasets.vectors import (
+    assign_sources,
+    digits_split,
+    load_digits_train,
+    load_query_file,
+    load_training_file,
+)
 from influence.errors import DataError
 
 

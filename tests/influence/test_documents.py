@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from influence.datasets.documents import corpus_sha256, read_documents
+from influence.datasets.jsonl import read_jsonl
 from influence.errors import DataError
-from influence.text.documents import corpus_sha256, read_documents
-from influence.text.jsonl import read_jsonl
 
 from ..text_corpus import write_corpus
 

@@ -6,11 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from influence.data import load_digits_test
+from influence.datasets.brown import GENRE_NAMES, PASSAGE_WORDS, heldout_sample, load_brown
+from influence.datasets.vectors import load_digits_test
 from influence.errors import StoreError
 from influence.heldout import HELDOUT_ASSET, HeldoutSample, spread, window
 from influence.store import load_version, open_store
-from influence.text.brown import GENRE_NAMES, PASSAGE_WORDS, heldout_sample, load_brown
 
 
 def test_spread_prefixes_are_the_smaller_spreads():

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from influence.hierarchy import RowTree, beam_read, build_tree, node_rows, sketch
-from influence.model import MLPSpec, init_params
-from influence.readout import linear_stack_scores, split_layers
+from influence.mlp.model import MLPSpec, init_params
+from influence.mlp.readout import linear_stack_scores, split_layers
 
 
 def _corpus(n=90, S=4, p=40, seed=0):

@@ -24,7 +24,8 @@ from bench.lm_baselines import (
     trak_features,
     trak_scores,
 )
-from influence.text.gpt import GPTSpec, sequence_logprob
+from influence.gpt.model import GPTSpec
+from influence.text.causal import sequence_logprob
 
 SPEC = GPTSpec(vocab=50, d=16, layers=1, heads=2, context=16)
 T1 = SPEC.context + 1

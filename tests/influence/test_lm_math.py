@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch.func import functional_call, hessian, jacrev
 
-from influence.model import ParamLayout
+from influence.gpt.model import GPTSpec
+from influence.mlp.model import ParamLayout
 from influence.simulate.spectral import LowRankFilter, nystrom
-from influence.text.gpt import GPTSpec, lm_loss, pad_right, token_logprobs
+from influence.text.causal import lm_loss, pad_right, token_logprobs
 from influence.text.lm_math import (
     LMGaussNewton,
     block_grads,

@@ -7,14 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from influence.model import MLPSpec, build_mlp, init_params
-from influence.readout import (
-    difference_scores,
-    gradient_scores,
-    jvp_scores,
-    linear_stack_scores,
-    split_layers,
-)
+from influence.mlp.model import MLPSpec, build_mlp, init_params
+from influence.mlp.readout import difference_scores, gradient_scores, jvp_scores, linear_stack_scores, split_layers
 
 
 def _setup(activation: str, r: int = 11):

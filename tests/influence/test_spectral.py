@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from influence.model import MLPSpec, build_mlp, init_params
-from influence.simulate import MethodConfig, Simulator
-from influence.simulate.curvature import mlp_example_grads, per_example_grads
+from influence.mlp.curvature import mlp_example_grads, per_example_grads
+from influence.mlp.model import MLPSpec, build_mlp, init_params
+from influence.mlp.propagate import Simulator
+from influence.simulate.settings import MethodConfig
 from influence.simulate.spectral import LowRankFilter, horizon_filter, nystrom
 
 SHIFT, ETA = 0.01, 0.4

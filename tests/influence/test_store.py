@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from influence.errors import StoreError
-from influence.model import MLPSpec, init_params
+from influence.mlp.model import MLPSpec, init_params
 from influence.store import (
     Manifest,
     current_version,
@@ -134,7 +134,7 @@ def test_quantized_examples_round_trip_and_refuse_a_mismatch(tmp_path):
     whose bits do not match the stored codes is refused."""
     import json
 
-    from influence.model import MLPSpec
+    from influence.mlp.model import MLPSpec
     from influence.quant import dequantize, quantize
     from influence.store import Manifest, StoreError, load_version, publish
 

@@ -1,4 +1,4 @@
-"""``influence.text.tangent``: the hand-derived batched trunk tangent against
+"""``influence.gpt.tangent``: the hand-derived batched trunk tangent against
 ``torch.func.jvp`` (float64, a tiny GPT), and ``lm_math.jvp_scores`` with it
 (``impl="manual"``, the default) against the ``torch.func`` path and the
 explicit gradient dot product; float32 agreement and batch invariance."""
@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch.func import jvp, vmap
 
-from influence.text.gpt import GPT, GPTSpec, pad_right
+from influence.gpt.model import GPT, GPTSpec
+from influence.gpt.tangent import trunk_primal, trunk_tangents
+from influence.text.causal import pad_right
 from influence.text.lm_math import _trunk, gradient_scores, jvp_scores
-from influence.text.tangent import trunk_primal, trunk_tangents
 
 SPEC = GPTSpec(vocab=50, d=8, heads=2, layers=2, context=16)
 

@@ -41,7 +41,7 @@ def test_text_load_rows(tiny_text_store, tmp_path):
 
 
 def test_readout_flops_count_the_tangents():
-    from influence.text.gpt import GPTSpec
+    from influence.gpt.model import GPTSpec
 
     spec = GPTSpec()
     one, two = readout_flops(spec, [1], 450, 312), readout_flops(spec, [2], 450, 312)

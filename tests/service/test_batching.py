@@ -10,8 +10,8 @@ import json
 import httpx
 import torch
 
-from influence.attributor import Attributor
 from influence.blocks import batch_invariant, readout_rows
+from influence.mlp.attributor import Attributor
 from influence.store import open_store
 
 from .util import query, serve, strip_volatile

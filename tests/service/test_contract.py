@@ -8,7 +8,7 @@ import io
 import httpx
 import torch
 
-from influence.attributor import Attributor
+from influence.mlp.attributor import Attributor
 from influence.store import open_store
 
 from .util import query, ready_probed

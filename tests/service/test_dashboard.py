@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import pytest
 
-from influence.data import load_digits_test
+from influence.datasets.vectors import load_digits_test
 from influence.store import open_store
 from service.dashboard import STATIC_DIR
 

@@ -22,7 +22,7 @@ from influence.store import read_manifest
 from service import heldout
 from service.credit import credit
 from service.errors import ApiError
-from service.kinds import KINDS, kind_of
+from service.kinds import kind_of
 from service.runtime import change_refused
 
 from .hf_store import HF_NAMES, fit_words
@@ -140,9 +140,9 @@ def test_hf_kind_prepare_names_the_kind(hf_att):
     req = AttributionRequest.model_construct(queries=[Query(input=[1.0])], output=None, top_k=3,
                                              granularity="sources", order="positive", record=False)
     with pytest.raises(ApiError) as e:
-        KINDS["hf"].prepare(hf_att, req, Settings(_env_file=None))
+        kind_of(hf_att.manifest).prepare(hf_att, req, Settings(_env_file=None))
     assert "(kind hf)" in e.value.message and e.value.fields[0][0] == "queries[0].input"
-    assert kind_of(hf_att.manifest) is KINDS["hf"] and KINDS["hf"].text and KINDS["gpt"].text
+    assert kind_of(hf_att.manifest) is kind_of(hf_att.manifest) and kind_of(hf_att.manifest).text
 
 
 def _hf_requests(tok) -> list[dict]:
@@ -225,8 +225,8 @@ def test_brown_ft_passages_are_the_benchmarks_heldout_windows(hf_att):
     fine-tuning benchmark's query windows of held-out documents, one per
     genre first (no brown-ft store is built here: its sample and the tiny
     store's tokenizer stand in)."""
-    from influence.hf.ftdata import all_query_windows, ft_heldout_sample, ft_text
-    from influence.text.brown import load_brown
+    from influence.datasets.brown import load_brown
+    from influence.datasets.brown_ft import all_query_windows, ft_heldout_sample, ft_text
 
     text = ft_text()
     man = SimpleNamespace(data={"name": "brown-ft", "level": "publication"},
@@ -247,12 +247,12 @@ def test_brown_ft_passages_are_the_benchmarks_heldout_windows(hf_att):
         assert p["id"] == f"heldout-{doc.id}" and windows[doc.id].startswith(p["text"])
         assert p["source"] == doc.publisher_id and p["source_name"] == doc.publisher
         assert 2 <= p["n_tokens"] <= 129 and p["oov"] == 0
-    qs, ids = heldout.queries(att, KINDS["hf"], 5)
+    qs, ids = heldout.queries(att, kind_of(hf_att.manifest), 5)
     assert ids == [p["id"] for p in got["passages"][:5]] and [q.text for q in qs] == \
         [p["text"] for p in got["passages"][:5]]
     # a store without a held-out sample: training starts, labelled so, and no what-if sample
     att.heldout = None
-    assert heldout.passages(att, 3)["kind"] == "training" and heldout.queries(att, KINDS["hf"], 3) is None
+    assert heldout.passages(att, 3)["kind"] == "training" and heldout.queries(att, kind_of(hf_att.manifest), 3) is None
 
 
 def test_switching_gpt_and_hf_needs_allow_kind_change(hf_store, text_store):

@@ -30,7 +30,7 @@ def _whatif(base: str, **body) -> httpx.Response:
 
 
 def test_vector_whatif_is_the_first_order_of_the_served_scores(server):
-    from influence.data import load_digits_test
+    from influence.datasets.vectors import load_digits_test
 
     base, _ = server
     st = httpx.get(base + "/v1/store").json()

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from influence.data import load_digits_test
+from influence.datasets.vectors import load_digits_test
 from influence.store import open_store
 from worker.cli import main
 from worker.config import ConfigError, load_config

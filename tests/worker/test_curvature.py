@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch.func import functional_call, hessian, jacrev
 
-from influence.model import ParamLayout, build_mlp
+from influence.mlp.curvature import LinearStackGGN, ggn_generic, hvp_generic, per_example_grads
+from influence.mlp.model import ParamLayout, build_mlp
 from influence.outputs import cross_entropy_hessian
-from influence.simulate.curvature import LinearStackGGN, ggn_generic, hvp_generic, per_example_grads
 
 
 def explicit_ggn(spec, params, X):

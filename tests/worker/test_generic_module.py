@@ -7,10 +7,10 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev
 
-from influence.model import ParamLayout
+from influence.mlp.curvature import ggn_generic
+from influence.mlp.model import ParamLayout
+from influence.mlp.readout import difference_scores, gradient_scores, jvp_scores
 from influence.outputs import cross_entropy_hessian
-from influence.readout import difference_scores, gradient_scores, jvp_scores
-from influence.simulate.curvature import ggn_generic
 
 
 class Residual(nn.Module):

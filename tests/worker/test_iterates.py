@@ -10,7 +10,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from influence.simulate import MethodConfig, Simulator
+from influence.mlp.propagate import Simulator
+from influence.simulate.settings import MethodConfig
 from influence.store import open_store
 from worker.config import ConfigError, load_config
 from worker.pipeline import build, load_dataset
@@ -110,7 +111,7 @@ def test_averaged_propagation_resumes_from_its_checkpoints(tmp_path, tiny):
     """Step-by-step solver, one checkpoint file per iterate: a rerun over the
     files a killed run left (iterate 0 finished, iterate 1 midway) gives the
     same mean, bit for bit."""
-    from influence.simulate import StepCheckpoint
+    from influence.mlp.propagate import StepCheckpoint
 
     cfg, X, y, src, S = tiny
     t = train(cfg.model, X, y, cfg.train, seed=0, keep_epochs=[6])

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from influence.gpt.model import GPT
 from influence.store import open_store
 from influence.text.attributor import TextAttributor
-from influence.text.gpt import GPT, sequence_logprob, token_logprobs
+from influence.text.causal import sequence_logprob, token_logprobs
 from influence.text.lm_math import gradient_scores
 from worker.config import load_config
 from worker.lm_pipeline import build

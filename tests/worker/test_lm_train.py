@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from influence.text.gpt import GPTSpec
+from influence.gpt.model import GPTSpec
 from worker.lm_train import LR_MAX, batch_order, lr_at, n_steps, perplexity, train_lm
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from influence.attributor import Attributor, top_k
-from influence.data import load_digits_test
+from influence.datasets.vectors import load_digits_test
+from influence.mlp.attributor import Attributor, top_k
 from influence.store import list_versions, open_store
 from worker.config import load_config
 from worker.pipeline import build
@@ -70,7 +70,7 @@ def test_tiny_preset_spectral_equals_the_step_by_step_reference():
     """The default (spectral) posthoc responses of the tiny preset against K
     damped steps of the reference solver: 1e-2 relative at rank 512 < p = 910,
     1e-9 at full rank (float64)."""
-    from influence.simulate import Simulator
+    from influence.mlp.propagate import Simulator
     from worker.pipeline import load_dataset
     from worker.train import train
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from influence.model import MLPSpec, build_mlp
-from influence.simulate import Simulator
-from influence.simulate.curvature import per_example_grads
+from influence.mlp.curvature import per_example_grads
+from influence.mlp.model import MLPSpec, build_mlp
+from influence.mlp.propagate import Simulator
 from worker.config import MethodConfig, TrainConfig
 from worker.train import train
 from worker.twotraj import two_trajectories

@@ -39,7 +39,16 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from .rules import LNPrimal, TrunkPrimal, attn_primal, attn_t, gelu_grad, layer_norm, layer_norm_t, linear_t
+from influence.text.rules import (
+    LNPrimal,
+    TrunkPrimal,
+    attn_primal,
+    attn_t,
+    gelu_grad,
+    layer_norm,
+    layer_norm_t,
+    linear_t,
+)
 
 Params = dict[str, torch.Tensor]
 

@@ -1,4 +1,4 @@
-"""A text corpus from a file a user has: JSONL (``influence.text.jsonl``),
+"""A text corpus from a file a user has: JSONL (``influence.datasets.jsonl``),
 or a table as Hugging Face ``datasets`` writes it, read offline with
 ``pyarrow`` (no ``datasets`` install, no hub):
 
@@ -21,9 +21,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from ..errors import DataError
-from .corpus import VOCAB, LMCorpus
-from .jsonl import check_count, corpus_from_records, document_record, read_jsonl
+from influence.datasets.jsonl import check_count, corpus_from_records, document_record, read_jsonl
+from influence.errors import DataError
+from influence.text.corpus import VOCAB, LMCorpus
 
 TABLE_SUFFIXES = (".parquet", ".arrow")
 

@@ -29,9 +29,9 @@ import json
 import warnings
 from pathlib import Path
 
-from ..errors import DataError
-from .corpus import BLOCK, VOCAB, LMCorpus, build_corpus
-from .tokenizer import UNK, Tokenizer
+from influence.errors import DataError
+from influence.gpt.tokenizer import UNK, Tokenizer
+from influence.text.corpus import BLOCK, VOCAB, LMCorpus, build_corpus
 
 
 def read_lines(path: str | Path) -> list[str]:

@@ -13,7 +13,7 @@ Two source levels:
   periodical samples, the book publisher for books, the issuing body for
   government documents and reports — normalised so that one publisher has
   one id (``The New York Times`` and ``New York Times`` → ``new-york-times``).
-  The parsing and normalisation rules are in :mod:`influence.text.publishers`
+  The parsing and normalisation rules are in :mod:`influence.datasets.publishers`
   (strip dates, pages, issue and volume numbers; ``&`` → ``and``; drop
   ``Inc.``/``Corp.`` and a leading ``The``; a short alias table for spelling
   variants; id = lowercase, non-alphanumerics → ``-``). 312 publishers.
@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from ..errors import DataError
-from ..heldout import HeldoutQuery, HeldoutSample, spread, window
-from .publishers import GENRES
+from influence.datasets.publishers import GENRES
+from influence.errors import DataError
+from influence.heldout import HeldoutQuery, HeldoutSample, spread, window
 
 DATA = Path(__file__).with_name("data") / "brown.jsonl.gz"
 BROWN_SHA256 = "b7f14890ec87a5958699389e61900c066578223a26538e5899e2a1ed71198291"

@@ -38,11 +38,10 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
-from torch.func import functional_call
 from torch.nn import functional as F
 
-from ..layout import ParamLayout
-from .tangent import trunk_primal, trunk_tangents
+from influence.gpt.tangent import trunk_primal, trunk_tangents
+from influence.layout import ParamLayout
 
 
 class GPTSpec(BaseModel):
@@ -118,7 +117,7 @@ class GPT(nn.Module):
         self.register_buffer("mask", causal, persistent=False)
 
     # -- the CausalLM interface (influence.text.causal) --
-    manual_tangents = True  # influence.text.tangent's hand-derived rules apply
+    manual_tangents = True  # influence.gpt.tangent's hand-derived rules apply
     head_ok = True
 
     @property
@@ -151,60 +150,3 @@ class GPT(nn.Module):
     def head(self, params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, None, str]:
         """The tied output layer: ``(tok_emb.weight (V, d), no bias, its name)``."""
         return params["tok_emb.weight"], None, "tok_emb.weight"
-
-
-def token_logprobs(model: GPT, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """``x (B, T+1)`` → ``log p(x[:, t+1] | x[:, :t+1])`` as ``(B, T)``."""
-    inp, tgt = x[:, :-1], x[:, 1:]
-    logits = model(inp) if params is None else functional_call(model, params, (inp,))
-    lp = logits.log_softmax(dim=-1)  # (B, T, V)
-    return lp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
-
-
-def sequence_logprob(
-    model: GPT,
-    x: torch.Tensor,
-    params: dict[str, torch.Tensor] | None = None,
-    target_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``f(q)``: mean over the targets of ``log p(y_t | y_<t)``, ``(B,)``.
-    ``x (B, T+1)``; ``target_mask (B, T)`` bool/float: average only over the
-    targets where it is set (prompt/completion; right padding). A row with an
-    empty mask gives 0."""
-    lp = token_logprobs(model, x, params)
-    if target_mask is None:
-        return lp.mean(dim=-1)
-    m = target_mask.to(lp.dtype)
-    return (lp * m).sum(dim=-1) / m.sum(dim=-1).clamp_min(1.0)
-
-
-PAD = -100  # a training block's padding (F.cross_entropy's ignore_index): no input, no target
-
-
-def block_io(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(inputs (B, T), targets (B, T))`` of training blocks ``x (B, T+1)``
-    that may be right-padded with ``PAD``: padded inputs read token 0 (only
-    later, padded positions see them: attention is causal), padded targets
-    stay ``PAD`` and count nowhere."""
-    return x[:, :-1].clamp_min(0), x[:, 1:]
-
-
-def lm_loss(model: GPT, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """Mean token cross-entropy over the ``B × T`` targets of ``x (B, T+1)``
-    (over the real ones where blocks are padded with ``PAD``)."""
-    inp, tgt = block_io(x)
-    logits = model(inp) if params is None else functional_call(model, params, (inp,))
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=PAD)
-
-
-def pad_right(seqs: list[list[int]], pad: int = 0, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x (B, L) int64, target_mask (B, L-1) bool)`` for sequences of
-    different lengths (each ≥ 2 tokens, ≤ context + 1); ``L`` = ``length``
-    or the longest sequence's."""
-    n = max(len(s) for s in seqs) if length is None else length
-    x = torch.full((len(seqs), n), pad, dtype=torch.long)
-    m = torch.zeros(len(seqs), n - 1, dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        x[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        m[i, : len(s) - 1] = True
-    return x, m
