@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 from bench.lm_protocol import DEFAULT, SPEC, LMProtocol, corpus, doc_blocks, genre_docs, queries
+from influence.gpt.train import train_lm
 from influence.text.causal import sequence_logprob
 from influence.text.corpus import all_windows
-from worker.lm_train import train_lm
 
 DEFAULT_FULL = 5
 DEFAULT_DOC = 48

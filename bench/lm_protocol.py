@@ -3,7 +3,7 @@
 
 Everything that defines the ground truth lives in ``LMProtocol``; its hash
 (with the corpus fingerprint ``BROWN_SHA256``, the model spec and the recipe
-constants of ``worker.lm_train``) keys the cache ``bench/.cache/lm/<key>/``.
+constants of ``influence.gpt.train``) keys the cache ``bench/.cache/lm/<key>/``.
 
 Choices where the protocol is silent (written down here, used everywhere):
 
@@ -35,10 +35,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from influence.datasets.brown import BROWN_SHA256
+from influence.datasets.brown import BROWN_SHA256, brown_corpus
+from influence.gpt import train as lm_train
 from influence.gpt.model import GPTSpec
-from influence.text.corpus import LMCorpus, brown_corpus
-from worker import lm_train
+from influence.text.corpus import LMCorpus
 
 LM_GT_VERSION = 1
 CACHE = Path(__file__).resolve().parent / ".cache" / "lm"

@@ -37,10 +37,10 @@ import numpy as np
 import torch
 
 from influence.audit import loso, source_lds
+from influence.datasets.brown import brown_corpus
 from influence.gpt.model import GPT
 from influence.store import open_store
 from influence.text.attributor import TextAttributor
-from influence.text.corpus import brown_corpus
 from influence.text.lm_math import query_grads
 
 from .common import RESULTS, ROOT, loadavg, machine, write_json, write_section

@@ -98,8 +98,7 @@ def ensure_store(root: Path) -> Path:
 def passages(tokenizer, count: int = 720, window: int = 64) -> list[str]:
     """``count`` raw-text windows of the held-out Brown documents, at most
     ``window`` tokens each under ``tokenizer`` (see the module doc)."""
-    from influence.datasets.brown import load_brown
-    from influence.text.corpus import brown_corpus
+    from influence.datasets.brown import brown_corpus, load_brown
 
     words = {s.id: list(s.tokens) for s in load_brown()}
     docs = [words[i] for i in brown_corpus().heldout_ids]
@@ -223,7 +222,7 @@ def trak_setup(att, k: int, threads: int, docs: int | None = None) -> dict:
     0): ``(n, k)``, with the projector, timed apart (TRAK's precompute)."""
     from trak.score_computers import BasicScoreComputer
 
-    from influence.text.corpus import brown_corpus
+    from influence.datasets.brown import brown_corpus
 
     from .lm_baselines import doc_block_tensor, doc_gradients, lam_grid, projector, trak_features
 

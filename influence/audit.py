@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
-from influence.whatif import removal
+from .whatif import removal
 
 __all__ = ["colcorr", "draw_source_subsets", "loso", "source_lds", "truth_noise", "whatif_check"]
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from influence.mlp.attributor import Attributor
-from influence.text.attributor import TextAttributor, TextQuery
+from .mlp.attributor import Attributor
+from .text.attributor import TextAttributor, TextQuery
 
 _PROBE_EXAMPLE_ROWS = 2_000_000  # batch_invariant: (query rows x example responses) probed at most
 

@@ -39,9 +39,14 @@ class ModelKind:
     ``iterates``: whether responses may average over training iterates.
     ``needs_path``: ``model.path`` (a local model directory) is required.
     ``load``: text kinds, ``(store, device, dtype) -> (CausalLM, tokenizer)``
-    of a published store. ``train``: text kinds, ``(spec, blocks (N, T+1)
-    int64, seed, cfg, device, progress) -> (model, trained params, stats)``,
-    the worker's per-member recipe (``stats``: ``final_loss``, ``seconds``).
+    of a published store. ``train``: a text kind trained from scratch on
+    the corpus's word tokenizer (its spec has ``vocab`` and ``context``),
+    ``(spec, blocks (N, T+1) int64, seed, keep=None) -> (CausalLM, trained
+    params {name: tensor}, stats {"final_loss", "seconds", ...})`` on
+    ``blocks``' device, ``keep`` the rows of a training subset (the audit's
+    retrains); ``recipe``: its fixed recipe as the manifest records it. A
+    kind without ``train`` and with ``needs_path`` fine-tunes a local
+    Hugging Face model (``worker.hf_pipeline``).
     """
 
     name: str
@@ -55,6 +60,7 @@ class ModelKind:
     needs_path: bool = False
     load: Callable | None = None
     train: Callable | None = field(default=None, compare=False)
+    recipe: Mapping | None = None
 
     @property
     def text(self) -> bool:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import importlib
 import os
 
-from influence.errors import InfluenceError
-from influence.gpt import kind as gpt
-from influence.hf import kind as hf
-from influence.kind import ModelKind
-from influence.mlp import kind as mlp
+from .errors import InfluenceError
+from .gpt import kind as gpt
+from .hf import kind as hf
+from .kind import ModelKind
+from .mlp import kind as mlp
 
 BUILT_IN: tuple[ModelKind, ...] = (mlp.KIND, gpt.KIND, hf.KIND)
 PLUGINS_ENV = "FA_KINDS"

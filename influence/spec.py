@@ -10,7 +10,7 @@ from typing import Annotated, Union
 
 from pydantic import Discriminator, Tag
 
-from influence.registry import KINDS
+from .registry import KINDS
 
 
 def _kind(v) -> str:

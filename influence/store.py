@@ -54,12 +54,12 @@ from pydantic import BaseModel, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from influence.errors import StoreError
-from influence.files import sha256_file
-from influence.heldout import HELDOUT_ASSET, HeldoutSample
-from influence.layout import ParamLayout
-from influence.quant import QMAX, QTensor, dequantize, quantize
-from influence.spec import ModelSpec
+from .errors import StoreError
+from .files import sha256_file
+from .heldout import HELDOUT_ASSET, HeldoutSample
+from .layout import ParamLayout
+from .quant import QMAX, QTensor, dequantize, quantize
+from .spec import ModelSpec
 
 FORMAT_VERSION = 3  # 3: examples_quant
 READABLE_FORMATS = (1, 2, 3)

@@ -7,7 +7,7 @@ For the current version of a store built from the shipped Brown corpus
 read it (same sha256): draw ``subsets`` random subsets of the
 sources, take the ``loso`` largest sources (by training documents; all of
 them when ``loso`` ≥ S, e.g. leave-one-genre-out) and retrain, with the
-protocol's recipe (``worker.lm_train.train_lm``: the very run that built
+protocol's recipe (``influence.gpt.train.train_lm``: the very run that built
 the store's members), one GPT per subset, per left-out source and the
 full-data model, for the member seeds ``recipe.seed + e``, ``e < seeds``; a
 subset keeps the training blocks of its sources' documents. On ``queries``
@@ -20,7 +20,7 @@ scored on the same truth: ``bench.lm_source_quality``) by ``influence.audit`` (`
 LDS, leave-one-source-out Pearson / Spearman, top-1 agreement, what-if
 accuracy, with ``n`` = the store's training targets (``data.n_targets``).
 
-What differs by kind is one ``Retrain`` (``RETRAINERS``): the corpus's
+What differs by kind is one ``Retrain`` (a kind trained from scratch, or a fine-tune): the corpus's
 blocks, the query windows and how a model is trained and evaluated. ``hf``
 stores: the store's recipe (``worker.hf_train.finetune`` from the store's own
 base, LoRA or named parameters as built), queries = held-out windows of the
@@ -47,16 +47,14 @@ from tqdm.auto import tqdm
 
 from influence import registry
 from influence.audit import draw_source_subsets, truth_noise
-from influence.datasets.documents import corpus_sha256, load_text_corpus
+from influence.datasets.documents import corpus_sha256, word_corpus
 from influence.errors import StoreError
-from influence.gpt.model import GPT
 from influence.store import Store
 from influence.text.attributor import TextAttributor, TextQuery
 from influence.text.causal import pad_right, sequence_logprob
 
 from .audit_common import SCHEMA, finite, metrics
 from .config import ConfigError
-from .lm_train import train_lm
 
 
 @dataclass
@@ -92,32 +90,36 @@ def _check_docs(store: Store, ids: list[str], source_ids: list[str]) -> None:
         raise StoreError(f"{store.path}: its documents or sources are not those of the corpus it names")
 
 
-def _gpt_retrain(store: Store, s, query_file: Path | None) -> Retrain:
-    """The protocol GPT: the corpus of the build (Brown or its JSONL file), its held-out windows."""
-    from influence.text.corpus import brown_corpus
+def _scratch_retrain(store: Store, s, query_file: Path | None) -> Retrain:
+    """A kind trained from scratch (the protocol GPT): the corpus of the build (Brown or its JSONL file),
+    its held-out windows, the kind's own recipe (``ModelKind.train``)."""
 
     if query_file is not None:
-        raise ConfigError("--query-file: a gpt store is audited on its corpus's held-out windows")
+        raise ConfigError(f"--query-file: a {store.manifest.model.kind} store is audited on its corpus's held-out "
+                          "windows")
     man, spec = store.manifest, store.manifest.model
-    f = _jsonl_path(store)
-    if f is None and man.data.get("name") != "brown":
+    corpus = word_corpus(man.data.get("name"), _jsonl_path(store))
+    if corpus is None:
         raise StoreError(f"{store.path}: its training corpus is not recorded (built before stores kept their "
                          "JSONL path); rebuild it to audit it")
-    corpus = load_text_corpus(f) if f is not None else brown_corpus()
     level = man.data.get("level")
     if level not in corpus.source_ids:
         raise StoreError(f"{store.path}: source level {level!r} is not one of its corpus")
     _check_docs(store, corpus.train_ids, corpus.source_ids[level])
     x, _, _ = corpus.queries(s.queries, seed=s.query_seed)
-    model = GPT(spec, seed=None)
+    kind, model = registry.of(spec), []
+
+    def train(keep, seed):
+        net, params, _ = kind.train(spec, corpus.blocks, seed, keep, threads=s.threads)
+        model[:] = [net]
+        return params
 
     def outputs(params):
         with torch.no_grad():
-            return sequence_logprob(model, x, params).double().numpy()
+            return sequence_logprob(model[0], x, params).double().numpy()
 
     return Retrain(corpus.blocks, corpus.block_document, x, torch.ones(x.shape[0], x.shape[1] - 1, dtype=torch.bool),
-                   f"held-out windows of {x.shape[1] - 1} targets: {len(x)}",
-                   lambda keep, seed: train_lm(spec, corpus.blocks, keep, seed, threads=s.threads)[0], outputs)
+                   f"held-out windows of {x.shape[1] - 1} targets: {len(x)}", train, outputs)
 
 
 def _hf_queries(att: TextAttributor, s, query_file: Path | None, from_jsonl: bool) -> tuple[list[list[int]], str]:
@@ -140,27 +142,21 @@ def _hf_queries(att: TextAttributor, s, query_file: Path | None, from_jsonl: boo
     return seqs, f"brown-ft held-out windows: {len(wins)}"
 
 
-def _hf_retrain(store: Store, s, query_file: Path | None) -> Retrain:
+def _finetune_retrain(store: Store, s, query_file: Path | None) -> Retrain:
     """An hf store: fine-tuned again from its own base with its recipe."""
-    from influence.datasets.brown_ft import ft_blocks, ft_text
+    from influence.datasets.finetune import recorded
     from influence.hf.kind import base_dir as hf_base_dir
 
-    from .hf_pipeline import _jsonl_blocks
     from .hf_train import FTRecipe, finetune
 
     man, spec = store.manifest, store.manifest.model
     att = TextAttributor(store, "cpu")
     f = _jsonl_path(store)
-    if f is not None:
-        ids, blocks, owner = _jsonl_blocks(f, att.tokenizer.tok, int(man.data["block_tokens"]),
-                                           int(man.data.get("max_blocks", 0)))
-        _check_docs(store, ids, man.source_ids)
-    elif man.data.get("name") == "brown-ft":
-        t = ft_text()
-        blocks, owner = ft_blocks(att.tokenizer.tok, t.openings)
-        _check_docs(store, t.train_ids, t.source_ids[man.data["level"]])
-    else:
+    c = recorded(man.data, f, att.tokenizer.tok)
+    if c is None:
         raise StoreError(f"{store.path}: its training corpus is not recorded; rebuild it to audit it")
+    blocks, owner = c.blocks, c.block_doc
+    _check_docs(store, c.doc_ids, c.source_ids)
     seqs, qdesc = _hf_queries(att, s, query_file, f is not None)
     x, mask = pad_right(seqs)
     r = man.recipe
@@ -176,9 +172,6 @@ def _hf_retrain(store: Store, s, query_file: Path | None) -> Retrain:
         return finetune(base, spec, blocks, keep, seed, recipe, "cpu", threads=s.threads)[1]
 
     return Retrain(blocks, owner, x, mask, qdesc, train, outputs)
-
-
-RETRAINERS = {"gpt": _gpt_retrain, "hf": _hf_retrain}
 
 
 def _store_scores(att: TextAttributor, x: torch.Tensor, mask: torch.Tensor, chunk: int = 8) -> np.ndarray:
@@ -199,7 +192,7 @@ def compute_text_audit(store: Store, s, log=lambda msg: None, progress: bool = T
     S, n = len(man.source_ids), int(man.data["n_targets"])
     if S < 3:
         raise StoreError(f"{store.path}: an audit needs at least 3 sources, the store has {S}")
-    rt = RETRAINERS[man.model.kind](store, s, query_file)
+    rt = (_scratch_retrain if registry.of(man.model).train else _finetune_retrain)(store, s, query_file)
     doc_source = np.asarray(man.example_source, dtype=np.int64)
     block_source = doc_source[rt.block_doc.numpy()]
     keep = draw_source_subsets(s.subsets, S, s.keep_prob, min(s.min_keep, S), s.selection_seed)

@@ -52,7 +52,7 @@ class DataConfig(_Section):
 class TrainConfig(_Section):
     """The MLP's recipe (``sgd`` / ``adam``); an ``hf`` fine-tune's (``adamw``:
     lr, betas, eps, weight decay, batch, epochs; warm-up 5% then cosine, the
-    protocol's order); the protocol GPT's recipe is fixed (``worker.lm_train``)."""
+    protocol's order); the protocol GPT's recipe is fixed (``influence.gpt.train``)."""
 
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = Field(0.05, gt=0)
@@ -122,9 +122,9 @@ class WorkerConfig(_Section):
                                                                              or p.is_dir()))
         if text != kind.text:
             fits = " or ".join(repr(k.name) for k in registry.KINDS.values() if k.text == text)
+            form = "text data needs" if text else "feature vectors need"
             raise ValueError(f"model.kind={kind.name!r} does not fit the data "
-                             f"({'text' if text else 'feature vectors'}): {'text' if text else 'feature vectors'}"
-                             f" need kind {fits}")
+                             f"({'text' if text else 'feature vectors'}): {form} kind {fits}")
         if self.data.name is not None and self.data.name not in kind.datasets:
             takes = [k.name for k in registry.KINDS.values() if self.data.name in k.datasets]
             raise ValueError(f"data.name={self.data.name!r} is for model.kind {' or '.join(map(repr, takes))}; "

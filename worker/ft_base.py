@@ -11,7 +11,7 @@ The result ships in the repository (``influence/hf/brown_ft_base``); the
 Choices where the protocol is silent: the sequences are 128 tokens and the
 loss is the model's own shifted cross-entropy (127 targets per sequence);
 weight decay applies to every parameter; the learning rate of step ``t`` is
-set before its update (as ``worker.lm_train``); held-out perplexity is over
+set before its update (as ``influence.gpt.train``); held-out perplexity is over
 every non-overlapping 128-token window of the 50 held-out documents, each
 encoded whole (joined with single spaces) and followed by ``<|endoftext|>``.
 """
@@ -31,9 +31,8 @@ import torch
 from tqdm.auto import tqdm
 
 from influence.datasets.brown_ft import CONTEXT, ft_text
+from influence.gpt.train import lr_at
 from influence.hf.loader import offline
-
-from .lm_train import lr_at
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "influence" / "hf" / "brown_ft_base"
 VOCAB, EOT = 4096, "<|endoftext|>"

@@ -6,16 +6,11 @@ per-source rows as for the protocol GPT (``lm_pipeline.respond``) ->
 published with the tokenizer, the documents' metadata and the base (copied
 into the store, or referenced by path and sha256).
 
-Corpora: ``brown-ft`` (ft-protocol: the 450 Brown openings, 4 blocks of 65
-BPE tokens each, sources at ``data.sources``; held-out windows of the 50
-held-out documents check the stored responses), or a JSONL file (``text``,
-``source``, optional ``id``; every document is trained on, cut into blocks of
-``data.block_tokens`` (default: min(the model's context, 512) + 1) from its
-start, at most ``data.max_blocks`` each, its remainder (or the whole of a
-shorter document) a right-padded block of its own length:
-``influence.text.blocks``; the build prints and the manifest records the
-coverage (``data.coverage``), and a source left with no training signal
-stops the build unless ``data.allow_empty_sources``).
+The corpus (``brown-ft``, or a user's documents) is cut into blocks by
+``influence.datasets.finetune`` (every document with a target trains); the
+build prints and the manifest records the coverage (``data.coverage``), and a
+source left with no training signal stops the build unless
+``data.allow_empty_sources``.
 """
 
 from __future__ import annotations
@@ -24,80 +19,27 @@ import json
 import math
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from influence import heldout, registry
-from influence.datasets.brown_ft import encode_queries, ft_blocks, ft_heldout_sample, ft_text, query_windows
-from influence.datasets.documents import read_documents
-from influence.heldout import HeldoutSample
+from influence.datasets.finetune import FinetuneCorpus, finetune_corpus
 from influence.hf.loader import check_dir, load_tokenizer, weight_checksums, weight_files
 from influence.hf.model import context_of, with_layout
 from influence.store import Manifest, publish
-from influence.text.blocks import Coverage, coverage, document_blocks
-from influence.text.causal import PAD, pad_right
+from influence.text.causal import PAD
 
 from .config import ConfigError, WorkerConfig
 from .device import device_of
 from .distributed import Shard, barrier, broadcast_params, init_from_env, shutdown
 from .hf_train import FTRecipe, finetune, load_wrapped
-from .lm_pipeline import SNIPPET_WORDS, _data_file, respond
+from .lm_pipeline import _data_file, respond
 from .progress import Stages
 from .workdir import WorkDir
 
-HELDOUT_CHECK = 64  # held-out windows on which the stored responses' score error is measured (brown-ft)
 COPY_BASE_MB = 200  # model.base='store' copies at most this much; larger bases must be referenced
 DEFAULT_BLOCK = 512  # inputs per fine-tuning block by default (or the model's context when shorter)
-
-
-@dataclass
-class HFCorpus:
-    name: str
-    doc_ids: list[str]
-    doc_text: list[str]
-    doc_source: torch.Tensor  # (n,) int64
-    source_ids: list[str]
-    source_names: list[str]
-    blocks: torch.Tensor  # (N, T+1) int64
-    block_doc: torch.Tensor  # (N,) int64
-    heldout: tuple[torch.Tensor, torch.Tensor] | None  # (x, target_mask) windows never trained on
-    short_docs: int = 0  # documents left out of training (no target token)
-    genre: list[str] | None = None
-    heldout_sample: HeldoutSample | None = None  # published as heldout.json
-    coverage: Coverage | None = None  # what of the corpus trains (JSONL corpora; brown-ft's blocks are all full)
-    block_tokens: int = 0  # the configured block size (blocks may all be shorter); 0 = blocks.shape[1]
-
-
-def _brown_ft(cfg: WorkerConfig, tok) -> HFCorpus:
-    t, level = ft_text(), cfg.data.sources
-    blocks, owner = ft_blocks(tok, t.openings)
-    wins = query_windows(t, HELDOUT_CHECK, seed=4242)
-    x, mask = pad_right(encode_queries(tok, [w[2] for w in wins]))
-    genre = [t.source_names["genre"][g] for g in t.doc_source["genre"]]
-    return HFCorpus("brown-ft", t.train_ids, t.openings, torch.from_numpy(t.doc_source[level]), t.source_ids[level],
-                    t.source_names[level], blocks, owner, (x, mask), 0, genre, ft_heldout_sample(level))
-
-
-def _jsonl_blocks(path, tok, size: int, max_blocks: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    """``(doc ids, blocks (N, L), block_doc (N,))`` of a JSONL corpus (``influence.text.blocks``:
-    every document with a target trains; short blocks right-padded)."""
-    ids, blocks, owner, _ = _jsonl_cover(read_documents(path), tok, size, max_blocks)
-    return ids, blocks, owner
-
-
-def _jsonl_cover(recs: list[dict], tok, size: int, max_blocks: int):
-    """``_jsonl_blocks`` of the records, with the ``Coverage``."""
-    toks = [tok(r["text"], add_special_tokens=False)["input_ids"] for r in recs]
-    blocks, owner, left, cut = document_blocks(toks, size, max_blocks)
-    ids = [r["id"] for r in recs]
-    cov = coverage(blocks, owner, ids, [r["source"] for r in recs], left, cut)
-    if not blocks.shape[0]:
-        raise ConfigError(f"{recs[0]['id'] if recs else 'data.path'}: no document has a target token "
-                          "(every text tokenizes to fewer than 2 tokens)")
-    return ids, blocks, owner, cov
 
 
 def block_size(cfg: WorkerConfig, context: int) -> int:
@@ -110,31 +52,18 @@ def block_size(cfg: WorkerConfig, context: int) -> int:
     return size
 
 
-def _jsonl(cfg: WorkerConfig, tok, context: int) -> HFCorpus:
-    recs = read_documents(cfg.data.path)
-    size = block_size(cfg, context)
-    ids, blocks, owner, cov = _jsonl_cover(recs, tok, size, cfg.data.max_blocks)
-    if cov.empty_sources and not cfg.data.allow_empty_sources:
-        raise ConfigError(f"{cfg.data.path}: {len(cov.empty_sources)} source(s) would have no training signal "
+def load_corpus(cfg: WorkerConfig, tok, context: int) -> FinetuneCorpus:
+    """The build's corpus, cut as configured (``influence.datasets.finetune``); a source left with no
+    training signal stops the build unless ``data.allow_empty_sources``."""
+    d = cfg.data
+    c = finetune_corpus(d.name, d.path, tok, d.sources, block_size(cfg, context), d.max_blocks)
+    cov = c.coverage
+    if cov is not None and cov.empty_sources and not d.allow_empty_sources:
+        raise ConfigError(f"{d.path}: {len(cov.empty_sources)} source(s) would have no training signal "
                           f"(none of their documents has a target token): {', '.join(cov.empty_sources[:10])}; "
                           "their publishers would earn nothing. Fix the documents, or publish anyway with "
                           "--allow-empty-sources (data.allow_empty_sources=true; recorded in the manifest)")
-    src_ids = sorted({r["source"] for r in recs})
-    pos = {s: i for i, s in enumerate(src_ids)}
-    return HFCorpus(Path(cfg.data.path).stem, ids, [r["text"] for r in recs],
-                    torch.tensor([pos[r["source"]] for r in recs]), src_ids, src_ids, blocks, owner, None,
-                    len(cov.left_out), coverage=cov, block_tokens=size)
-
-
-def _documents(c: HFCorpus) -> list[dict]:
-    out = []
-    for j, (did, text) in enumerate(zip(c.doc_ids, c.doc_text)):
-        rec = {"id": did, "source": c.source_ids[int(c.doc_source[j])],
-               "snippet": " ".join(text.split()[:SNIPPET_WORDS])}
-        if c.genre is not None:
-            rec["genre"] = c.genre[j]
-        out.append(rec)
-    return out
+    return c
 
 
 def _base_assets(base: Path, mode: str) -> tuple[dict[str, bytes], dict]:
@@ -180,7 +109,7 @@ def build_hf(cfg: WorkerConfig, progress: bool = True) -> Path:
     recipe = FTRecipe(tr.lr, tuple(tr.betas), tr.eps, tr.weight_decay, tr.batch_size, tr.epochs)
     dev = device_of(cfg)
     t_start = time.perf_counter()
-    corpus = _brown_ft(cfg, tok) if cfg.data.name == "brown-ft" else _jsonl(cfg, tok, context_of(hf_cfg))
+    corpus = load_corpus(cfg, tok, context_of(hf_cfg))
     if corpus.coverage is not None and progress:
         print(f"corpus {corpus.name}: {corpus.coverage.summary()}", flush=True)
     init_from_env()
@@ -209,7 +138,7 @@ def _work_key(cfg: WorkerConfig, base: Path) -> str:
     return json.dumps([settings, _data_file(cfg).get("sha256"), weight_checksums(base)], sort_keys=True)
 
 
-def _member(cfg: WorkerConfig, base: Path, spec, corpus: HFCorpus, recipe: FTRecipe, dev, e: int, work: WorkDir,
+def _member(cfg: WorkerConfig, base: Path, spec, corpus: FinetuneCorpus, recipe: FTRecipe, dev, e: int, work: WorkDir,
             progress: bool, shard: Shard) -> tuple[dict | None, object]:
     """Member ``e`` fine-tuned and simulated, each stage from ``work`` when a killed build left it there:
     ``(what it publishes, on the CPU, or None on ranks other than 0; the spec with its layout)``.
@@ -251,7 +180,7 @@ def _member(cfg: WorkerConfig, base: Path, spec, corpus: HFCorpus, recipe: FTRec
     return out, final_spec
 
 
-def _publish(cfg: WorkerConfig, spec, base: Path, hf_cfg, tok, c: HFCorpus, members: list[dict], recipe: FTRecipe,
+def _publish(cfg: WorkerConfig, spec, base: Path, hf_cfg, tok, c: FinetuneCorpus, members: list[dict], recipe: FTRecipe,
              seconds: float, restored: list[str]) -> Path:
     base_assets, base_fields = _base_assets(base, spec.base)
     spec = spec.model_copy(update={**base_fields, "path": None, "architecture": (hf_cfg.architectures or ["?"])[0],
@@ -264,17 +193,17 @@ def _publish(cfg: WorkerConfig, spec, base: Path, hf_cfg, tok, c: HFCorpus, memb
         data={"name": c.name, **_data_file(cfg), "n": len(c.doc_ids), "n_blocks": int(c.blocks.shape[0]),
               "block_tokens": int(c.block_tokens or c.blocks.shape[1]), "max_blocks": cfg.data.max_blocks,
               "n_targets": n_targets,
-              "level": cfg.data.sources if c.name == "brown-ft" else "source", "short_docs": c.short_docs,
+              "level": c.level, "short_docs": c.short_docs,
               "coverage": None if c.coverage is None else c.coverage.as_dict(),
               "allow_empty_sources": cfg.data.allow_empty_sources,
-              "heldout_ids": ft_text().heldout_ids if c.name == "brown-ft" else [], "base_path_at_build": str(base)},
+              "heldout_ids": list(c.heldout_ids), "base_path_at_build": str(base)},
         classes=[], source_ids=c.source_ids, example_source=c.doc_source.tolist(), members=len(members),
         dtype=cfg.store.dtype, examples_quant=cfg.quant(), has_examples=True, has_sources=False,
         extra={"members": [mb["stats"] for mb in members], "preset": cfg.preset, "source_names": c.source_names,
                "build_s": round(seconds, 1), "trainable_params": spec.layout().numel,
                "resumed_stages": restored})
     assets = {**base_assets, **_tokenizer_assets(tok), **heldout.asset(c.heldout_sample),
-              "documents.json": json.dumps(_documents(c), ensure_ascii=False).encode()}
+              "documents.json": json.dumps(c.documents(), ensure_ascii=False).encode()}
     coef = [mb["coef"] for mb in members] if cfg.method.compress_rank else None
     src = [mb["sources"] for mb in members] if members[0]["sources"] is not None else None
     return publish(cfg.store.root, manifest, [mb["params"] for mb in members], [mb["basis"] for mb in members],

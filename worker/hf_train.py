@@ -5,7 +5,7 @@ AdamW on the trained parameters only (lr, betas, eps, weight decay from the
 typed ``FTRecipe``; ft-protocol: 1e-3, 0.9/0.95, 1e-8, 0), mean token
 cross-entropy over the batch's ``B × 64`` targets (``gpt.lm_loss`` through
 the ``CausalLM`` interface), ``B = 8`` blocks, 4 epochs. Order and schedule
-exactly as ``lm-protocol.md``'s (``worker.lm_train.batch_order`` / ``lr_at``:
+exactly as ``lm-protocol.md``'s (``influence.gpt.train.batch_order`` / ``lr_at``:
 per-epoch permutation of all blocks from ``default_rng(seed)``, keep the
 run's own blocks, warm-up 5% then cosine, S and W of the run itself).
 ``torch.manual_seed(seed)`` is called right before the base is wrapped with
@@ -27,12 +27,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from influence.gpt.train import batch_order, lr_at
 from influence.hf.loader import load_model
 from influence.hf.model import DTYPES, HFCausalLM, wrap
 from influence.hf.spec import HFSpec
 from influence.text.causal import lm_loss
-
-from .lm_train import batch_order, lr_at
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""The worker's job for a text store (``model.kind == "gpt"``): corpus ->
-E trained members (the protocol's recipe, ``lm_train``) -> per-document
+"""The worker's job for a text kind trained from scratch (``ModelKind.train``:
+the protocol GPT, or a kind of your own): corpus and its word tokenizer ->
+E trained members (the kind's recipe: ``influence.gpt.train`` for the GPT) -> per-document
 responses (``influence.text.lm_simulate``) -> compressed -> published with
 the tokenizer and the documents' metadata as checksummed assets.
 
@@ -15,25 +16,25 @@ sources-only answer then costs one tangent per source.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
 import torch
 
 from influence import heldout, registry
-from influence.datasets.documents import corpus_sha256, load_text_corpus
-from influence.gpt.model import GPT
+from influence.datasets.documents import corpus_sha256, word_corpus
 from influence.layout import ParamLayout
 from influence.quant import dequantize, quantize
 from influence.store import Manifest, publish
-from influence.text.corpus import LMCorpus, brown_corpus
+from influence.text.causal import sequence_logprob
+from influence.text.corpus import LMCorpus
 from influence.text.lm_math import query_grads
 from influence.text.lm_simulate import compress, probe_grads, score_agreement, simulate_documents
 
 from .config import ConfigError, WorkerConfig
 from .device import device_of, to_cpu
 from .distributed import Shard
-from .lm_train import BATCH, BETAS, EPOCHS, EPS, LR_MAX, WEIGHT_DECAY, perplexity, train_lm
 from .progress import Stages
 
 SNIPPET_WORDS = 40
@@ -42,7 +43,7 @@ SNIPPET_WORDS = 40
 def load_corpus(cfg: WorkerConfig) -> tuple[LMCorpus, str]:
     """The corpus and the source level used."""
     d = cfg.data
-    corpus = load_text_corpus(d.path) if d.path is not None else brown_corpus()
+    corpus = word_corpus(d.name, d.path)
     level = d.sources if d.path is None else "source"
     if level not in corpus.source_ids:
         raise ConfigError(f"data.sources: {level!r} is not a source level of this corpus "
@@ -141,22 +142,30 @@ def respond(cfg: WorkerConfig, model, params: dict[str, torch.Tensor], blocks: t
 
 def _member(cfg: WorkerConfig, corpus: LMCorpus, level: str, e: int, progress: bool) -> dict:
     """One member trained and simulated on ``train.device``; what it publishes on the CPU."""
-    spec, dev = cfg.model, device_of(cfg)
-    seed = registry.of(spec).member_seed(cfg.train.seed, e)
+    spec, dev, kind = cfg.model, device_of(cfg), registry.of(cfg.model)
+    seed = kind.member_seed(cfg.train.seed, e)
     blocks = corpus.blocks.to(dev)
-    params, stats = train_lm(spec, blocks, None, seed)
-    model = GPT(spec, seed=None).to(dev)  # its causal-mask buffer on dev; the math runs on ``params``
+    model, params, stats = kind.train(spec, blocks, seed)
     doc_source = torch.from_numpy(corpus.train_doc_source[level]).to(dev)
     stages = Stages(f"[{e + 1}/{cfg.method.ensemble}] ", progress)
     out = respond(cfg, model, params, blocks, corpus.block_document.to(dev), doc_source,
                   len(corpus.source_ids[level]), seed, (_heldout(corpus).to(dev), None), stages)
     stages.close()
     windows = torch.stack([torch.tensor(t[:65]) for t in corpus.heldout_tokens if len(t) >= 65])
-    params = to_cpu(params)
-    out["params"] = params
+    ppl = perplexity(model, params, windows.to(dev))
+    out["params"] = to_cpu(params)
     out["stats"] = {"seed": seed, "final_loss": stats["final_loss"], "train_s": round(stats["seconds"], 2),
-                    "heldout_perplexity": perplexity(spec, params, windows), **out["stats"]}
+                    "heldout_perplexity": ppl, **out["stats"]}
     return out
+
+
+@torch.no_grad()
+def perplexity(model, params: dict[str, torch.Tensor], windows: torch.Tensor, batch: int = 256) -> float:
+    """``exp`` of the mean token loss of ``model`` with ``params`` over ``windows (M, T+1)``."""
+    tot = 0.0
+    for i in range(0, windows.shape[0], batch):
+        tot += float(sequence_logprob(model, windows[i : i + batch], params).sum())
+    return math.exp(-tot / windows.shape[0])
 
 
 def _data_file(cfg: WorkerConfig) -> dict:
@@ -178,8 +187,7 @@ def build(cfg: WorkerConfig, progress: bool = True) -> Path:
     sids = corpus.source_ids[level]
     manifest = Manifest(
         format_version=2, model=cfg.model, method=m.model_dump(mode="json"),
-        recipe={"optimizer": "adamw", "lr_max": LR_MAX, "betas": list(BETAS), "eps": EPS, "weight_decay": WEIGHT_DECAY,
-                "batch": BATCH, "epochs": EPOCHS, "seed": cfg.train.seed, "schedule": "warmup 5% + cosine"},
+        recipe={**registry.of(cfg.model).recipe, "seed": cfg.train.seed},
         data={"name": corpus.name, **_data_file(cfg), "n": len(corpus.train_ids),
               "n_blocks": int(corpus.blocks.shape[0]),
               "n_targets": int(corpus.blocks.shape[0] * (corpus.blocks.shape[1] - 1)), "level": level,

@@ -125,11 +125,12 @@ def _fit_model_to_data(cfg: WorkerConfig, ds: Dataset) -> WorkerConfig:
 def build(cfg: WorkerConfig, progress: bool = True) -> Path | None:
     """Run the whole job and publish; returns the new version's directory
     (``None`` on ranks other than 0 of a distributed run)."""
-    if cfg.model.kind != "mlp":  # text kinds: the protocol GPT, a Hugging Face model
+    kind = registry.of(cfg.model)
+    if kind.text:  # the causal-LM engine: a kind trained from scratch (its own recipe), or a fine-tune
         from .hf_pipeline import build_hf
-        from .lm_pipeline import build as build_gpt
+        from .lm_pipeline import build as build_scratch
 
-        return {"gpt": build_gpt, "hf": build_hf}[cfg.model.kind](cfg, progress)
+        return (build_scratch if kind.train else build_hf)(cfg, progress)
     init_from_env()
     rank, _ = rank_world()
     ds = load_dataset(cfg)

@@ -2,7 +2,7 @@
 will cost, stated before it starts (issue 24 row 4).
 
 From the config it reads the corpus and cuts it into blocks exactly as the
-build does (``hf_pipeline._brown_ft`` / ``_jsonl_cover``: the same counts,
+build does (``influence.datasets.finetune``: the same counts,
 the same errors), loads the base and wraps it as the build does
 (``influence.hf.model.wrap``: P all parameters, p trained) and, without
 training, times one unit of each stage on this machine and device:
@@ -53,8 +53,8 @@ from pathlib import Path
 
 import torch
 
-from influence import heldout
-from influence.datasets.jsonl import read_jsonl
+from influence import heldout, registry
+from influence.datasets.finetune import CHECK_WINDOWS, FinetuneCorpus, finetune_corpus
 from influence.hf.loader import check_dir, load_model, load_tokenizer, weight_files
 from influence.hf.model import DTYPES, context_of, with_layout, wrap
 from influence.quant import dequantize, quantize
@@ -63,16 +63,7 @@ from influence.text.lm_math import LMGaussNewton, doc_grads
 
 from .config import ConfigError, WorkerConfig
 from .device import device_of
-from .hf_pipeline import (
-    COPY_BASE_MB,
-    HELDOUT_CHECK,
-    _brown_ft,
-    _documents,
-    _jsonl_cover,
-    _tokenizer_assets,
-    _trained_summary,
-    block_size,
-)
+from .hf_pipeline import COPY_BASE_MB, _tokenizer_assets, _trained_summary, block_size
 from .lm_pipeline import PROBES, wants_source_rows
 
 PROBE_REPEATS = 2  # the gradient, curvature and response probes: timed this many times, the fastest kept
@@ -101,35 +92,23 @@ def _timed(dev: torch.device, fn, reps: int = PROBE_REPEATS) -> float:
     return best
 
 
-def _corpus(cfg: WorkerConfig, tok, context: int) -> tuple[dict, object, list[str]]:
-    """``(corpus summary, HFCorpus-like blocks and owners, warnings)``, cut as the build cuts it."""
-    warn: list[str] = []
-    if cfg.data.name == "brown-ft":
-        c = _brown_ft(cfg, tok)
-        blocks, owner, n, sources = c.blocks, c.block_doc, len(c.doc_ids), len(c.source_ids)
-        cov = {"documents_trained": len(set(owner.tolist())), "padded_blocks": int((blocks[:, -1] == PAD).sum()),
-               "tokens_cut": 0, "left_out": [], "empty_sources": []}
-        return ({"name": c.name, "documents": n, "sources": sources, "blocks": int(blocks.shape[0]),
-                 "block_tokens": int(blocks.shape[1]), "target_tokens": int((blocks[:, 1:] != PAD).sum()), **cov},
-                c, warn)
-    from .hf_pipeline import HFCorpus
-
-    recs = read_jsonl(cfg.data.path)
-    size = block_size(cfg, context)
-    ids, blocks, owner, cov = _jsonl_cover(recs, tok, size, cfg.data.max_blocks)
-    src_ids = sorted({r["source"] for r in recs})
-    pos = {s: i for i, s in enumerate(src_ids)}
-    c = HFCorpus(Path(cfg.data.path).stem, ids, [r["text"] for r in recs],
-                 torch.tensor([pos[r["source"]] for r in recs]), src_ids, src_ids, blocks, owner, None,
-                 len(cov.left_out), coverage=cov, block_tokens=size)
-    if cov.empty_sources and not cfg.data.allow_empty_sources:
-        warn.append(f"the build would stop: {len(cov.empty_sources)} source(s) without training signal "
-                    f"({', '.join(cov.empty_sources[:5])}); fix them or pass --allow-empty-sources")
-    d = cov.as_dict()
-    return ({"name": c.name, "documents": d["documents"], "sources": len(src_ids), "blocks": d["blocks"],
-             "block_tokens": size, "target_tokens": d["target_tokens"],
-             **{k: d[k] for k in ("documents_trained", "padded_blocks", "tokens_cut", "left_out", "empty_sources")}},
-            c, warn)
+def _corpus(cfg: WorkerConfig, tok, context: int) -> tuple[dict, FinetuneCorpus, list[str]]:
+    """``(corpus summary, the corpus, warnings)``, cut as the build cuts it (``influence.datasets.finetune``)."""
+    d, warn = cfg.data, []
+    c = finetune_corpus(d.name, d.path, tok, d.sources, block_size(cfg, context) if d.path else 0, d.max_blocks)
+    blocks = c.blocks
+    head = {"name": c.name, "documents": len(c.doc_ids), "sources": len(c.source_ids), "blocks": int(blocks.shape[0]),
+            "block_tokens": int(c.block_tokens or blocks.shape[1]), "target_tokens": int((blocks[:, 1:] != PAD).sum())}
+    if c.coverage is None:  # brown-ft: every document trains, every block is full
+        return ({**head, "documents_trained": len(set(c.block_doc.tolist())),
+                 "padded_blocks": int((blocks[:, -1] == PAD).sum()), "tokens_cut": 0, "left_out": [],
+                 "empty_sources": []}, c, warn)
+    cov = c.coverage.as_dict()
+    if cov["empty_sources"] and not d.allow_empty_sources:
+        warn.append(f"the build would stop: {len(cov['empty_sources'])} source(s) without training signal "
+                    f"({', '.join(cov['empty_sources'][:5])}); fix them or pass --allow-empty-sources")
+    keys = ("documents_trained", "padded_blocks", "tokens_cut", "left_out", "empty_sources")
+    return {**head, **{k: cov[k] for k in keys}}, c, warn
 
 
 def _probe(cfg: WorkerConfig, model, blocks: torch.Tensor, n: int, k: int, dev: torch.device) -> dict:
@@ -204,7 +183,7 @@ def plan_hf(cfg: WorkerConfig) -> dict:
     """The plan of ``cfg``'s build: counts, measured unit times, stage estimates, memory and store bytes."""
     from transformers import AutoConfig
 
-    if cfg.model.kind != "hf":
+    if not registry.of(cfg.model).needs_path:
         raise ConfigError(f"plan: estimates Hugging Face builds (--model DIR, or --preset brown-ft); this config's "
                           f"model.kind is {cfg.model.kind!r}")
     spec, m, tr = cfg.model, cfg.method, cfg.train
@@ -228,13 +207,13 @@ def plan_hf(cfg: WorkerConfig) -> dict:
     steps = tr.epochs * -(-N // tr.batch_size)
     C = min(m.curvature_subset or N, N)
     cols = p if m.rank >= p else (m.power + 1) * m.rank
-    extra_grads = (PROBES if m.compress_rank else 0) + (HELDOUT_CHECK if c.heldout is not None else 0)
+    extra_grads = (PROBES if m.compress_rank else 0) + (CHECK_WINDOWS if c.heldout is not None else 0)
     members = m.ensemble
     per = {"fine_tune": load_s + steps * unit["step_s"], "gradients": (N + extra_grads) * unit["grad_block_s"],
            "basis": cols * C * unit["gn_column_block_s"], "responses": n * unit["response_row_s"]}
     times = {key: members * v for key, v in per.items()}
     times["total"] = sum(times.values())
-    assets = len(json.dumps(_documents(c), ensure_ascii=False).encode()) + sum(
+    assets = len(json.dumps(c.documents(), ensure_ascii=False).encode()) + sum(
         len(b) for b in {**_tokenizer_assets(tok), **heldout.asset(c.heldout_sample)}.values())
     store = _store_bytes(cfg, n, S, p, members, base, assets)
     if spec.base == "store" and store["base"] > COPY_BASE_MB * 2**20:

@@ -32,9 +32,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from influence.datasets.publishers import GENRES
-from influence.errors import DataError
-from influence.heldout import HeldoutQuery, HeldoutSample, spread, window
+from ..errors import DataError
+from ..heldout import HeldoutQuery, HeldoutSample, spread, window
+from ..text.corpus import LMCorpus, build_corpus
+from .publishers import GENRES
 
 DATA = Path(__file__).with_name("data") / "brown.jsonl.gz"
 BROWN_SHA256 = "b7f14890ec87a5958699389e61900c066578223a26538e5899e2a1ed71198291"
@@ -133,3 +134,17 @@ def heldout_sample(ids: list[str], level: str, texts: dict[str, str] | None = No
                               text=texts[x.id] if texts is not None else " ".join(window(x.tokens, PASSAGE_WORDS)),
                               source=x.genre if level == "genre" else x.publisher_id)
                  for x in (samples[i] for i in pick)])
+
+
+def brown_corpus() -> LMCorpus:
+    """The ``brown`` preset: 450 training documents, 1,800 blocks, V = 2000,
+    sources at the ``publication`` and ``genre`` levels."""
+    samples = load_brown()
+    ids = [s.id for s in samples]
+    sources = {}
+    for level in ("publication", "genre"):
+        sids, names, index = source_table(samples, level)
+        sources[level] = (sids, names, dict(zip(ids, index)))
+    corpus = build_corpus("brown", ids, {s.id: list(s.tokens) for s in samples}, sources)
+    corpus.heldout_sample = {lv: heldout_sample(corpus.heldout_ids, lv) for lv in LEVELS}
+    return corpus

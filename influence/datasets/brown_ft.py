@@ -23,9 +23,9 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from influence.datasets.brown import heldout_sample, load_brown, source_table
-from influence.heldout import HeldoutSample
-from influence.text.corpus import split_ids
+from ..heldout import HeldoutSample
+from ..text.corpus import split_ids
+from .brown import heldout_sample, load_brown, source_table
 
 OPENING = 260  # corpus tokens of a document's opening
 BLOCK = 65  # BPE tokens per fine-tuning block (64 inputs + 1)

@@ -21,9 +21,10 @@ import hashlib
 import json
 from pathlib import Path
 
-from influence.datasets.jsonl import check_count, corpus_from_records, document_record, read_jsonl
-from influence.errors import DataError
-from influence.text.corpus import VOCAB, LMCorpus
+from ..errors import DataError
+from ..text.corpus import VOCAB, LMCorpus
+from .brown import brown_corpus
+from .jsonl import check_count, corpus_from_records, document_record, read_jsonl
 
 TABLE_SUFFIXES = (".parquet", ".arrow")
 
@@ -105,3 +106,12 @@ def corpus_sha256(path: str | Path) -> str:
 def load_text_corpus(path: str | Path, vocab_size: int = VOCAB) -> LMCorpus:
     """The word-level GPT's :class:`LMCorpus` from any corpus file ``read_documents`` reads."""
     return corpus_from_records(path, read_documents(path), vocab_size)
+
+
+def word_corpus(name: str | None, path: str | Path | None) -> LMCorpus | None:
+    """A corpus for a kind trained from scratch on its own word tokenizer: the
+    documents at ``path``, or the built-in ``brown``; None for any other name
+    (a store's manifest that records neither)."""
+    if path is not None:
+        return load_text_corpus(path)
+    return brown_corpus() if name == "brown" else None

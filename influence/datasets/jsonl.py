@@ -29,9 +29,9 @@ import json
 import warnings
 from pathlib import Path
 
-from influence.errors import DataError
-from influence.gpt.tokenizer import UNK, Tokenizer
-from influence.text.corpus import BLOCK, VOCAB, LMCorpus, build_corpus
+from ..errors import DataError
+from ..gpt.tokenizer import UNK, Tokenizer
+from ..text.corpus import BLOCK, VOCAB, LMCorpus, build_corpus
 
 
 def read_lines(path: str | Path) -> list[str]:

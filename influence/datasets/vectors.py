@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from influence.errors import DataError
-from influence.heldout import HeldoutQuery, HeldoutSample
+from ..errors import DataError
+from ..heldout import HeldoutQuery, HeldoutSample
 
 LABEL_COLUMN = "label"
 SOURCE_COLUMN = "source"

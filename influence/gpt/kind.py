@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import torch
 
-from influence.gpt.model import GPT, GPTSpec
-from influence.gpt.tokenizer import Tokenizer
-from influence.kind import ModelKind
+from ..kind import ModelKind
+from .model import GPT, GPTSpec
+from .tokenizer import Tokenizer
+from .train import BATCH, BETAS, EPOCHS, EPS, LR_MAX, WEIGHT_DECAY, train_lm
 
 
 def load(store, device: torch.device, dtype: torch.dtype):
@@ -18,6 +19,19 @@ def load(store, device: torch.device, dtype: torch.dtype):
     return GPT(store.manifest.model, seed=None).to(device, dtype), tok
 
 
+def train(spec: GPTSpec, blocks: torch.Tensor, seed: int, keep=None, **kw):
+    """The protocol's recipe from ``spec.build(seed)`` on ``blocks (N, 65)``
+    (``keep``: the rows of a subset): ``(model, params, stats)``; the model
+    holds the causal-mask buffer on ``blocks``' device, the math runs on
+    ``params`` (``influence.gpt.train.train_lm``)."""
+    params, stats = train_lm(spec, blocks, keep, seed, **kw)
+    return GPT(spec, seed=None).to(blocks.device), params, stats
+
+
+RECIPE = {"optimizer": "adamw", "lr_max": LR_MAX, "betas": list(BETAS), "eps": EPS, "weight_decay": WEIGHT_DECAY,
+          "batch": BATCH, "epochs": EPOCHS, "schedule": "warmup 5% + cosine"}
+
 KIND = ModelKind(
     name="gpt", spec=GPTSpec, queries="text", curvatures=("ggn", "fisher"),
-    recipes={None: frozenset({"seed", "device"})}, datasets=("brown",), load=load)
+    recipes={None: frozenset({"seed", "device"})}, datasets=("brown",), load=load,
+    train=train, recipe=RECIPE)

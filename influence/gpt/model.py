@@ -40,8 +40,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.nn import functional as F
 
-from influence.gpt.tangent import trunk_primal, trunk_tangents
-from influence.layout import ParamLayout
+from ..layout import ParamLayout
+from .tangent import trunk_primal, trunk_tangents
 
 
 class GPTSpec(BaseModel):

@@ -39,16 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from influence.text.rules import (
-    LNPrimal,
-    TrunkPrimal,
-    attn_primal,
-    attn_t,
-    gelu_grad,
-    layer_norm,
-    layer_norm_t,
-    linear_t,
-)
+from ..text.rules import LNPrimal, TrunkPrimal, attn_primal, attn_t, gelu_grad, layer_norm, layer_norm_t, linear_t
 
 Params = dict[str, torch.Tensor]
 

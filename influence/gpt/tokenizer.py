@@ -35,7 +35,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 
-from influence.text.pieces import Spans, tile
+from ..text.pieces import Spans, tile
 
 UNK = "<unk>"
 _LEFT = ("``", "`", "(", "[")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from influence.text.rules import LNPrimal, TrunkPrimal, attn_primal, attn_t, layer_norm, layer_norm_t
+from ..text.rules import LNPrimal, TrunkPrimal, attn_primal, attn_t, layer_norm, layer_norm_t
 
 ACTS = ("gelu_new", "gelu", "gelu_pytorch_tanh")
 _C = math.sqrt(2.0 / math.pi)

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import torch
 
-from influence.errors import StoreError
-from influence.hf.loader import load_model, load_tokenizer, verify_checksums
-from influence.hf.model import wrap
-from influence.hf.spec import HFSpec
-from influence.hf.tokenizer import HFTokenizer
-from influence.kind import ModelKind
+from ..errors import StoreError
+from ..kind import ModelKind
+from .loader import load_model, load_tokenizer, verify_checksums
+from .model import wrap
+from .spec import HFSpec
+from .tokenizer import HFTokenizer
 
 
 def base_dir(store) -> Path:

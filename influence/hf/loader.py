@@ -17,8 +17,8 @@ import warnings
 import zipfile
 from pathlib import Path
 
-from influence.errors import InfluenceError
-from influence.files import sha256_file
+from ..errors import InfluenceError
+from ..files import sha256_file
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 TOKENIZER_FILES = ("tokenizer.json",)

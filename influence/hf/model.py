@@ -32,8 +32,8 @@ import fnmatch
 import torch
 from torch import nn
 
-from influence.hf.spec import HFSpec, LoraSpec
-from influence.hf.targets import lora_targets
+from .spec import HFSpec, LoraSpec
+from .targets import lora_targets
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
@@ -88,7 +88,7 @@ class HFCausalLM(nn.Module):
 
     def use_manual_tangents(self, on: bool = True) -> bool:
         """Switch the hand-derived GPT-2 + LoRA rules on (when they apply) or off; returns the state."""
-        from influence.hf.gpt2_tangent import rules_for
+        from .gpt2_tangent import rules_for
 
         self._rules = rules_for(self) if on else None
         self.manual_tangents = self._rules is not None

@@ -22,7 +22,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from influence.layout import ParamLayout
+from ..layout import ParamLayout
 
 
 class LoraSpec(BaseModel):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from influence.errors import InfluenceError
+from ..errors import InfluenceError
 
 SET_SYNTAX = "--set model.lora.target_modules='[\"q_proj\",\"v_proj\"]'"
 

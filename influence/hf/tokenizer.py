@@ -15,7 +15,7 @@ byte-level piece alone gives ``'�'`` for a character split over pieces and a
 
 from __future__ import annotations
 
-from influence.text.pieces import Spans, squash, tile, unsquash
+from ..text.pieces import Spans, squash, tile, unsquash
 
 
 class HFTokenizer:

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import torch
 
-from influence.errors import QueryError
-from influence.mlp.readout import LayerResponses, linear_stack_scores, mlp_forward
-from influence.outputs import OUTPUTS, Output
-from influence.store import Store
+from ..errors import QueryError
+from ..outputs import OUTPUTS, Output
+from ..store import Store
+from .readout import LayerResponses, linear_stack_scores, mlp_forward
 
 
 def best_device() -> torch.device:

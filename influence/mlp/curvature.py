@@ -16,10 +16,10 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
-from influence.mlp.model import MLPSpec, ParamLayout
-from influence.mlp.readout import mlp_forward, split_layers
-from influence.outputs import cross_entropy_hessian
-from influence.simulate.settings import BLOCK_ELEMENTS
+from ..outputs import cross_entropy_hessian
+from ..simulate.settings import BLOCK_ELEMENTS
+from .model import MLPSpec, ParamLayout
+from .readout import mlp_forward, split_layers
 
 
 class LinearStackGGN:

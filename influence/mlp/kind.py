@@ -4,8 +4,8 @@ simulator with iterate averaging)."""
 
 from __future__ import annotations
 
-from influence.kind import ModelKind
-from influence.mlp.model import MLPSpec
+from ..kind import ModelKind
+from .model import MLPSpec
 
 _COMMON = frozenset({"optimizer", "lr", "batch_size", "epochs", "weight_decay", "seed", "device"})
 

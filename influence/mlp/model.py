@@ -14,7 +14,7 @@ import torch
 from pydantic import BaseModel, Field, field_validator
 from torch import nn
 
-from influence.layout import ParamLayout
+from ..layout import ParamLayout
 
 __all__ = ["MLPSpec", "ParamLayout", "build_mlp", "init_params"]
 

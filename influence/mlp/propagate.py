@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from influence.mlp.curvature import LinearStackGGN, ggn_generic, hvp_generic, mlp_example_grads, per_example_grads
-from influence.mlp.model import MLPSpec, build_mlp
-from influence.simulate.settings import MethodConfig
-from influence.simulate.spectral import LowRankFilter, nystrom
+from ..simulate.settings import MethodConfig
+from ..simulate.spectral import LowRankFilter, nystrom
+from .curvature import LinearStackGGN, ggn_generic, hvp_generic, mlp_example_grads, per_example_grads
+from .model import MLPSpec, build_mlp
 
 
 @dataclass

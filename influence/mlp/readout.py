@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp, vmap
 
-from influence.mlp.model import MLPSpec, ParamLayout
-from influence.outputs import Output, output, output_grad
+from ..outputs import Output, output, output_grad
+from .model import MLPSpec, ParamLayout
 
 LayerResponses = list[tuple[torch.Tensor, torch.Tensor]]
 """Per linear layer ``(ΔW (R, o, i), Δc (R, o))``: responses split by layer,

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import torch
 
-from influence import registry
-from influence.errors import QueryError, StoreError
-from influence.store import Store
-from influence.text.causal import pad_right
-from influence.text.lm_math import jvp_scores
+from .. import registry
+from ..errors import QueryError, StoreError
+from ..store import Store
+from .causal import pad_right
+from .lm_math import jvp_scores
 
 
 @dataclass

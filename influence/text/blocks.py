@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from influence.text.causal import PAD
+from .causal import PAD
 
 
 @dataclass

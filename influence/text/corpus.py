@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from influence.gpt.tokenizer import Tokenizer
-from influence.heldout import HeldoutSample
+from ..gpt.tokenizer import Tokenizer
+from ..heldout import HeldoutSample
 
 BLOCK = 65  # tokens per block: 64 inputs + 1 (targets are the last 64)
 BLOCKS_PER_DOC = 4
@@ -139,19 +139,3 @@ def build_corpus(
         heldout_doc_source={lv: np.array([s[2][i] for i in ho], dtype=np.int64) for lv, s in sources.items()},
         short_docs=sum(len(t) < BLOCK for t in tr_t),
     )
-
-
-def brown_corpus() -> LMCorpus:
-    """The ``brown`` preset: 450 training documents, 1,800 blocks, V = 2000,
-    sources at the ``publication`` and ``genre`` levels."""
-    from influence.datasets.brown import LEVELS, heldout_sample, load_brown, source_table
-
-    samples = load_brown()
-    ids = [s.id for s in samples]
-    sources = {}
-    for level in ("publication", "genre"):
-        sids, names, index = source_table(samples, level)
-        sources[level] = (sids, names, dict(zip(ids, index)))
-    corpus = build_corpus("brown", ids, {s.id: list(s.tokens) for s in samples}, sources)
-    corpus.heldout_sample = {lv: heldout_sample(corpus.heldout_ids, lv) for lv in LEVELS}
-    return corpus

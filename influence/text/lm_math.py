@@ -36,9 +36,9 @@ import torch
 from torch.func import functional_call, grad, jvp, vjp, vmap
 from torch.nn import functional as F
 
-from influence.layout import ParamLayout
-from influence.text.causal import PAD, CausalLM, block_io, lm_loss, sequence_logprob
-from influence.text.rules import manual_chunk
+from ..layout import ParamLayout
+from .causal import PAD, CausalLM, block_io, lm_loss, sequence_logprob
+from .rules import manual_chunk
 
 Params = dict[str, torch.Tensor]
 

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from influence.simulate.settings import MethodConfig
-from influence.simulate.spectral import LowRankFilter, gaussian_sketch, nystrom, nystrom_from
-from influence.text.causal import PAD, CausalLM
-from influence.text.lm_math import LMGaussNewton, doc_grads, doc_grads_and_fisher_sketch, query_grads
+from ..simulate.settings import MethodConfig
+from ..simulate.spectral import LowRankFilter, gaussian_sketch, nystrom, nystrom_from
+from .causal import PAD, CausalLM
+from .lm_math import LMGaussNewton, doc_grads, doc_grads_and_fisher_sketch, query_grads
 
 
 @dataclass

@@ -14,13 +14,14 @@ import torch
 from torch.func import functional_call, jvp, vjp, vmap
 
 from influence.datasets import brown
+from influence.datasets.brown import brown_corpus
 from influence.datasets.jsonl import load_jsonl_corpus, read_jsonl
 from influence.datasets.publishers import normalise, publisher_id, publishers
 from influence.errors import DataError
 from influence.gpt.model import GPTSpec
 from influence.gpt.tokenizer import Tokenizer
 from influence.text.causal import pad_right, sequence_logprob, token_logprobs
-from influence.text.corpus import all_windows, brown_corpus, query_windows, split_ids, training_blocks
+from influence.text.corpus import all_windows, query_windows, split_ids, training_blocks
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from influence.gpt.model import GPTSpec
-from worker.lm_train import LR_MAX, batch_order, lr_at, n_steps, perplexity, train_lm
+from influence.gpt.train import LR_MAX, batch_order, lr_at, n_steps, perplexity, train_lm
 
 
 def test_lr_schedule():
@@ -60,7 +60,8 @@ def test_tiny_training_learns_and_is_deterministic():
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("FA_SLOW"), reason="full-data run (~50 s): set FA_SLOW=1")
 def test_full_brown_run_perplexity():
-    from influence.text.corpus import all_windows, brown_corpus
+    from influence.datasets.brown import brown_corpus
+    from influence.text.corpus import all_windows
 
     c = brown_corpus()
     params, st = train_lm(GPTSpec(), c.blocks, None, seed=2, threads=1)

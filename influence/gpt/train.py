@@ -28,8 +28,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from influence.gpt.model import GPTSpec
-from influence.text.causal import lm_loss
+from ..text.causal import lm_loss
+from .model import GPTSpec
 
 LR_MAX = 2e-3
 BETAS = (0.9, 0.95)
@@ -130,7 +130,7 @@ def train_lm(
 @torch.no_grad()
 def perplexity(spec: GPTSpec, params: dict[str, torch.Tensor], windows: torch.Tensor, batch: int = 256) -> float:
     """``exp`` of the mean token loss over ``windows (M, 65)``."""
-    from influence.text.causal import sequence_logprob
+    from ..text.causal import sequence_logprob
 
     model = spec.build(0, next(iter(params.values())).dtype)
     model.load_state_dict(params)
