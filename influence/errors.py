@@ -22,6 +22,7 @@ class StoreError(InfluenceError):
 class QueryError(InfluenceError):
     """A query batch does not fit the store's model (shape, target, values)."""
 
-    def __init__(self, field: str, problem: str):
-        self.field, self.problem = field, problem
+    def __init__(self, field: str, problem: str, fields: tuple[str, ...] | None = None):
+        """``fields``: every field the problem concerns (a prompt and its completion), ``field`` first."""
+        self.field, self.problem, self.fields = field, problem, fields or (field,)
         super().__init__(f"{field}: {problem}")

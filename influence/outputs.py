@@ -19,33 +19,33 @@ def _others_mask(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.ones_like(logits, dtype=torch.bool).scatter(1, y[:, None], False)
 
 
-def output(logits: torch.Tensor, y: torch.Tensor, kind: Output = "margin") -> torch.Tensor:
+def output(logits: torch.Tensor, y: torch.Tensor, what: Output = "margin") -> torch.Tensor:
     """margin = ``z_y − logsumexp(z_{≠y})``; loss = cross-entropy;
     logprob = ``log softmax(z)_y``."""
     zy = logits.gather(1, y[:, None])[:, 0]
-    if kind == "margin":
+    if what == "margin":
         others = logits.masked_fill(~_others_mask(logits, y), float("-inf"))
         return zy - torch.logsumexp(others, dim=1)
     logp = zy - torch.logsumexp(logits, dim=1)
-    if kind == "logprob":
+    if what == "logprob":
         return logp
-    if kind == "loss":
+    if what == "loss":
         return -logp
-    raise ValueError(f"unknown output {kind!r}; choose one of {OUTPUTS}")
+    raise ValueError(f"unknown output {what!r}; choose one of {OUTPUTS}")
 
 
-def output_grad(logits: torch.Tensor, y: torch.Tensor, kind: Output = "margin") -> torch.Tensor:
+def output_grad(logits: torch.Tensor, y: torch.Tensor, what: Output = "margin") -> torch.Tensor:
     """``∂f/∂logits``, shape ``(B, C)``: a function of the forward pass alone."""
     onehot = torch.zeros_like(logits).scatter(1, y[:, None], 1.0)
-    if kind == "margin":
+    if what == "margin":
         others = logits.masked_fill(~_others_mask(logits, y), float("-inf"))
         return onehot - torch.softmax(others, dim=1)
     p = torch.softmax(logits, dim=1)
-    if kind == "logprob":
+    if what == "logprob":
         return onehot - p
-    if kind == "loss":
+    if what == "loss":
         return p - onehot
-    raise ValueError(f"unknown output {kind!r}; choose one of {OUTPUTS}")
+    raise ValueError(f"unknown output {what!r}; choose one of {OUTPUTS}")
 
 
 def cross_entropy_hessian(logits: torch.Tensor) -> torch.Tensor:

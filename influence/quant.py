@@ -73,8 +73,8 @@ def dequantize(t: QTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """:class:`QTensor` → ``(r, p)`` in ``dtype``."""
     r, p = t.shape
     codes = t.codes if t.bits == 8 else _unpack(t.codes, t.bits) - QMAX[t.bits]
-    x = codes.reshape(r, -1, t.group).to(dtype) * t.scale.to(dtype)[..., None]
-    return x.reshape(r, -1)[:, :p]
+    x = codes.reshape(r, t.scale.shape[-1], t.group).to(dtype) * t.scale.to(dtype)[..., None]
+    return x.reshape(r, t.scale.shape[-1] * t.group)[:, :p]
 
 
 def _pack(u: torch.Tensor, bits: int) -> torch.Tensor:
@@ -91,7 +91,40 @@ def _pack(u: torch.Tensor, bits: int) -> torch.Tensor:
 def _unpack(b: torch.Tensor, bits: int) -> torch.Tensor:
     """Inverse of :func:`_pack` → int8 ``(r, P)``."""
     r = b.shape[0]
-    y = b.to(torch.int64).reshape(r, -1, bits)
+    y = b.to(torch.int64).reshape(r, b.shape[1] // bits, bits)
     word = (y << (8 * torch.arange(bits, device=b.device))).sum(-1)
     v = (word[..., None] >> (bits * torch.arange(8, device=b.device))) & ((1 << bits) - 1)
-    return v.to(torch.int8).reshape(r, -1)
+    return v.to(torch.int8).reshape(r, b.shape[1] // bits * 8)
+
+
+class PackedRows:
+    """Rows ``(r, p)`` kept as their integer codes and dequantised a block at
+    a time: ``rows[s:e]`` is ``dequantize`` of those rows only (float32, the
+    same numbers as slicing the whole dequantised matrix: rows are coded
+    independently). What a readout holds resident is the codes, ``nbytes``,
+    plus one block of float rows while it reads them."""
+
+    def __init__(self, q: QTensor):
+        self.q = q
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.q.shape
+
+    @property
+    def nbytes(self) -> int:
+        return self.q.nbytes
+
+    def __len__(self) -> int:
+        return self.q.shape[0]
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        s, e, step = rows.indices(self.q.shape[0])
+        if step != 1:
+            raise ValueError("PackedRows: contiguous row ranges only")
+        q = self.q
+        return dequantize(QTensor(q.codes[s:e], q.scale[s:e], (e - s, q.shape[1]), q.bits, q.group))
+
+    def to(self, device: torch.device | str) -> PackedRows:
+        q = self.q
+        return PackedRows(QTensor(q.codes.to(device), q.scale.to(device), q.shape, q.bits, q.group))

@@ -104,6 +104,16 @@ class Store:
     y: torch.Tensor | None = None
     example_coef: list[torch.Tensor] | None = None  # per member (n, r) when ``examples_rank`` is set
     assets: dict[str, bytes] | None = None
+    # opened with packed=True: the quantised per-example rows as their codes (per member, (rows, p)), and
+    # ``examples`` None until ``dense_examples()`` expands them
+    packed: list[QTensor] | None = None
+
+    def dense_examples(self) -> list[dict[str, torch.Tensor]] | None:
+        """The per-example rows as float32 blocks, expanded from ``packed`` when the store holds them so."""
+        if self.examples is None and self.packed is not None:
+            layout = self.manifest.model.layout()
+            self.examples = [layout.unflatten(dequantize(q)) for q in self.packed]
+        return self.examples
 
     @property
     def version(self) -> str:
@@ -221,8 +231,8 @@ def _responses(man: Manifest, examples, sources, example_coef, dtype: torch.dtyp
     return resp
 
 
-def _quantized_blocks(tensors, man: Manifest, rows: int, path: Path) -> list[dict[str, torch.Tensor]]:
-    """The ``examples_quant`` rows back as float32 per-parameter blocks."""
+def _quantized_codes(tensors, man: Manifest, rows: int, path: Path) -> list[QTensor]:
+    """The ``examples_quant`` rows of every member as their codes, checked against the manifest."""
     q, layout = man.examples_quant, man.model.layout()
     bits, group = int(q.get("bits", 0)), int(q.get("group", 0))
     out = []
@@ -233,7 +243,7 @@ def _quantized_blocks(tensors, man: Manifest, rows: int, path: Path) -> list[dic
         if bits not in QMAX or group <= 0 or codes is None or scale is None or tuple(codes.shape) != want_codes \
                 or tuple(scale.shape) != (rows, P // group):
             raise StoreError(f"{path}: examples_quant {q} does not match the stored codes of member {e}")
-        out.append(layout.unflatten(dequantize(QTensor(codes, scale, (rows, layout.numel), bits, group))))
+        out.append(QTensor(codes, scale, (rows, layout.numel), bits, group))
     return out
 
 
@@ -405,8 +415,10 @@ def _member_blocks(tensors, prefix: str, members: int, layout: ParamLayout, rows
     return out
 
 
-def load_version(path: str | Path) -> Store:
-    """Load and verify one version directory (manifest, checksums, shapes)."""
+def load_version(path: str | Path, packed: bool = False) -> Store:
+    """Load and verify one version directory (manifest, checksums, shapes).
+    ``packed``: quantised per-example rows stay as their codes (``Store.packed``;
+    a readout dequantises them block by block) instead of float32 blocks."""
     path = Path(path)
     man = read_manifest(path)
     layout = man.model.layout()
@@ -419,7 +431,8 @@ def load_version(path: str | Path) -> Store:
     if not man.has_examples:
         ex = None
     elif man.examples_quant is not None:
-        ex = _quantized_blocks(resp, man, n if r is None else r, path)
+        codes = _quantized_codes(resp, man, n if r is None else r, path)
+        ex = None if packed else [layout.unflatten(dequantize(q)) for q in codes]
     else:
         ex = _member_blocks(resp, "examples/", man.members, layout, n if r is None else r, path)
     coef = None
@@ -437,7 +450,8 @@ def load_version(path: str | Path) -> Store:
             HeldoutSample.from_bytes(assets[HELDOUT_ASSET])
         except ValueError as e:
             raise StoreError(f"{path / HELDOUT_ASSET}: not a held-out sample ({str(e).splitlines()[0]})") from None
-    return Store(path, man, params, ex, src, train.get("X"), train.get("y"), coef, assets)
+    return Store(path, man, params, ex, src, train.get("X"), train.get("y"), coef, assets,
+                 codes if packed and man.has_examples and man.examples_quant is not None else None)
 
 
 def _check_audit(file: Path, blob: bytes) -> None:
@@ -459,14 +473,14 @@ def _load_asset(path: Path, name: str, man: Manifest) -> bytes:
     return blob
 
 
-def open_store(root: str | Path, version: str | None = None) -> Store:
-    """Load ``version`` (default: the current one) from a store root."""
+def open_store(root: str | Path, version: str | None = None, packed: bool = False) -> Store:
+    """Load ``version`` (default: the current one) from a store root (``packed``: see ``load_version``)."""
     root = Path(root)
     for _ in range(3):  # CURRENT may move on, and the old version be pruned, while we read
         name = version or current_version(root)
         path = root / "versions" / name
         try:
-            return load_version(path)
+            return load_version(path, packed)
         except StoreError:
             if path.exists():  # the version is there and is bad: a real error
                 raise

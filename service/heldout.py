@@ -65,18 +65,18 @@ def passages(att: TextAttributor, n: int) -> dict:
     man, tok, most = att.manifest, att.tokenizer, att.spec.context + 1
     labels = names(man)
     got = _text_sample(att, n)
-    kind = "heldout" if got is not None else "training"
+    origin = "heldout" if got is not None else "training"
     rows, note = got if got is not None else (_training_starts(att.documents, n), None)
     out, unk = [], tok.unk_id  # (None: a byte-level BPE, every text encodes)
     for doc, words, source, genre in rows:
         text, toks = _fit(words, tok, most)
         if len(toks) >= 2:
             oov = 0 if unk is None else sum(i == unk for i in tok.encode(toks))
-            out.append({"id": f"{'heldout' if kind == 'heldout' else 'train'}-{doc}", "document": doc, "text": text,
+            out.append({"id": f"{'heldout' if origin == 'heldout' else 'train'}-{doc}", "document": doc, "text": text,
                         "n_tokens": len(toks), "oov": oov, "source": source,
                         "source_name": labels.get(source, source), "genre": genre})
     note = note or "no held-out text in this store: the first words of training documents (the model trained on them)"
-    return {"store_version": att.version, "kind": kind, "note": note, "max_tokens": most, "passages": out}
+    return {"store_version": att.version, "kind": origin, "note": note, "max_tokens": most, "passages": out}
 
 
 def queries(att, kind: Kind, n: int) -> tuple[list, list[str]] | None:

@@ -343,10 +343,9 @@ class TextKind(Kind):
 
     def prepare(self, att: TextAttributor, req: AttributionRequest, s: Settings):
         """Forms and limits (characters, then tokens: at least 2, at most the
-        context + 1) -> encoded queries."""
+        context + 1, checked by the one encoding) -> encoded queries."""
         if req.output not in (None, "logprob"):
             raise invalid("output", "a text store answers logprob only (f = mean log-probability of the tokens)")
-        tok, most = att.tokenizer, att.spec.context + 1
         out = []
         for i, q in enumerate(req.queries):
             at = f"queries[{i}]"
@@ -361,29 +360,17 @@ class TextKind(Kind):
                 chars = len(q.prompt) + len(q.completion)
             if chars > s.max_text_chars:
                 _refuse(fields, f"at most {s.max_text_chars} characters per query, got {chars}")
-            if isinstance(q, TextQuery):
-                n = len(tok.tokenize(q.text, q.pretokenized))
-                if n < 2:
-                    _refuse(fields, f"needs at least 2 tokens (one to predict after one of context), got {n}")
-            else:
-                pw, cw = (len(tok.tokenize(t, q.pretokenized)) for t in (q.prompt, q.completion))
-                if not pw or not cw:
-                    _refuse([fields[0] if not pw else fields[1]], "needs at least one token")
-                n = pw + cw
-            if n > most:
-                _refuse(fields, f"{n} tokens: at most {most} per query (the model's context of "
-                        f"{att.spec.context} + 1)")
-            targets = n - 1 if isinstance(q, TextQuery) else cw
-            if req.per_token and targets > s.max_per_token_targets:
-                _refuse([*fields, "per_token"], f"{targets} scored tokens: at most {s.max_per_token_targets} per "
-                        "query with per_token (max_per_token_targets)")
-            try:
+            try:  # tokenised once, in the core: its refusals name the query's own field(s)
                 if isinstance(q, PromptQuery):
-                    out.append(att.encode(prompt=q.prompt, completion=q.completion, pretokenized=q.pretokenized))
+                    e = att.encode(prompt=q.prompt, completion=q.completion, pretokenized=q.pretokenized)
                 else:
-                    out.append(att.encode(text=q.text, pretokenized=q.pretokenized))
-            except QueryError as e:  # (the checks above come first; this keeps any other refusal a 422)
-                _refuse(fields, e.problem)
+                    e = att.encode(text=q.text, pretokenized=q.pretokenized)
+            except QueryError as err:
+                _refuse([f"{at}.{f}" for f in err.fields], err.problem)
+            if req.per_token and e.n_targets > s.max_per_token_targets:
+                _refuse([*fields, "per_token"], f"{e.n_targets} scored tokens: at most {s.max_per_token_targets} "
+                        "per query with per_token (max_per_token_targets)")
+            out.append(e)
         # the text is part of the tag: texts with the same ids (whitespace, a prefix space) have their own pieces
         tags = [(f"text:{e.n_targets}", np.asarray(e.ids, dtype=np.int64).tobytes() + _text_bytes(q))
                 for e, q in zip(out, req.queries, strict=True)]

@@ -336,7 +336,7 @@ class Runtime:
 
     def _load(self, version: str) -> Served:
         """(in a thread) Open, load and probe one store version."""
-        store = open_store(self.s.store, version)
+        store = open_store(self.s.store, version, packed=self.s.packed_rows)
         kind = kind_of(store.manifest)
         att = kind.load(store, self.s)
         probe = InvarianceProbe(kind, att, kind.block(self.s))

@@ -76,6 +76,9 @@ class Settings(BaseSettings):
         "float32", description="text stores: precision of the readout's forward tangents (the model's answer, its "
         "token log-probabilities and all sums stay float32); bfloat16 about halves the readout time on CPUs with "
         "AVX512-BF16 (and GPUs) for scores within about 1% of the largest (BENCHMARKS.md)")
+    packed_rows: bool = Field(True, description="a store whose per-document rows are quantised keeps them as their "
+                              "codes in memory and dequantises one block of rows at a time inside the readout "
+                              "(resident: the stored bytes plus one block); false: float32 rows, n x p x 4 bytes")
     readout_workers: int = Field(1, ge=1, le=64, description="batches read out at the same time, each on its own "
                                  "thread (with torch_threads=1: one core each; answers do not depend on it)")
     queue_size: int = Field(1024, ge=1, description="queries waiting for the readout; beyond it 503 + Retry-After")

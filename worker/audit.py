@@ -120,13 +120,13 @@ def query_sample(store: Store, s: AuditSettings, query_file: Path | None) -> tup
 
 
 def _jobs(keep: np.ndarray, loso_idx: np.ndarray, source: np.ndarray, E: int, matched: bool):
-    """Models to train: ``(kind, row, e, index set, mask or None)``."""
+    """Models to train: ``(what, row, e, index set, mask or None)``."""
     S, n = keep.shape[1], len(source)
     rows = [("full", 0, np.ones(S, bool))] + [("subset", j, k) for j, k in enumerate(keep)]
     rows += [("loso", i, np.arange(S) != s) for i, s in enumerate(loso_idx)]
-    jobs = [(kind, r, e, np.flatnonzero(k[source]), None) for kind, r, k in rows for e in range(E)]
+    jobs = [(what, r, e, np.flatnonzero(k[source]), None) for what, r, k in rows for e in range(E)]
     if matched:
-        jobs += [(f"{kind}_matched", r, e, np.arange(n), k[source]) for kind, r, k in rows[1:] for e in range(E)]
+        jobs += [(f"{what}_matched", r, e, np.arange(n), k[source]) for what, r, k in rows[1:] for e in range(E)]
     return jobs
 
 
@@ -147,14 +147,14 @@ def ground_truth(spec, recipe: TrainConfig, X, y, source: np.ndarray, keep: np.n
                          masks=[j[4] for j in mj])
         marg += list(margins_stacked(P, spec, Xq, yq).numpy())
     out = {"full": np.zeros((E, m))}
-    for kind, rows in (("subset", len(keep)), ("loso", len(loso_idx))):
+    for what, rows in (("subset", len(keep)), ("loso", len(loso_idx))):
         for suf in ("", "_matched") if matched else ("",):
-            out[kind + suf] = np.zeros((rows, E, m))
-    for (kind, r, e, _, _), row in zip(plain + [j for j in jobs if j[4] is not None], marg, strict=True):
-        if kind == "full":
+            out[what + suf] = np.zeros((rows, E, m))
+    for (what, r, e, _, _), row in zip(plain + [j for j in jobs if j[4] is not None], marg, strict=True):
+        if what == "full":
             out["full"][e] = row
         else:
-            out[kind][r, e] = row
+            out[what][r, e] = row
     return out
 
 

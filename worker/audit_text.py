@@ -210,17 +210,17 @@ def compute_text_audit(store: Store, s, log=lambda msg: None, progress: bool = T
     bar = tqdm(total=len(masks) * len(seeds), desc=f"audit: retrain {man.model.kind}", unit="model",
                disable=not progress)
     done = 0
-    for kind, r, k in masks:
+    for what, r, k in masks:
         blocks = np.flatnonzero(k[block_source])
         for e, seed in enumerate(seeds):
-            f = rt.outputs(rt.train(None if kind == "full" else blocks, seed))
-            if kind == "full":
+            f = rt.outputs(rt.train(None if what == "full" else blocks, seed))
+            if what == "full":
                 out["full"][e] = f
             else:
-                out[kind][r, e] = f
+                out[what][r, e] = f
             bar.update()
             done += 1
-            log(f"retrained {done}/{len(masks) * len(seeds)}: {kind} {r}, seed {seed}")
+            log(f"retrained {done}/{len(masks) * len(seeds)}: {what} {r}, seed {seed}")
     bar.close()
     t_train = time.perf_counter()
     att = TextAttributor(store, "cpu")

@@ -31,9 +31,9 @@ ACTS = ("gelu_new", "gelu", "gelu_pytorch_tanh")
 _C = math.sqrt(2.0 / math.pi)
 
 
-def _act(u: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _act(u: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(act(u), act'(u))``: tanh GELU (``gelu_new``) or exact erf GELU."""
-    if kind == "gelu":
+    if name == "gelu":
         cdf = torch.erf(u * (1.0 / math.sqrt(2.0))).add_(1.0).mul_(0.5)
         pdf = torch.exp(u.square().mul(-0.5)).mul_(1.0 / math.sqrt(2.0 * math.pi))
         return u * cdf, cdf.addcmul_(u, pdf)

@@ -52,9 +52,10 @@ class Attributor:
         self.spec = man.model
         self.device = torch.device(device) if device is not None else best_device()
         self.dtype = self.tangent_dtype = compute_dtype  # the readout's tangents run in compute_dtype
-        rdt = resident_dtype or next(iter((store.examples or store.sources)[0].values())).dtype
+        examples = store.dense_examples()
+        rdt = resident_dtype or next(iter((examples or store.sources)[0].values())).dtype
         self.params = [{k: v.to(self.device, compute_dtype) for k, v in p.items()} for p in store.params]
-        self.examples = [_layers(b, self.device, rdt) for b in store.examples] if store.examples else None
+        self.examples = [_layers(b, self.device, rdt) for b in examples] if examples else None
         self.sources = [_layers(b, self.device, rdt) for b in store.sources] if store.sources else None
         self.example_source = torch.tensor(man.example_source, dtype=torch.long, device=self.device)
         self.n_examples, self.n_sources = len(man.example_source), len(man.source_ids)

@@ -21,6 +21,7 @@ import torch
 
 from .. import registry
 from ..errors import QueryError, StoreError
+from ..quant import PackedRows
 from ..store import Store
 from .causal import pad_right
 from .lm_math import jvp_scores
@@ -88,10 +89,12 @@ class TextAttributor:
         tdt = self.tangent_dtype
         self.tparams = None if tdt == dtype else [{k: v.to(tdt) for k, v in p.items()} for p in self.params]
         layout = self.spec.layout()
-        self.basis = [layout.flatten(b).to(self.device, tdt) for b in store.examples]
+        # rows held as the store holds them: float blocks in the tangent dtype, or packed codes read per block
+        self.basis = [PackedRows(q).to(self.device) for q in store.packed] if store.packed else \
+            [layout.flatten(b).to(self.device, tdt) for b in store.examples]
         n = len(man.example_source)
         self.coef = [c.to(self.device, dtype) for c in store.example_coef] if store.example_coef else \
-            [torch.eye(n, device=self.device, dtype=dtype) for _ in store.examples]
+            [torch.eye(n, device=self.device, dtype=dtype) for _ in self.basis]
         self.source_rows = [layout.flatten(b).to(self.device, tdt) for b in store.sources] if store.sources \
             else None
         self.n_examples, self.n_sources = n, len(man.source_ids)
@@ -114,22 +117,27 @@ class TextAttributor:
 
     def encode(self, text: str | None = None, prompt: str | None = None, completion: str | None = None,
                pretokenized: bool = False) -> TextQuery:
-        """Tokenise a query (see ``Tokenizer.tokenize``); refuses what cannot be scored."""
+        """Tokenise a query, once (see ``Tokenizer.tokenize``); a ``QueryError``
+        naming the field(s) (``text``, or ``prompt`` / ``completion``) for what
+        cannot be scored: fewer than 2 tokens, an empty prompt or completion,
+        more than the model's context + 1 tokens."""
         tok, ctx = self.tokenizer, self.model.context
         if text is not None:
-            words = tok.tokenize(text, pretokenized)
+            words, fields = tok.tokenize(text, pretokenized), ("text",)
             n_t = len(words) - 1
             parts = [text]
+            if len(words) < 2:
+                raise QueryError("text", f"needs at least 2 tokens (one to predict after one of context), got "
+                                 f"{len(words)}")
         else:
             pw, cw = tok.tokenize(prompt or "", pretokenized), tok.tokenize(completion or "", pretokenized)
             if not pw or not cw:
-                raise QueryError("prompt", "prompt and completion must each have at least one token")
-            words, n_t = pw + cw, len(cw)
+                raise QueryError("prompt" if not pw else "completion", "needs at least one token")
+            words, n_t, fields = pw + cw, len(cw), ("prompt", "completion")
             parts = [prompt, completion]
-        if len(words) < 2:
-            raise QueryError("text", "needs at least 2 tokens (one target after one token of context)")
         if len(words) > ctx + 1:
-            raise QueryError("text", f"{len(words)} tokens: more than the model's context of {ctx} + 1")
+            raise QueryError(fields[0], f"{len(words)} tokens: at most {ctx + 1} per query (the model's context of "
+                             f"{ctx} + 1)", fields)
         ids = tok.encode(words)
         unk = self.tokenizer.unk_id
         spans = [tok.spans(t, pretokenized) for t in parts]

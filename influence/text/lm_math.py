@@ -287,14 +287,17 @@ def _jvp_scores(model, params, U, x, target_mask, chunk, head, logprobs, impl, t
     if tangent_params is not None and not manual:
         raise ValueError("tangent_params needs head=True, impl='manual' and a model with manual tangents")
     tparams = params if tangent_params is None else _detached(tangent_params)
-    tangents = layout.unflatten(U.to(_dtype(tparams)))
     chunk = chunk or (manual_chunk(_dtype(tparams)) if manual else 16)
+    R = U.shape[0]
+    spans = [(s, min(s + chunk, R)) for s in range(0, R, chunk)]
+    # U is read a chunk of rows at a time (a dense tensor, or PackedRows dequantised block by block)
+    rows = lambda s, e: layout.unflatten(U[s:e].to(_dtype(tparams)))  # noqa: E731
     if not head:
         if logprobs or per_token:
             raise ValueError("logprobs=True and per_token=True need head=True")
         f = _query_fn(model, x, target_mask)
         one = lambda u: jvp(f, (params,), (u,))[1]  # noqa: E731
-        return vmap(one, chunk_size=chunk)(tangents).T
+        return torch.cat([vmap(one)(rows(s, e)) for s, e in spans]).T
     inp, tgt = x[:, :-1], x[:, 1:]
     trunk = lambda p: _trunk(model, p, inp)  # noqa: E731
     primal = model.tangent_primal(params, inp) if manual else None
@@ -312,33 +315,41 @@ def _jvp_scores(model, params, U, x, target_mask, chunk, head, logprobs, impl, t
     m = torch.ones_like(tgt, dtype=g.dtype) if target_mask is None else target_mask.to(g.dtype)
     g.mul_((m / m.sum(-1, keepdim=True).clamp_min(1.0))[..., None])
     gw = g @ W  # (B, T, d): the output gradient seen from a
-    R, (B, T) = U.shape[0], tgt.shape
+    B, T = tgt.shape
     direct = torch.zeros(R, B, dtype=g.dtype, device=g.device)
+    out = torch.empty_like(direct)
     per = torch.zeros(R, B, T, dtype=g.dtype, device=g.device) if per_token else None
-    if w_name is not None:  # a trained output layer: its own tangent enters directly, ⟨Ẇ, Σ_t g_t a_tᵀ⟩
-        Wd = tangents[w_name].reshape(R, -1).to(g.dtype)  # (R, V·d)
-        direct = Wd @ torch.einsum("btv,btd->bvd", g, a).reshape(B, -1).T  # (R, B)
-        if per_token:  # per position: ⟨Ẇ, g_t a_tᵀ⟩ = (g_t Ẇ)·a_t
-            per += torch.stack([(torch.einsum("btv,vd->btd", g, w.view(W.shape)) * a).sum(-1) for w in Wd])
-    if manual:
-        out = torch.empty_like(direct)
-        tdt = _dtype(tparams)
-        tprimal, tgw = (primal, gw) if tdt == gw.dtype else (primal.to(tdt), gw.to(tdt))
-        for s in range(0, R, chunk):
-            part = {k: v[s : s + chunk] for k, v in tangents.items()}
-            prod = model.tangent_trunk(tparams, inp, part, tprimal) * tgw  # (chunk, B, T, d)
-            out[s : s + chunk] = prod.sum((-1, -2), dtype=out.dtype)
-            if per_token:
-                per[s : s + chunk] += prod.sum(-1, dtype=per.dtype)
-    else:
-        def one(u):
-            prod = jvp(trunk, (params,), (u,))[1] * gw  # (B, T, d)
-            return (prod.sum((-1, -2)), prod.sum(-1)) if per_token else prod.sum((-1, -2))
+    ga = None if w_name is None else torch.einsum("btv,btd->bvd", g, a).reshape(B, -1).T  # (V·d, B)
+    tdt = _dtype(tparams)
+    tprimal, tgw = (primal, gw) if tdt == gw.dtype or not manual else (primal.to(tdt), gw.to(tdt))
 
-        got = vmap(one, chunk_size=chunk)(tangents)
-        out = got[0] if per_token else got
-        if per_token:
-            per += got[1]
+    def one(u):
+        prod = jvp(trunk, (params,), (u,))[1] * gw  # (B, T, d)
+        return (prod.sum((-1, -2)), prod.sum(-1)) if per_token else prod.sum((-1, -2))
+
+    def head_term(s: int, e: int, Wd: torch.Tensor) -> None:
+        """A trained output layer: its own tangent enters directly, ⟨Ẇ, Σ_t g_t a_tᵀ⟩ (``Wd (rows, V·d)``)."""
+        direct[s:e] = Wd @ ga
+        if per_token:  # per position: ⟨Ẇ, g_t a_tᵀ⟩ = (g_t Ẇ)·a_t
+            per[s:e] += torch.stack([(torch.einsum("btv,vd->btd", g, w.view(W.shape)) * a).sum(-1) for w in Wd])
+
+    dense = torch.is_tensor(U)  # a dense U: the head's term in one GEMM over every row (packed rows: per block)
+    if w_name is not None and dense:
+        head_term(0, R, layout.unflatten(U.to(tdt))[w_name].reshape(R, -1).to(g.dtype))
+    for s, e in spans:
+        part = rows(s, e)
+        if w_name is not None and not dense:
+            head_term(s, e, part[w_name].reshape(e - s, -1).to(g.dtype))
+        if manual:
+            prod = model.tangent_trunk(tparams, inp, part, tprimal) * tgw  # (chunk, B, T, d)
+            out[s:e] = prod.sum((-1, -2), dtype=out.dtype)
+            if per_token:
+                per[s:e] += prod.sum(-1, dtype=per.dtype)
+        else:
+            got = vmap(one)(part)
+            out[s:e] = got[0] if per_token else got
+            if per_token:
+                per[s:e] += got[1]
     scores = (out + direct).T  # the same sums with per_token on or off: the answer does not move
     if not per_token:
         return (scores, tok) if logprobs else scores
