@@ -318,7 +318,7 @@ def in_process(att, texts: list[str], setup: dict, n_queries: int, batch: int, b
                 tau, _ = jvp_scores(att.model, params, B, x, mask, logprobs=True)
                 t1 = time.perf_counter()
                 if not rows_only:
-                    (tau @ att.coef[0].T) @ att.membership
+                    (tau if att.coef[0] is None else tau @ att.coef[0].T) @ att.membership
                 t2 = time.perf_counter()
             for k, v in (("block_tangents", t1 - t0), ("block_products", t2 - t1)):
                 times[k].append(v / block)

@@ -98,7 +98,8 @@ class Kind:
         rows read per query at each granularity and the cost per query at each length bucket."""
         rows = {"sources": self.rows_read(att, False), "documents": self.rows_read(att, True)}
         return {"unit": COST_UNIT, "max_request_cost": s.max_request_cost, "rows_read": rows,
-                "per_query": [{"tokens": n, **{k: n * v for k, v in rows.items()}} for n in self.lengths(att)]}
+                "per_query": [{"tokens": n, **{k: n * v for k, v in rows.items()}} for n in self.lengths(att)],
+                "resident_rows_bytes": att.resident_bytes(), "packed_rows": att.packed}
 
     def within_budget(self, att, parts: list, examples: bool, s: Settings, at: str = "queries") -> int:
         """The cost of reading out every ``rows`` of ``parts``; a 422 naming

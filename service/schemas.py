@@ -291,7 +291,8 @@ class StoreInfo(BaseModel):
                                "this version has not been audited")
     cost: dict = Field(..., description="what a query costs here, in the unit max_request_cost counts: rows_read "
                        "per query (forward tangents) for granularity sources and documents, and per_query: the "
-                       "cost of one query at each length bucket (tokens x rows)")
+                       "cost of one query at each length bucket (tokens x rows); resident_rows_bytes: the stored rows "
+                       "held in memory, packed_rows: whether they are held as their codes (settings packed_rows)")
 
 
 class SourceLabel(BaseModel):

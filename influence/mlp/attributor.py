@@ -60,6 +60,13 @@ class Attributor:
         self.example_source = torch.tensor(man.example_source, dtype=torch.long, device=self.device)
         self.n_examples, self.n_sources = len(man.example_source), len(man.source_ids)
 
+    packed = False  # (vector rows are held as float blocks)
+
+    def resident_bytes(self) -> int:
+        """Bytes of the stored response rows held on the device (examples and sources, every member)."""
+        blocks = [t for rows in (self.examples or []) + (self.sources or []) for layer in rows for t in layer]
+        return sum(t.numel() * t.element_size() for t in blocks)
+
     def check(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
         """Raise ``QueryError`` naming the field for a batch that does not fit."""
         if x.dim() != 2 or x.shape[1] != self.spec.in_dim:

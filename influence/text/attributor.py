@@ -93,14 +93,27 @@ class TextAttributor:
         self.basis = [PackedRows(q).to(self.device) for q in store.packed] if store.packed else \
             [layout.flatten(b).to(self.device, tdt) for b in store.examples]
         n = len(man.example_source)
+        # per member C (n, r) of a compressed store; None: the rows are the documents' own (r = n)
         self.coef = [c.to(self.device, dtype) for c in store.example_coef] if store.example_coef else \
-            [torch.eye(n, device=self.device, dtype=dtype) for _ in self.basis]
+            [None for _ in self.basis]
         self.source_rows = [layout.flatten(b).to(self.device, tdt) for b in store.sources] if store.sources \
             else None
         self.n_examples, self.n_sources = n, len(man.source_ids)
         src = torch.tensor(man.example_source, device=self.device)
         self.membership = torch.zeros(n, self.n_sources, device=self.device, dtype=dtype).index_put_(
             (torch.arange(n, device=self.device), src), torch.ones(n, device=self.device, dtype=dtype))
+
+    @property
+    def packed(self) -> bool:
+        """Whether the per-document rows are held as their codes (``PackedRows``)."""
+        return any(isinstance(b, PackedRows) for b in self.basis)
+
+    def resident_bytes(self) -> int:
+        """Bytes of the stored response rows held on the device (documents, coefficients, source rows)."""
+        sizes = [b.nbytes if isinstance(b, PackedRows) else b.numel() * b.element_size() for b in self.basis]
+        sizes += [c.numel() * c.element_size() for c in self.coef if c is not None]
+        sizes += [b.numel() * b.element_size() for b in self.source_rows or []]
+        return sum(sizes)
 
     @property
     def tangents_per_query(self) -> int:
@@ -190,9 +203,9 @@ class TextAttributor:
                 self.model, params, rows, x, mask, logprobs=True, tangent_params=tp, per_token=per_token)
             if docs:
                 t, lp, *pt = read(B)
-                ex += t @ C.T
+                ex += t if C is None else t @ C.T
                 if per_token:
-                    tex += pt[0] @ C.T
+                    tex += pt[0] if C is None else pt[0] @ C.T
             if src is not None:
                 t, lp, *pt = read(self.source_rows[e])
                 src += t

@@ -185,3 +185,9 @@ def test_the_store_states_what_a_query_costs(text_settings, text_att, settings_f
         vec = httpx.get(base + "/v1/store").json()
     n, k = vec["n_examples"], vec["n_sources"]
     assert vec["cost"]["rows_read"] == {"sources": k, "documents": k + n} and len(vec["cost"]["per_query"]) == 1
+    # what the rows hold in memory: the vector store's float blocks; the text store's as the attributor holds them
+    c = vec["cost"]
+    assert c["packed_rows"] is False and c["resident_rows_bytes"] > 0
+    # the text store's 3-bit basis rows stay packed in the service (packed_rows on): less than the float ones
+    assert card["packed_rows"] is True and not text_att.packed
+    assert 0 < card["resident_rows_bytes"] < text_att.resident_bytes()
