@@ -10,7 +10,7 @@ sample's bibliographic entry in CONTENTS, on one line), ``publisher_id``,
 split the file on whitespace, split each ``word/tag`` on its last ``/``, keep
 the word, lowercase, drop empty strings). gzip with mtime 0 and no file name,
 so the output is byte for byte reproducible. Prints the sha256 to paste into
-``influence/text/brown.py`` (``BROWN_SHA256``).
+``influence/datasets/brown.py`` (``BROWN_SHA256``).
 """
 
 from __future__ import annotations
