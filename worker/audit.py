@@ -50,7 +50,7 @@ import torch
 
 from influence import registry
 from influence.audit import draw_source_subsets, truth_noise
-from influence.datasets.vectors import Dataset, digits_split, load_query_file
+from influence.datasets.vectors import Dataset, builtin_split, load_query_file
 from influence.errors import DataError, StoreError
 from influence.mlp.attributor import Attributor
 from influence.mlp.readout import mlp_forward
@@ -68,12 +68,14 @@ def _fingerprint(X: np.ndarray, y: np.ndarray, store: Store) -> str:
 
 
 def builtin_digits(store: Store) -> tuple[np.ndarray, np.ndarray] | None:
-    """The built-in digits training prefix ``(X (n, 64), y (n,))`` when it is
-    exactly the store's training data (by fingerprint), else None."""
+    """The built-in training prefix ``(X (n, d), y (n,))`` the store's manifest names
+    (``influence.datasets.vectors.builtin_split``) when it is exactly its training data (by
+    fingerprint), else None."""
     man = store.manifest
-    if man.data.get("name") != "digits" or man.model.in_dim != 64:
+    split = builtin_split(man.data.get("name"), man.model.in_dim)
+    if split is None:
         return None
-    X, _, y, _ = digits_split()
+    X, _, y, _ = split
     n = len(man.example_source)
     if n > len(X) or _fingerprint(X[:n], y[:n], store) != man.data.get("fingerprint"):
         return None
@@ -108,8 +110,8 @@ def query_sample(store: Store, s: AuditSettings, query_file: Path | None) -> tup
             raise DataError(query_file, "audit queries need their labels (a 'y' array or a label column)")
         desc = f"{query_file}"
     elif builtin_digits(store) is not None:
-        _, X, _, y = digits_split()
-        desc = "digits test split"
+        _, X, _, y = builtin_split(man.data.get("name"), man.model.in_dim)
+        desc = f"{man.data.get('name')} test split"
     else:
         raise StoreError(f"{store.path}: its data ({man.data.get('name')!r}) has no built-in held-out split; "
                          "pass --query-file FILE with held-out labelled examples")
