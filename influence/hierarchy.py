@@ -82,7 +82,7 @@ def sketch(rows: torch.Tensor, k: int = 64, seed: int = 0) -> torch.Tensor:
     return rows.float() @ G.to(rows.device)
 
 
-def _spherical_kmeans(z: torch.Tensor, b: int, seed: int, iters: int = 20) -> torch.Tensor:
+def spherical_kmeans(z: torch.Tensor, b: int, seed: int, iters: int = 20) -> torch.Tensor:
     """Cluster labels ``(m,)`` in ``[0, b)`` of unit rows ``z (m, k)``; every
     label used (an empty cluster takes the point farthest from its centre)."""
     m = z.shape[0]
@@ -132,7 +132,7 @@ def build_tree(doc_source: torch.Tensor, n_sources: int, sketch_rows: torch.Tens
                 add(node, depth + 1, src, d)
                 order.append(d)
         else:
-            labels = _spherical_kmeans(z[docs], branching, seed + node)
+            labels = spherical_kmeans(z[docs], branching, seed + node)
             for c in range(branching):
                 part = docs[labels == c]
                 if part.numel() == docs.numel():  # identical sketches: no split found, cut evenly instead
