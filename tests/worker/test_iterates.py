@@ -95,7 +95,7 @@ def test_iterate_epochs():
 
 
 def test_text_store_refuses_iterates():
-    with pytest.raises(ConfigError, match="MLP stores only"):
+    with pytest.raises(ConfigError, match="iterates is not built for kind .gpt."):
         load_config("brown", overrides=["method.iterates=2"])
 
 
