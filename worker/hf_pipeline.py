@@ -35,7 +35,7 @@ from influence.heldout import HeldoutSample
 from influence.hf.ftdata import encode_queries, ft_blocks, ft_heldout_sample, ft_text, query_windows
 from influence.hf.loader import check_dir, load_tokenizer, weight_checksums, weight_files
 from influence.hf.model import context_of, with_layout
-from influence.store import Manifest, publish
+from influence.store import Manifest
 from influence.text.blocks import Coverage, coverage, document_blocks
 from influence.text.documents import read_documents
 from influence.text.gpt import PAD, pad_right
@@ -46,6 +46,7 @@ from .distributed import Shard, barrier, broadcast_params, init_from_env, shutdo
 from .hf_train import FTRecipe, finetune, load_wrapped
 from .lm_pipeline import SNIPPET_WORDS, _data_file, respond
 from .progress import Stages
+from .publishing import publish
 from .workdir import WorkDir
 
 HELDOUT_CHECK = 64  # held-out windows on which the stored responses' score error is measured (brown-ft)

@@ -23,7 +23,7 @@ import torch
 from influence import heldout
 from influence.layout import ParamLayout
 from influence.quant import dequantize, quantize
-from influence.store import Manifest, publish
+from influence.store import Manifest
 from influence.text.corpus import LMCorpus, brown_corpus
 from influence.text.documents import corpus_sha256, load_text_corpus
 from influence.text.gpt import GPT
@@ -35,6 +35,7 @@ from .device import device_of, to_cpu
 from .distributed import Shard
 from .lm_train import BATCH, BETAS, EPOCHS, EPS, LR_MAX, WEIGHT_DECAY, perplexity, train_lm
 from .progress import Stages
+from .publishing import publish
 
 SNIPPET_WORDS = 40
 

@@ -1,0 +1,162 @@
+"""A serving process restarted beside a ready peer (``--workers 2``, real
+processes behind one port, a real Redis; SIGKILL as a crash does it):
+
+- it loads the group's version, never ``CURRENT`` on its own: when that
+  version is gone from the store it stays not ready with an error in the
+  log, and one admin reload moves the whole group, it included (issue 28
+  row 3);
+- fa-worker's pruning spares a version that a process serves, so a restart
+  finds it (row 3)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+
+from influence.store import AUDIT_ASSET, current_version, list_versions, open_store
+from worker import publishing
+
+from ..service.util import REDIS_URL, publish_scaled
+from .test_multiprocess import _all_ready, _children, group
+
+
+def _slot(data: Path, k: int) -> dict:
+    """What the process of slot ``k`` last wrote to ``peers/p{k}.json`` (pid, version)."""
+    try:
+        return json.loads((data / "peers" / f"p{k}.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _kill_slot(data: Path, sup: int, k: int = 1) -> int:
+    victim = _slot(data, k)["pid"]
+    assert victim in _children(sup)
+    os.kill(victim, signal.SIGKILL)
+    return victim
+
+
+def _versions_behind_the_port(base: str, n: int = 12) -> Counter:
+    """``/readyz`` over ``n`` new connections: version (or the error code) -> answers."""
+    out = Counter()
+    for _ in range(n):
+        r = httpx.get(base + "/readyz", timeout=10)
+        out[r.json()["store_version"] if r.status_code == 200 else r.json()["error"]["code"]] += 1
+    return out
+
+
+def _worker_publish(root: Path, factor: float, keep: int) -> str:
+    """A new version as fa-worker publishes one (its pruning to ``keep``): the current one's responses scaled."""
+    st = open_store(root)
+    scale = lambda blocks: [{k: v * factor for k, v in b.items()} for b in blocks] if blocks else None  # noqa: E731
+    training = None if st.X is None else (st.X, st.y)
+    return publishing.publish(root, st.manifest, st.params, scale(st.examples), scale(st.sources), training,
+                              keep=keep, example_coef=st.example_coef,
+                              assets={k: v for k, v in (st.assets or {}).items() if k != AUDIT_ASSET}).name
+
+
+def test_restart_whose_group_version_is_gone_stays_out_until_one_decision(built_store, prefix, tmp_path):
+    """Reload the group to v1 (CURRENT says v2), delete v1's directory,
+    SIGKILL one process: the process started in its place must not serve v2
+    beside its peer's v1 (before: it loaded CURRENT, the group split
+    silently). It logs why and stays out; a reload moves both."""
+    root, data = tmp_path / "store", tmp_path / "var"
+    shutil.copytree(built_store, root)
+    v1 = current_version(root)
+    v2 = publish_scaled(root, 2.0)
+    log = tmp_path / "group.log"
+    with group(root, data, REDIS_URL, prefix, log, cache_ttl_s=0) as (base, sup):
+        back = httpx.post(base + "/v1/admin/reload", params={"version": v1}, timeout=60).json()
+        assert back["store_version"] == v1 and back["processes"] == {"serving": 2, "total": 2}, back
+        shutil.rmtree(root / "versions" / v1)  # gone by hand (or by a publisher that prunes it)
+        victim = _kill_slot(data, sup.pid)
+        seen: Counter = Counter()
+        said = re.compile(rf"group's store version {v1}.*not in the store")
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            seen.update(_versions_behind_the_port(base, 4))
+            now = _slot(data, 1)
+            if now.get("pid") not in (None, victim) and (now.get("version") or said.search(log.read_text())):
+                break  # the new process has loaded something, or said why it will not
+            time.sleep(0.2)
+        seen.update(_versions_behind_the_port(base, 24))
+        replaced = _slot(data, 1)
+        text = log.read_text()
+        assert replaced.get("pid") not in (None, victim), text[-3000:]
+        assert replaced.get("version") is None, (replaced, text[-3000:])  # not v2 beside the peer's v1
+        assert v2 not in seen and seen[v1] > 0, seen
+        assert said.search(text), text[-3000:]
+        # one decision moves the whole group, the process that stayed out included
+        moved = httpx.post(base + "/v1/admin/reload", params={"version": v2}, timeout=60).json()
+        assert moved["store_version"] == v2 and moved["processes"] == {"serving": 2, "total": 2}, moved
+        assert _all_ready(base, time.time() + 60)
+        assert set(_versions_behind_the_port(base)) == {v2}
+
+
+def test_pruning_spares_a_version_a_process_serves(built_store, prefix, tmp_path):
+    """The group serves v1 (a rollback), fa-worker publishes two versions
+    with ``keep=2``: v1 stays on disk while served (v2, served by none, is
+    pruned), so a process SIGKILLed then comes back on v1; once the group
+    has moved on, the next publish prunes v1."""
+    root, data = tmp_path / "store", tmp_path / "var"
+    shutil.copytree(built_store, root)
+    v1 = current_version(root)
+    v2 = publish_scaled(root, 2.0)
+    with group(root, data, REDIS_URL, prefix, tmp_path / "group.log", cache_ttl_s=0) as (base, sup):
+        back = httpx.post(base + "/v1/admin/reload", params={"version": v1}, timeout=60).json()
+        assert back["processes"] == {"serving": 2, "total": 2}, back
+        v3 = _worker_publish(root, 4.0, keep=2)
+        v4 = _worker_publish(root, 0.5, keep=2)
+        assert list_versions(root) == [v1, v3, v4], (v2, list_versions(root))  # v2 pruned, v1 spared
+        victim = _kill_slot(data, sup.pid)
+        deadline = time.time() + 90
+        while time.time() < deadline and (_slot(data, 1).get("pid") in (None, victim)
+                                          or _slot(data, 1).get("version") is None):
+            time.sleep(0.2)
+        assert _slot(data, 1).get("version") == v1, (tmp_path / "group.log").read_text()[-3000:]
+        assert _all_ready(base, time.time() + 60)
+        assert set(_versions_behind_the_port(base)) == {v1}
+        moved = httpx.post(base + "/v1/admin/reload", timeout=60).json()  # to CURRENT: v4
+        assert moved["store_version"] == v4 and moved["processes"] == {"serving": 2, "total": 2}, moved
+        v5 = _worker_publish(root, 2.0, keep=2)
+        assert list_versions(root) == [v4, v5]  # v1 served by none: pruned now
+
+
+def test_store_watch_in_a_group_puts_its_version_on_record(built_store, prefix, tmp_path):
+    """With ``watch_store_s`` on, the group follows CURRENT: each new version
+    becomes the group's on record (not only the start's), so once fa-worker
+    has pruned the start's version a restarted process still loads the
+    group's, the newest."""
+    root, data = tmp_path / "store", tmp_path / "var"
+    shutil.copytree(built_store, root)
+    v1 = current_version(root)
+
+    def everywhere(version: str, base: str) -> bool:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if all(_slot(data, k).get("version") == version for k in (0, 1)):
+                return True
+            time.sleep(0.1)
+        return False
+
+    with group(root, data, REDIS_URL, prefix, tmp_path / "group.log", cache_ttl_s=0,
+               watch_store_s=0.2) as (base, sup):
+        v2 = _worker_publish(root, 2.0, keep=1)
+        assert everywhere(v2, base)
+        v3 = _worker_publish(root, 4.0, keep=1)  # v1 pruned (served by none), v2 spared until the group moves
+        assert everywhere(v3, base)
+        assert v1 not in list_versions(root)
+        victim = _kill_slot(data, sup.pid)
+        deadline = time.time() + 90
+        while time.time() < deadline and (_slot(data, 1).get("pid") in (None, victim)
+                                          or _slot(data, 1).get("version") is None):
+            time.sleep(0.2)
+        assert _slot(data, 1).get("version") == v3, (tmp_path / "group.log").read_text()[-3000:]
+        assert set(_versions_behind_the_port(base)) == {v3}
