@@ -6,10 +6,13 @@ processes behind one port, a real Redis; SIGKILL as a crash does it):
   log, and one admin reload moves the whole group, it included (issue 28
   row 3);
 - fa-worker's pruning spares a version that a process serves, so a restart
-  finds it (row 3)."""
+  finds it (row 3);
+- it takes no connection before its store is resident: no ``503
+  not_ready`` while its peer is ready (row 6)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -160,3 +163,66 @@ def test_store_watch_in_a_group_puts_its_version_on_record(built_store, prefix, 
             time.sleep(0.2)
         assert _slot(data, 1).get("version") == v3, (tmp_path / "group.log").read_text()[-3000:]
         assert set(_versions_behind_the_port(base)) == {v3}
+
+
+def test_restarted_process_takes_no_connection_while_loading(hf_store, prefix, tmp_path):
+    """Under load (a new connection per request), SIGKILL one of two
+    processes serving an hf store (a load of seconds: transformers, the model,
+    its tangents): the one started in its place answers nothing until its
+    store is resident, so no client gets 503 ``not_ready`` while the peer is
+    ready (before: about half the new connections did while it loaded).
+    Requests the killed process held are cut (a transport error), none
+    after; every other answer is a 200; the new process takes connections
+    once loaded."""
+    root, data = tmp_path / "store", tmp_path / "var"
+    shutil.copytree(hf_store, root)
+    from .load import text_bodies
+
+    bodies = [{**b, "record": False} for b in text_bodies(20, max_words=6)]
+    with group(root, data, REDIS_URL, prefix, tmp_path / "group.log", cache_ttl_s=0) as (base, sup):
+        events: list[tuple[float, float, object]] = []  # (sent, answered, status or the exception's name)
+        state = {"killed": None, "back": None, "stop": False}
+
+        async def client(k: int):
+            async with httpx.AsyncClient(base_url=base, timeout=60,
+                                         limits=httpx.Limits(max_keepalive_connections=0)) as c:
+                i = k
+                while not state["stop"]:
+                    t0 = time.monotonic()
+                    try:
+                        r = await c.post("/v1/attributions", json=bodies[i % len(bodies)])
+                        got = r.status_code if r.status_code != 503 else f"503 {r.json()['error']['code']}"
+                    except httpx.TransportError as e:
+                        got = f"cut: {type(e).__name__}"
+                    events.append((t0, time.monotonic(), got))
+                    i += 6
+
+        async def timeline():
+            await asyncio.sleep(1.5)
+            victim = await asyncio.to_thread(_kill_slot, data, sup.pid)
+            state["killed"] = time.monotonic()
+            while True:  # until the new process of slot 1 has loaded its store
+                now = await asyncio.to_thread(_slot, data, 1)
+                if now.get("pid") not in (None, victim) and now.get("version"):
+                    break
+                assert time.monotonic() - state["killed"] < 180, "the killed process was not replaced"
+                await asyncio.sleep(0.1)
+            state["back"] = time.monotonic()
+            await asyncio.sleep(3.0)  # both take connections again
+            state["stop"] = True
+
+        async def run():
+            await asyncio.gather(timeline(), *(client(k) for k in range(6)))
+
+        asyncio.run(run())
+        both = _all_ready(base, time.time() + 30)
+    killed, back = state["killed"], state["back"]
+    during = Counter(got for t0, _, got in events if killed < t0 < back)
+    cut = [(round(t0 - killed, 2), got) for t0, _, got in events if str(got).startswith("cut")]
+    print(f"reload window {back - killed:.1f} s: answers sent meanwhile {dict(during)}; cut: {cut}")
+    assert back - killed > 1.0, "the restart was too quick to show anything"
+    assert during[200] > 0
+    assert not [e for e in events if e[2] == "503 not_ready"], Counter(got for *_, got in events)
+    assert {got for *_, got in events if not str(got).startswith("cut")} == {200}, Counter(got for *_, got in events)
+    assert all(t0 < killed + 0.5 for t0, _ in cut), cut  # only what the killed process held or had queued
+    assert both
