@@ -33,7 +33,7 @@ from .embedded_redis import EmbeddedRedis
 from .errors import ApiError, invalid
 from .kinds import Kind, kind_of
 from .ledger import OUTAGE, Journal, Ledger
-from .peers import FOLLOW_S, Peers
+from .peers import FOLLOW_S, Peers, VersionPin
 from .settings import Settings
 from .stats import Stats
 from .tasks import cancel_and_wait
@@ -87,6 +87,7 @@ class Served:
     kind: Kind
     audit: dict | None
     probe: InvarianceProbe
+    pin: VersionPin | None = None  # its directory's shared flock: fa-worker's pruning spares it (service.peers)
 
     @property
     def version(self) -> str:
@@ -213,6 +214,8 @@ class Runtime:
         """Background tasks first, then the batcher (its requests finish),
         the ledger (its last group commit), Redis, the embedded server."""
         await cancel_and_wait(self._tasks)
+        if self.served and self.served.pin:
+            self.served.pin.release()
         probes = [p for p in self._probes if p.alive]
         await asyncio.gather(*(asyncio.to_thread(p.stop, 120) for p in probes))
         await self.batcher.stop()
@@ -276,6 +279,8 @@ class Runtime:
         self.served = served  # the whole hot swap
         if old is not None:
             old.probe.stop(0)  # a version no longer served needs no answer (ends after its current readout)
+            if old.pin:
+                old.pin.release()
         if self.peers:
             self.peers.announce(served.version)
         self.stats.m_reloads.inc()
@@ -335,25 +340,49 @@ class Runtime:
                               self.serving(), getattr(e, "message", e))
 
     def _load(self, version: str) -> Served:
-        """(in a thread) Open, load and probe one store version."""
-        store = open_store(self.s.store, version, packed=self.s.packed_rows)
-        kind = kind_of(store.manifest)
-        att = kind.load(store, self.s)
+        """(in a thread) Pin, open, load and probe one store version."""
+        pin = VersionPin(self.s.store / "versions" / version)
+        try:
+            store = open_store(self.s.store, version, packed=self.s.packed_rows)
+            kind = kind_of(store.manifest)
+            att = kind.load(store, self.s)
+        except BaseException:
+            pin.release()
+            raise
         probe = InvarianceProbe(kind, att, kind.block(self.s))
         self._probes = [p for p in self._probes if p.alive] + [probe]
-        return Served(att, kind, store.audit, probe)
+        return Served(att, kind, store.audit, probe, pin)
 
     async def _initial_load(self) -> None:
+        """Load the group's version (``desired.json``: the last decision; with
+        none yet, CURRENT, then put on record: ``Peers.record_start``), or
+        CURRENT for a lone process. A group's version that cannot be loaded
+        (gone from the store, damaged) is retried every 2 s, never replaced
+        by CURRENT: this process stays not ready, and the next admin reload
+        sent to any other process moves the whole group, this one included."""
+        said, said_at = None, 0.0
         while self.served is None:
-            want = self.peers.desired() if self.peers else None  # a group's version (an admin reload) over CURRENT
+            want = await asyncio.to_thread(self.peers.desired) if self.peers else None
             try:
                 if want:
                     self.peers.seen = want["seq"]
-                    await self.reload(want["version"] if want["version"] in list_versions(self.s.store) else None)
+                    await self.reload(want["version"])
                 else:
                     await self.reload()
-            except (InfluenceError, OSError) as e:
-                log.error("cannot load the store yet (retrying in 2 s): %s", e)
+                    if self.peers:
+                        await self.peers.record_start(self.served.version)
+            except (InfluenceError, OSError, ApiError) as e:
+                why = getattr(e, "message", None) or str(e)
+                if want:
+                    missing = want["version"] not in await asyncio.to_thread(list_versions, self.s.store)
+                    why = (f"the group's store version {want['version']} (desired.json, the group's last decision) "
+                           + (f"is not in the store {self.s.store} (pruned or deleted)" if missing
+                              else f"cannot be loaded: {why}")
+                           + ": this process stays not ready rather than serve CURRENT beside the others; "
+                           "POST /v1/admin/reload to a serving process moves the whole group, this one included")
+                if why != said or time.monotonic() - said_at > 60:
+                    log.error("cannot load the store yet (retrying every 2 s): %s", why)
+                    said, said_at = why, time.monotonic()
                 await asyncio.sleep(2.0)
 
     async def _watch(self) -> None:
@@ -369,9 +398,10 @@ class Runtime:
             try:
                 cur = await asyncio.to_thread(current_version, self.s.store)
                 if cur != version and cur != refused:
-                    await self.reload()
+                    await self.reload_all()  # (in a group: on record as the group's version, peers.py)
             except (InfluenceError, OSError) as e:
                 log.error("store watch: reload failed, still serving %s: %s", version, e)
             except ApiError as e:
-                refused = cur
+                if e.status != 503:  # (503: another reload's turn; tried again next time)
+                    refused = cur
                 log.error("store watch: not switching to %s, still serving %s: %s", cur, version, e.message)

@@ -18,6 +18,14 @@ of the connection (16/16-ish). The supervisor
 - starts ``workers`` spawned processes (``multiprocessing`` spawn: no fork of
   a process that has loaded torch), each running uvicorn on its socket and
   the app's lifespan (its batcher, its copy of the store, its journal slot);
+- lets a process join the listening group only once its store is resident
+  while another process of the group is ready (``JoinWhenResident``): the
+  kernel spreads new connections over the *listening* sockets of the port,
+  so one that is bound but not yet listening gets none, and a restarted
+  process loading its store (seconds to minutes) answers no one ``503
+  not_ready`` while its peer could have answered. With no process ready (the
+  group starting, or every other one gone) it listens at once, as a lone
+  process does: ``/healthz`` answers and ``/readyz`` says ``not_ready``;
 - starts a process again when one dies (its journal slot is then free: the
   new process claims it and replays what it holds, ``service.ledger``); stops
   the group with exit status 3 when a process fails at startup (a store that
@@ -30,12 +38,15 @@ of the connection (16/16-ish). The supervisor
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing as mp
 import os
 import signal
 import socket
 import time
+
+import uvicorn
 
 log = logging.getLogger("service")
 
@@ -61,21 +72,72 @@ def _die_with_parent() -> None:
         pass
 
 
-def _child(settings_json: str, host: str, port: int, log_level: str) -> None:
-    """One serving process (spawned): its own SO_REUSEPORT socket, uvicorn, ``service.app.worker_app``."""
-    _die_with_parent()
-    import uvicorn
+JOIN_POLL_S = 0.2  # how often a process waiting to listen looks at its store and its peers, seconds
 
-    from .app import WORKER_LOG_LEVEL, WORKER_SETTINGS
+
+class JoinWhenResident(uvicorn.Server):
+    """uvicorn listens on its sockets right after the app's lifespan has
+    started (``Server.startup``); here, when another process of the group is
+    ready, that start also waits until this process's store is resident
+    (module doc). The wait ends early on SIGTERM / SIGINT (uvicorn's
+    ``should_exit``), and when no other process is ready any more."""
+
+    def __init__(self, config: uvicorn.Config, app_of):
+        super().__init__(config)
+        self.app_of = app_of  # -> the app once uvicorn has made it (config.load), for its runtime
+
+    async def startup(self, sockets=None):
+        started = self.lifespan.startup
+
+        async def then_wait() -> None:
+            await started()
+            if not self.lifespan.should_exit:
+                await self.until_resident()
+
+        self.lifespan.startup = then_wait
+        await super().startup(sockets)
+
+    async def until_resident(self) -> None:
+        rt = getattr(self.app_of().state, "rt", None)
+        if rt is None or rt.peers is None:
+            return
+        waited, t0 = None, time.monotonic()
+        while not self.should_exit and rt.served is None:
+            peer = await asyncio.to_thread(rt.peers.ready_peer)
+            if peer is None:
+                if waited is not None:
+                    log.warning("no other serving process is ready any more: listening while the store loads")
+                return
+            if waited is None:
+                log.info("serving process %d waits for its store before it listens (process %d is ready)",
+                         rt.peers.slot, peer)
+                waited = peer
+            await asyncio.sleep(JOIN_POLL_S)
+        if waited is not None and rt.served is not None:
+            log.info("store resident after %.1f s: serving process %d listens", time.monotonic() - t0,
+                     rt.peers.slot)
+
+
+def _child(settings_json: str, host: str, port: int, log_level: str) -> None:
+    """One serving process (spawned): its own SO_REUSEPORT socket (bound; listening once
+    ``JoinWhenResident`` lets it), uvicorn, ``service.app.worker_app``."""
+    _die_with_parent()
+    from .app import WORKER_LOG_LEVEL, WORKER_SETTINGS, worker_app
     from .protocol import connection_options
     from .settings import Settings
 
     os.environ[WORKER_SETTINGS], os.environ[WORKER_LOG_LEVEL] = settings_json, log_level.upper()
     sock = reuseport_socket(host, port)
-    config = uvicorn.Config("service.app:worker_app", factory=True, host=host, port=port, log_level=log_level,
+    made = []
+
+    def factory():
+        made.append(worker_app())
+        return made[0]
+
+    config = uvicorn.Config(factory, factory=True, host=host, port=port, log_level=log_level,
                             access_log=log_level == "debug",
                             **connection_options(Settings.model_validate_json(settings_json)))
-    uvicorn.Server(config).run(sockets=[sock])
+    JoinWhenResident(config, lambda: made[0]).run(sockets=[sock])
 
 
 def supervise(settings_json: str, host: str, port: int, workers: int, log_level: str = "info") -> int:

@@ -55,10 +55,11 @@ from influence.errors import DataError, StoreError
 from influence.mlp.attributor import Attributor
 from influence.mlp.readout import mlp_forward
 from influence.outputs import output
-from influence.store import AUDIT_ASSET, Store, current_version, open_store, read_manifest, republish
+from influence.store import AUDIT_ASSET, Store, current_version, open_store, read_manifest
 
 from .audit_common import SCHEMA, AuditSettings, finite, metrics
 from .config import ConfigError, TrainConfig
+from .publishing import republish
 from .retrain import margins_stacked, train_models, train_padded
 
 

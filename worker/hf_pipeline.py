@@ -27,7 +27,7 @@ from influence import heldout, registry
 from influence.datasets.finetune import FinetuneCorpus, finetune_corpus
 from influence.hf.loader import check_dir, load_tokenizer, weight_checksums, weight_files
 from influence.hf.model import context_of, with_layout
-from influence.store import Manifest, publish
+from influence.store import Manifest
 from influence.text.causal import PAD
 
 from .config import ConfigError, WorkerConfig
@@ -36,6 +36,7 @@ from .distributed import Shard, barrier, broadcast_params, init_from_env, shutdo
 from .hf_train import FTRecipe, finetune, load_wrapped
 from .lm_pipeline import _data_file, respond
 from .progress import Stages
+from .publishing import publish
 from .workdir import WorkDir
 
 COPY_BASE_MB = 200  # model.base='store' copies at most this much; larger bases must be referenced

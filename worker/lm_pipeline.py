@@ -26,7 +26,7 @@ from influence import heldout, registry
 from influence.datasets.documents import corpus_sha256, word_corpus
 from influence.layout import ParamLayout
 from influence.quant import dequantize, quantize
-from influence.store import Manifest, publish
+from influence.store import Manifest
 from influence.text.causal import sequence_logprob
 from influence.text.corpus import LMCorpus
 from influence.text.lm_math import query_grads
@@ -36,6 +36,7 @@ from .config import ConfigError, WorkerConfig
 from .device import device_of, to_cpu
 from .distributed import Shard
 from .progress import Stages
+from .publishing import publish
 
 SNIPPET_WORDS = 40
 

@@ -22,11 +22,12 @@ from influence import heldout, registry
 from influence.datasets.vectors import Dataset, load_digits_train, load_training_file
 from influence.mlp.propagate import Responses, Simulator, StepCheckpoint
 from influence.mlp.readout import mlp_forward
-from influence.store import Manifest, publish
+from influence.store import Manifest
 
 from .config import ConfigError, WorkerConfig
 from .device import device_of, to_cpu
 from .distributed import barrier, broadcast_params, gather_rows, init_from_env, rank_world, shard, shutdown
+from .publishing import publish
 from .train import Trained, steps_per_run, train
 from .twotraj import two_trajectories
 

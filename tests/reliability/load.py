@@ -136,7 +136,17 @@ async def run_load(base: str, tally: Tally, requests: list[dict], concurrency: i
         await asyncio.gather(timeline(), *(client(c, k) for k in range(concurrency)))
 
 
-def wait_drained(base: str, deadline_s: float = 30.0) -> dict:
+async def after_answers(tally: Tally, n: int, deadline_s: float = 300.0) -> None:
+    """Wait until ``tally`` has seen ``n`` more requests answered (a
+    ``run_load`` event that happens after so many answers, not after so many
+    seconds: the same scenario on a busy machine, only slower)."""
+    start, end = tally.requests, time.perf_counter() + deadline_s
+    while tally.requests < start + n:
+        assert time.perf_counter() < end, f"{tally.requests - start} of {n} requests answered in {deadline_s:g} s"
+        await asyncio.sleep(0.01)
+
+
+def wait_drained(base: str, deadline_s: float = 120.0) -> dict:
     """Wait until Redis is back and the outage journal is replayed."""
     end = time.time() + deadline_s
     while True:

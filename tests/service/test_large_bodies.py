@@ -82,24 +82,45 @@ print(n)
 """
 
 
-def test_healthz_stays_fast_while_megabyte_bodies_are_refused(base):
-    host, port = base.split("//")[1].split(":")
-    sender = subprocess.Popen([sys.executable, "-c", SENDER, host, port, "6"], stdout=subprocess.PIPE, text=True)
+def _probe(c: httpx.Client, until, most: int = 200) -> list[float]:
+    """``/healthz`` every 20 ms on one kept-alive connection while ``until()``; latencies, ms."""
     lat = []
-    try:
-        time.sleep(0.5)
-        with httpx.Client(base_url=base, timeout=10) as c:
-            c.get("/healthz")
-            while sender.poll() is None and len(lat) < 200:
-                t0 = time.perf_counter()
-                assert c.get("/healthz").status_code == 200
-                lat.append((time.perf_counter() - t0) * 1000)
-                time.sleep(0.02)
-    finally:
-        out, _ = sender.communicate(timeout=60)
+    while until() and len(lat) < most:
+        t0 = time.perf_counter()
+        assert c.get("/healthz").status_code == 200
+        lat.append((time.perf_counter() - t0) * 1000)
+        time.sleep(0.02)
+    return sorted(lat)
+
+
+def _p90(lat: list[float]) -> float:
+    return lat[int(0.9 * (len(lat) - 1))]
+
+
+def test_healthz_stays_fast_while_megabyte_bodies_are_refused(base):
+    """While megabyte bodies arrive back to back and are refused (422),
+    ``/healthz`` is answered about as fast as on the same server without
+    them, measured just before in this test on this (maybe busy) machine: its
+    median within 5x the quiet one (or 50 ms) and its p90 within 10x (or
+    250 ms). Before the counts came first (issue 19) every such body held the
+    event loop for 8-9 s, so the probes waited seconds. (The speed on an idle
+    host: SETTINGS.md, Bad input: median 5.6 ms, p90 11.6 ms.)"""
+    host, port = base.split("//")[1].split(":")
+    with httpx.Client(base_url=base, timeout=60) as c:
+        c.get("/healthz")
+        n = iter(range(40))
+        quiet = _probe(c, lambda: next(n, None) is not None)
+        sender = subprocess.Popen([sys.executable, "-c", SENDER, host, port, "6"], stdout=subprocess.PIPE, text=True)
+        try:
+            time.sleep(0.5)
+            lat = _probe(c, lambda: sender.poll() is None)
+        finally:
+            out, _ = sender.communicate(timeout=120)
     assert sender.returncode == 0 and int(out) >= 4, out  # big bodies were being refused all along
-    lat.sort()
-    p90 = lat[int(0.9 * (len(lat) - 1))]
-    print(f"healthz under 1 MB bodies: {len(lat)} probes, median {statistics.median(lat):.1f} ms, "
-          f"p90 {p90:.1f} ms, max {lat[-1]:.1f} ms; {out.strip()} big requests")
-    assert len(lat) >= 20 and statistics.median(lat) < 50 and p90 < 50, lat
+    median, p90 = statistics.median(lat), _p90(lat)
+    print(f"healthz under 1 MB bodies: {len(lat)} probes, median {median:.1f} ms, p90 {p90:.1f} ms, "
+          f"max {lat[-1]:.1f} ms; {out.strip()} big requests; without them: median "
+          f"{statistics.median(quiet):.1f} ms, p90 {_p90(quiet):.1f} ms")
+    assert len(lat) >= 20, lat
+    assert median < max(50.0, 5 * statistics.median(quiet)), (lat, quiet)
+    assert p90 < max(250.0, 10 * _p90(quiet)), (lat, quiet)
