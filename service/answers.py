@@ -4,7 +4,7 @@ Redis keys (``P`` = ``redis_prefix``, see ``service.ledger``)::
 
     P cache:{version}:{hash}   one query's answer and credit, JSON, TTL cache_ttl_s;
                                hash: sha256 of the options that shape an answer
-                               and the query's cache tag (``Kind.prepare``)
+                               and the query's cache tag (``Form.prepare``)
     P idem:{principal}:{hash}  hash: sha256 of the Idempotency-Key; while the first
                                request with the key is being answered, its claim
                                ``P|{token}|{body sha256}`` (TTL: twice request_timeout_s,

@@ -7,8 +7,8 @@ before any work, and a retry or a concurrent twin gets the stored answer
 query is looked up in the result cache (key: store version, options, the
 query's float32 bytes and target, or its token ids); the misses ride one
 micro-batch; then the request's credit is recorded once (Redis, or the
-journal during an outage). What depends on the store's kind (vector or
-text) is the served version's ``kind`` (``service.kinds``); the cache and
+journal during an outage). What depends on the store's query form (vector or
+text) is the served version's ``form`` (``service.forms``); the cache and
 the stored idempotent answers are ``service.answers``.
 """
 
@@ -19,7 +19,7 @@ import time
 import uuid
 
 from .errors import invalid, unavailable
-from .kinds import NOT_FINITE, Kind, NotFinite, query_field
+from .forms import NOT_FINITE, Form, NotFinite, query_field
 from .ledger import new_record
 from .runtime import Runtime, Served
 from .schemas import AttributionRequest
@@ -28,9 +28,9 @@ from .schemas import AttributionRequest
 NOT_RECORDED = {"full": "journal full", "unwritable": "journal not writable (disk full?)"}
 
 
-def check(rt: Runtime, att, kind: Kind, req: AttributionRequest):
+def check(rt: Runtime, att, form: Form, req: AttributionRequest):
     """Limits of every kind, then the kind's forms, shapes and limits
-    (``Kind.prepare``), then the readout's cost (``Kind.within_budget``) ->
+    (``Form.prepare``), then the readout's cost (``Form.within_budget``) ->
     (rows, cache tags)."""
     s = rt.s
     if len(req.queries) > s.max_queries:
@@ -41,8 +41,8 @@ def check(rt: Runtime, att, kind: Kind, req: AttributionRequest):
         raise invalid("token_top_k", "only with per_token: true (sources per token of a per-token answer)")
     if req.token_top_k > s.max_token_top_k:
         raise invalid("token_top_k", f"must be at most {s.max_token_top_k}")
-    rows, tags = kind.prepare(att, req, s)
-    kind.within_budget(att, [rows], req.granularity != "sources", s)
+    rows, tags = form.prepare(att, req, s)
+    form.within_budget(att, [rows], req.granularity != "sources", s)
     return rows, tags
 
 
@@ -53,29 +53,29 @@ async def attribute(rt: Runtime, served: Served, req: AttributionRequest, princi
     encode the queries in a worker thread (a large body: tokenizing up to
     ``max_queries`` texts would hold the event loop)."""
     t0 = time.perf_counter()
-    att, kind, answers = served.att, served.kind, rt.answers
+    att, form, answers = served.att, served.form, rt.answers
     if off_loop:
-        rows, tags = await asyncio.to_thread(check, rt, att, kind, req)
+        rows, tags = await asyncio.to_thread(check, rt, att, form, req)
     else:
-        rows, tags = check(rt, att, kind, req)
+        rows, tags = check(rt, att, form, req)
     if not idem:
-        return await _answer(rt, att, kind, req, rows, tags, None, t0), False
+        return await _answer(rt, att, form, req, rows, tags, None, t0), False
     idem_hash = answers.idem_hash(idem)
     claim = await answers.claim(answers.idem_key(principal_id, idem_hash), fingerprint)
     if claim.replay is not None:
         return claim.replay, True
     try:
-        body = await _answer(rt, att, kind, req, rows, tags, f"idem-{principal_id}-{idem_hash}", t0)
+        body = await _answer(rt, att, form, req, rows, tags, f"idem-{principal_id}-{idem_hash}", t0)
     except BaseException:
         await answers.release(claim)
         raise
     return await answers.finish(claim, body), False
 
 
-async def _answer(rt: Runtime, att, kind: Kind, req: AttributionRequest, rows, tags, record_id: str | None,
+async def _answer(rt: Runtime, att, form: Form, req: AttributionRequest, rows, tags, record_id: str | None,
                   t0: float) -> dict:
     """Cache, readout, credit -> the response body (computed now)."""
-    answers, n, output = rt.answers, len(tags), kind.output(req)
+    answers, n, output = rt.answers, len(tags), form.output(req)
     if req.record and not rt.ledger.healthy and rt.ledger.journal.entries >= rt.ledger.journal.max_entries:
         raise unavailable(f"credit cannot be recorded now (Redis unreachable, {NOT_RECORDED['full']})",
                           rt.s.retry_after_s)
@@ -90,11 +90,11 @@ async def _answer(rt: Runtime, att, kind: Kind, req: AttributionRequest, rows, t
     rt.stats.cache(n - len(miss), len(miss))
     timings = {"queue_ms": 0.0, "readout_ms": 0.0, "batch_queries": 0}
     if miss:
-        todo = rows if len(miss) == n else kind.take(rows, miss)
-        r = await kind.submit(rt.batcher, att, todo, len(miss), output, req.granularity != "sources",
-                              kind.block(rt.s), req.per_token)
+        todo = rows if len(miss) == n else form.take(rows, miss)
+        r = await form.submit(rt.batcher, att, todo, len(miss), output, req.granularity != "sources",
+                              form.block(rt.s), req.per_token)
         try:
-            built = kind.answers(att, req, output, rt.s, r, todo)
+            built = form.answers(att, req, output, rt.s, r, todo)
         except NotFinite as e:
             raise invalid(query_field(miss[e.row], req.queries[miss[e.row]]), NOT_FINITE) from None
         fresh = {}

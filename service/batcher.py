@@ -20,7 +20,7 @@ was batched with (checked bit for bit by the tests, and on every store load
 by ``batch_invariant``, which also needs a row's numbers not to depend on
 its position in the block; /readyz reports it).
 
-What a readout is depends on the store's kind (``service.kinds``): a
+What a readout is depends on the store's kind (``service.forms``): a
 request carries its rows and the ``ReadoutFn`` that scores them; the vector
 one is here (``vector_readout``), the text one pads every query to the full
 context and every block to a fixed number of rows, to the same end.
@@ -87,7 +87,7 @@ class Readout:
 ReadoutFn = Callable[[object, list, list[bool]], list]
 """``run(att, rows of each request, examples wanted by each)`` -> one
 result per request (with ``queue_s``, ``readout_s``, ``batch_queries``);
-runs in the readout thread. Each store kind has its own (``service.kinds``),
+runs in the readout thread. Each store kind has its own (``service.forms``),
 bound to its block size."""
 
 

@@ -79,15 +79,15 @@ def _unknown(obj: dict, allowed: tuple[str, ...], at: str) -> None:
                           + f"; expected {', '.join(allowed)}")
 
 
-def _query(q, i: int, kind, in_dim: int | None, s: Settings) -> None:
-    """One query's form and sizes for the served store's ``kind``
-    (``service.kinds.Kind``; None: not loaded yet)."""
+def _query(q, i: int, form, in_dim: int | None, s: Settings) -> None:
+    """One query's form and sizes for the served store's ``form``
+    (``service.forms.Form``; None: not loaded yet)."""
     if not isinstance(q, dict):
         return  # the schema names it (one error)
     at = f"queries[{i}]"
     is_text = "text" in q or "prompt" in q or "completion" in q
-    if kind is not None and kind.text:
-        forms = _TEXT_FORMS.format(kind.name)
+    if form is not None and form.text:
+        forms = _TEXT_FORMS.format(form.name)
         if "input" in q:
             raise invalid(f"{at}.input", f"{forms}, not numbers")
         if not is_text:
@@ -95,9 +95,9 @@ def _query(q, i: int, kind, in_dim: int | None, s: Settings) -> None:
         if "text" in q and ("prompt" in q or "completion" in q):
             raise invalid(f"{at}.text", f"{forms}: one of the two forms, not both")
         _unknown(q, _TEXT_FIELDS if "text" in q else _PROMPT_FIELDS, f"{at}.")
-    elif kind is not None and is_text:
+    elif form is not None and is_text:
         field = "text" if "text" in q else "prompt" if "prompt" in q else "completion"
-        raise invalid(f"{at}.{field}", f"{_VECTOR_FORM.format(kind.name)}, not text")
+        raise invalid(f"{at}.{field}", f"{_VECTOR_FORM.format(form.name)}, not text")
     elif "input" in q or not is_text:
         _unknown(q, _VECTOR_FIELDS, f"{at}.")
     else:
@@ -121,10 +121,10 @@ def _queries(obj: dict, served, s: Settings) -> None:
         return
     if len(qs) > s.max_queries:
         raise invalid("queries", f"at most {s.max_queries} queries per request, got {len(qs)}")
-    kind = served.kind if served is not None else None
-    in_dim = served.att.spec.in_dim if kind is not None and not kind.text else None
+    form = served.form if served is not None else None
+    in_dim = served.att.spec.in_dim if form is not None and not form.text else None
     for i, q in enumerate(qs):
-        _query(q, i, kind, in_dim, s)
+        _query(q, i, form, in_dim, s)
 
 
 def attribution_shape(obj, served, s: Settings) -> None:

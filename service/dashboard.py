@@ -89,10 +89,10 @@ class _Training:
 
 def _att(served: Served):
     """The served vector store's attributor (404 for another kind)."""
-    kind = served.kind
-    if not kind.playground:
+    form = served.form
+    if not form.playground:
         raise invalid("store", f"the playground's examples are model inputs of a vector store; this store is of "
-                      f"kind {kind.name} (its passages: GET /v1/playground/passages; send its text queries to "
+                      f"kind {form.name} (its passages: GET /v1/playground/passages; send its text queries to "
                       "POST /v1/attributions)", "path", 404)
     return served.att
 
@@ -128,14 +128,14 @@ async def playground_examples(request: Request, p: QueryReportKey, rt: RuntimeDe
     man, held = att.manifest, vector_sample(att)
     if held is not None:
         X, y, _ = held
-        kind, prefix = "heldout", "test"
+        origin, prefix = "heldout", "test"
     else:
         X, y = await _training(request, rt, att)
         if X is None:
             raise invalid("store", "this store holds no training data to offer as examples", "path", 404)
-        kind, prefix = "training", "train"
+        origin, prefix = "training", "train"
     rows = spread(y, n) if y is not None else list(range(min(n, len(X))))
-    return {"store_version": att.version, "kind": kind, "in_dim": att.spec.in_dim, "classes": man.classes,
+    return {"store_version": att.version, "kind": origin, "in_dim": att.spec.in_dim, "classes": man.classes,
             "image": _image(att), "note": held[2] if held is not None else None,
             "examples": [{"id": f"{prefix}-{i}", "label": None if y is None else man.classes[int(y[i])],
                           "input": [float(v) for v in X[i]]} for i in rows]}
@@ -182,9 +182,9 @@ async def playground_passages(p: QueryReportKey, served: ServedDep, n: int = Que
     """A text store's passages to try (see ``PassagesResponse``): held-out
     windows for a store of the shipped Brown corpus, one per genre first;
     else the first words of training documents, one per source first."""
-    att, kind = served.att, served.kind
+    att, form = served.att, served.form
     if not isinstance(att, TextAttributor):
-        raise invalid("store", f"passages are text for a text store; this store is of kind {kind.name} (its "
+        raise invalid("store", f"passages are text for a text store; this store is of kind {form.name} (its "
                       "examples: GET /v1/playground/examples)", "path", 404)
     return await asyncio.to_thread(passages, att, n)
 

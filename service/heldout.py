@@ -15,7 +15,7 @@ from influence.heldout import spread
 from influence.store import Manifest
 from influence.text.attributor import TextAttributor
 
-from .kinds import Kind
+from .forms import Form
 from .schemas import Query, TextQuery
 
 
@@ -79,10 +79,10 @@ def passages(att: TextAttributor, n: int) -> dict:
     return {"store_version": att.version, "kind": origin, "note": note, "max_tokens": most, "passages": out}
 
 
-def queries(att, kind: Kind, n: int) -> tuple[list, list[str]] | None:
+def queries(att, form: Form, n: int) -> tuple[list, list[str]] | None:
     """Up to ``n`` held-out queries and their ids (``test-<row>``,
     ``heldout-<document>``), or None when the store has no held-out sample."""
-    if kind.playground:
+    if form.playground:
         if vector_sample(att) is None:
             return None
         qs = att.heldout.queries[:n]

@@ -31,7 +31,7 @@ from .answers import AnswerStore
 from .batcher import Batcher
 from .embedded_redis import EmbeddedRedis
 from .errors import ApiError, invalid
-from .kinds import Kind, kind_of
+from .forms import Form, form_of
 from .ledger import OUTAGE, Journal, Ledger
 from .peers import FOLLOW_S, Peers, VersionPin
 from .settings import Settings
@@ -58,10 +58,10 @@ def change_refused(old: Manifest, old_kind: str, new: Manifest, allow_kind_chang
                    allow_source_change: bool) -> None:
     """409 naming ``version`` when ``new`` serves another model kind or
     another set of sources than ``old``, unless the matching flag allows it."""
-    kind = kind_of(new)
-    new_kind = kind.name
+    form = form_of(new)
+    new_kind = form.name
     if new_kind != old_kind and not allow_kind_change:
-        same_form = kind.text and registry.get(old_kind).text
+        same_form = form.text and registry.get(old_kind).text
         reason = (f"{new.version} holds a {new_kind} store, {old.version} (served) a {old_kind} store: the "
                   + ("model and its tokenizer change" if same_form else "query form changes")
                   + "; add allow_kind_change=true to switch anyway")
@@ -78,13 +78,13 @@ def change_refused(old: Manifest, old_kind: str, new: Manifest, allow_kind_chang
 @dataclass(frozen=True)
 class Served:
     """One store version as served: its attributor, the kind that reads and
-    answers its queries (``service.kinds``), its audit
+    answers its queries (``service.forms``), its audit
     (``influence.store.Store.audit``) and whether a query's scores are
-    independent of its batch on this host (``Kind.invariant``). A request
+    independent of its batch on this host (``Form.invariant``). A request
     takes the object current when it starts and keeps it to the end."""
 
     att: Attributor | TextAttributor
-    kind: Kind
+    form: Form
     audit: dict | None
     probe: InvarianceProbe
     pin: VersionPin | None = None  # its directory's shared flock: fa-worker's pruning spares it (service.peers)
@@ -100,22 +100,22 @@ class Served:
 
 
 class InvarianceProbe:
-    """``Kind.invariant`` on a loaded store, in a background thread: on a CPU it
+    """``Form.invariant`` on a loaded store, in a background thread: on a CPU it
     reads every row a few times (168 s of the brown-ft store's 175 s start
     before), and it only reports, it gates nothing, so a process serves as soon
     as the store is resident and /readyz says ``batch_invariant: null`` until
     the answer is in. The probe's readouts run beside the first queries."""
 
-    def __init__(self, kind: Kind, att, block: int):
+    def __init__(self, form: Form, att, block: int):
         self.result: bool | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(kind, att, block), daemon=True,
+        self._thread = threading.Thread(target=self._run, args=(form, att, block), daemon=True,
                                         name=f"invariance-probe-{att.version}")
         self._thread.start()
 
-    def _run(self, kind: Kind, att, block: int) -> None:
+    def _run(self, form: Form, att, block: int) -> None:
         try:
-            got = kind.invariant(att, block, self._stop.is_set)
+            got = form.invariant(att, block, self._stop.is_set)
         except Exception:  # noqa: BLE001 - a failed probe is reported as not invariant, never a crash
             log.exception("store %s: the batch-invariance probe failed", att.version)
             got = False
@@ -268,7 +268,7 @@ class Runtime:
         try:
             if old is not None:
                 man = await asyncio.to_thread(read_manifest, self.s.store / "versions" / target)
-                change_refused(old.att.manifest, old.kind.name, man, allow_kind_change, allow_source_change)
+                change_refused(old.att.manifest, old.form.name, man, allow_kind_change, allow_source_change)
             served = await asyncio.to_thread(self._load, target)
         except (InfluenceError, OSError) as e:
             if old is None:  # nothing served yet: the start-up loop retries and logs
@@ -287,7 +287,7 @@ class Runtime:
         if prev and self.s.cache_ttl_s:
             self._spawn(self.answers.drop_version(prev), f"drop-cache-{prev}")
         dt = time.perf_counter() - t0
-        log.info("serving %s store %s (was %s) on %s, loaded in %.2f s", served.kind.name, served.version, prev,
+        log.info("serving %s store %s (was %s) on %s, loaded in %.2f s", served.form.name, served.version, prev,
                  served.att.device, dt)
         return {"previous_version": prev, "store_version": served.version, "changed": True, "load_s": round(dt, 4)}
 
@@ -344,14 +344,14 @@ class Runtime:
         pin = VersionPin(self.s.store / "versions" / version)
         try:
             store = open_store(self.s.store, version, packed=self.s.packed_rows)
-            kind = kind_of(store.manifest)
-            att = kind.load(store, self.s)
+            form = form_of(store.manifest)
+            att = form.load(store, self.s)
         except BaseException:
             pin.release()
             raise
-        probe = InvarianceProbe(kind, att, kind.block(self.s))
+        probe = InvarianceProbe(form, att, form.block(self.s))
         self._probes = [p for p in self._probes if p.alive] + [probe]
-        return Served(att, kind, store.audit, probe, pin)
+        return Served(att, form, store.audit, probe, pin)
 
     async def _initial_load(self) -> None:
         """Load the group's version (``desired.json``: the last decision; with

@@ -8,7 +8,7 @@ source: ``τ > 0`` means it pushed the output up. Credit is in integer units
 A query is one of three forms, told apart by its keys: ``{"input": [...]}``
 (a vector store: ``model.kind == "mlp"``), ``{"text": "..."}`` or
 ``{"prompt": "...", "completion": "..."}`` (a text store: ``"gpt"`` or ``"hf"``). Which
-forms the served store takes is decided by ``service.kinds``; a form the
+forms the served store takes is decided by ``service.forms``; a form the
 store does not take is a 422 naming the field.
 """
 

@@ -24,7 +24,7 @@ from influence.whatif import predict
 
 from . import heldout
 from .errors import invalid
-from .kinds import NOT_FINITE, Kind, query_field
+from .forms import NOT_FINITE, Form, query_field
 from .schemas import AttributionRequest, WhatIfRequest
 from .settings import Settings
 
@@ -84,18 +84,18 @@ def accuracy(audit: dict | None, which: str, output: str) -> tuple[dict | None, 
     return acc, note
 
 
-async def _sample(att, kind: Kind, n: int, s: Settings):
+async def _sample(att, form: Form, n: int, s: Settings):
     """The store's first ``n`` held-out queries as request queries, and their ids."""
     if n > s.max_whatif_sample:
         raise invalid("sample", f"at most {s.max_whatif_sample} held-out queries per what-if")
-    got = await asyncio.to_thread(heldout.queries, att, kind, n)
+    got = await asyncio.to_thread(heldout.queries, att, form, n)
     if got is None:
         raise invalid("sample", "this store has no held-out query sample (built-in digits and Brown stores "
                       "have one); send queries instead")
     return got
 
 
-async def whatif(att, kind: Kind, audit: dict | None, batcher, s: Settings, req: WhatIfRequest) -> dict:
+async def whatif(att, form: Form, audit: dict | None, batcher, s: Settings, req: WhatIfRequest) -> dict:
     """-> the ``WhatIfResponse`` body."""
     if (req.queries is None) == (req.sample is None):
         raise invalid("queries", "send either queries or sample (the store's held-out queries), not both"
@@ -107,24 +107,24 @@ async def whatif(att, kind: Kind, audit: dict | None, batcher, s: Settings, req:
     if req.queries is not None:
         queries, ids = req.queries, [q.client_id for q in req.queries]
     else:
-        queries, ids = await _sample(att, kind, req.sample, s)
+        queries, ids = await _sample(att, form, req.sample, s)
     output, taus, chunks = None, [], []
     for start in range(0, len(queries), s.max_queries):
         areq = AttributionRequest.model_construct(queries=queries[start:start + s.max_queries], top_k=1,
                                                   granularity="sources", output=req.output, order="positive",
                                                   record=False)
-        rows, tags = await asyncio.to_thread(kind.prepare, att, areq, s)  # tokenizing texts: off the event loop
-        output = kind.output(areq)
+        rows, tags = await asyncio.to_thread(form.prepare, att, areq, s)  # tokenizing texts: off the event loop
+        output = form.output(areq)
         chunks.append((start, rows, len(tags)))
-    kind.within_budget(att, [rows for _, rows, _ in chunks], False, s, "sample" if req.sample is not None else
+    form.within_budget(att, [rows for _, rows, _ in chunks], False, s, "sample" if req.sample is not None else
                        "queries")
     for start, rows, n_rows in chunks:  # (each chunk read out a block per batcher round, beside other requests)
-        r = await kind.submit(batcher, att, rows, n_rows, output, False, kind.block(s))
-        for j, ok in enumerate(kind.finite(r)):
+        r = await form.submit(batcher, att, rows, n_rows, output, False, form.block(s))
+        for j, ok in enumerate(form.finite(r)):
             if not ok:
                 raise invalid(query_field(start + j, queries[start + j]), NOT_FINITE)
         taus += r.sources.double().tolist()
-    n, unit = kind.whatif_scale(man)
+    n, unit = form.whatif_scale(man)
     pred = predict(taus, n, w)
     if not np.isfinite(pred.change).all():  # (bounded weights and finite scores make this unreachable)
         raise invalid("weights", "the predicted change is not a finite number")

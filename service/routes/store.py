@@ -25,7 +25,7 @@ async def store(p: AnyKey, rt: RuntimeDep, served: ServedDep):
             "model": m.model.model_dump(), "classes": m.classes,
             "n_examples": len(m.example_source), "n_sources": len(m.source_ids), "source_ids": m.source_ids,
             "members": m.members, "dtype": m.dtype, "method": m.method, "recipe": m.recipe, "data": m.data,
-            "audit": served.audit, "cost": served.kind.cost_card(att, rt.s)}
+            "audit": served.audit, "cost": served.form.cost_card(att, rt.s)}
 
 
 @router.get("/v1/stats")

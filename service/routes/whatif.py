@@ -26,4 +26,4 @@ async def what_if(req: WhatIfRequest, p: QueryReportKey, rt: RuntimeDep, served:
     this store's audit (``accuracy``), or says it was not measured. Queries
     inline (as for ``POST /v1/attributions``) or ``sample``: the store's
     held-out queries. Nothing is recorded."""
-    return await whatif(served.att, served.kind, served.audit, rt.batcher, rt.s, req)
+    return await whatif(served.att, served.form, served.audit, rt.batcher, rt.s, req)

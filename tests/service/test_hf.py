@@ -22,7 +22,7 @@ from influence.store import read_manifest
 from service import heldout
 from service.credit import credit
 from service.errors import ApiError
-from service.kinds import kind_of
+from service.forms import form_of
 from service.runtime import change_refused
 
 from .hf_store import HF_NAMES, fit_words
@@ -90,7 +90,7 @@ def test_hf_queries_match_the_library(hf_server, hf_att):
         for d in a["examples"]:
             doc = hf_att.documents[d["index"]]
             assert d["id"] == doc["id"] and d["source"] == doc["source"] and doc["snippet"].startswith(d["snippet"])
-    assert [t.strip() for t in out["attributions"][2]["tokens"]] == \
+    assert [t.strip() for t in out["attributions"][2]["tokens"]] ==\
         [t.strip() for t in tok.decode(tok.encode_text("s2x1 s2x2 w0 w1"))]
     assert any("\ufffd" in t for t in tok.decode(enc[3].ids))  # what each piece decoded alone gave
     assert out["attributions"][0]["tokens"][0] == "W" and tok.decode(enc[0].ids)[0] == " "  # (the prefix space)
@@ -140,9 +140,9 @@ def test_hf_kind_prepare_names_the_kind(hf_att):
     req = AttributionRequest.model_construct(queries=[Query(input=[1.0])], output=None, top_k=3,
                                              granularity="sources", order="positive", record=False)
     with pytest.raises(ApiError) as e:
-        kind_of(hf_att.manifest).prepare(hf_att, req, Settings(_env_file=None))
+        form_of(hf_att.manifest).prepare(hf_att, req, Settings(_env_file=None))
     assert "(kind hf)" in e.value.message and e.value.fields[0][0] == "queries[0].input"
-    assert kind_of(hf_att.manifest) is kind_of(hf_att.manifest) and kind_of(hf_att.manifest).text
+    assert form_of(hf_att.manifest) is form_of(hf_att.manifest) and form_of(hf_att.manifest).text
 
 
 def _hf_requests(tok) -> list[dict]:
@@ -247,12 +247,12 @@ def test_brown_ft_passages_are_the_benchmarks_heldout_windows(hf_att):
         assert p["id"] == f"heldout-{doc.id}" and windows[doc.id].startswith(p["text"])
         assert p["source"] == doc.publisher_id and p["source_name"] == doc.publisher
         assert 2 <= p["n_tokens"] <= 129 and p["oov"] == 0
-    qs, ids = heldout.queries(att, kind_of(hf_att.manifest), 5)
-    assert ids == [p["id"] for p in got["passages"][:5]] and [q.text for q in qs] == \
+    qs, ids = heldout.queries(att, form_of(hf_att.manifest), 5)
+    assert ids == [p["id"] for p in got["passages"][:5]] and [q.text for q in qs] ==\
         [p["text"] for p in got["passages"][:5]]
     # a store without a held-out sample: training starts, labelled so, and no what-if sample
     att.heldout = None
-    assert heldout.passages(att, 3)["kind"] == "training" and heldout.queries(att, kind_of(hf_att.manifest), 3) is None
+    assert heldout.passages(att, 3)["kind"] == "training" and heldout.queries(att, form_of(hf_att.manifest), 3) is None
 
 
 def test_switching_gpt_and_hf_needs_allow_kind_change(hf_store, text_store):

@@ -2,9 +2,9 @@
 picked by its model kind's query form (``influence.registry``: ``vector`` or
 ``text``), never by the kind's name.
 
-``kind_of(manifest)`` picks a :class:`Kind` when a store version is loaded
+``form_of(manifest)`` picks a :class:`Form` when a store version is loaded
 (``Runtime.reload``); the runtime keeps it next to the attributor, and
-``service.attribute`` only ever talks to that pair. A kind knows
+``service.attribute`` only ever talks to that pair. A form knows
 
 * how to load its attributor and probe that a query's numbers do not depend
   on the batch it rides in (``load``, ``invariant``);
@@ -14,10 +14,10 @@ picked by its model kind's query form (``influence.registry``: ``vector`` or
   a readout becomes answers and per-source credit (``answers``).
 
 Forms: vector stores (``mlp``: ``{"input": [...], "target": c}``, outputs
-margin / loss / logprob, :class:`VectorKind`) and text stores (``gpt``,
+margin / loss / logprob, :class:`VectorForm`) and text stores (``gpt``,
 ``hf``, any kind of the causal-LM engine: ``{"text": ...}`` or
 ``{"prompt": ..., "completion": ...}``, f = mean log-probability,
-:class:`TextKind`; ``TextAttributor`` loads the model through its kind's
+:class:`TextForm`; ``TextAttributor`` loads the model through its kind's
 ``load``). The kind's name, taken from the manifest, only names it in
 messages.
 """
@@ -51,7 +51,7 @@ Answers = list[tuple[dict, dict[str, int]]]  # per query: (attribution, credit u
 SNIPPET_CHARS = 200  # of a document's snippet in an answer
 
 
-class Kind:
+class Form:
     """The interface; see the module doc. ``rows`` is whatever the kind's
     readout takes for a request's queries; ``tags`` are per query
     ``(text, bytes)`` that identify it in the result cache."""
@@ -147,7 +147,7 @@ NOT_FINITE = "the model's output or scores for this query are not finite numbers
 
 
 class NotFinite(Exception):
-    """Raised by ``Kind.answers`` for the first row (of the readout) whose
+    """Raised by ``Form.answers`` for the first row (of the readout) whose
     numbers are not all finite: the request is a 422 naming that query."""
 
     def __init__(self, row: int):
@@ -188,7 +188,7 @@ def _tops(r, req: AttributionRequest):
 
 
 # ---- vector stores (model.kind == "mlp") --------------------------------------------------------------------------
-class VectorKind(Kind):
+class VectorForm(Form):
     """A vector store of kind ``name`` (``mlp``, or any kind whose queries are vectors)."""
 
     playground = True
@@ -315,7 +315,7 @@ def text_readout(att: TextAttributor, rows: list[list[Encoded]], examples: list[
     return out
 
 
-class TextKind(Kind):
+class TextForm(Form):
     """A text store of kind ``name`` (``gpt`` or ``hf``): one implementation,
     the tokenizer, context and documents are the store's own."""
 
@@ -458,18 +458,18 @@ def _refuse(fields: list[str], reason: str):
     raise ApiError(422, "invalid_request", f"{fields[0]}: {reason}", [(f, reason) for f in fields])
 
 
-FORMS: dict[str, type[Kind]] = {"vector": VectorKind, "text": TextKind}  # by the model kind's query form
+FORMS: dict[str, type[Form]] = {"vector": VectorForm, "text": TextForm}  # by the model kind's query form
 
 
-def kind_of(manifest: Manifest) -> Kind:
+def form_of(manifest: Manifest) -> Form:
     """What serves a store version: its model kind's query form (``influence.registry``), named after the kind."""
     try:
-        kind = registry.of(manifest.model)
+        form = registry.of(manifest.model)
     except InfluenceError as e:
         raise StoreError(f"store {manifest.version}: {e}") from None
-    if kind.name not in _SERVING:
-        _SERVING[kind.name] = FORMS[kind.queries](kind.name)
-    return _SERVING[kind.name]
+    if form.name not in _SERVING:
+        _SERVING[form.name] = FORMS[form.queries](form.name)
+    return _SERVING[form.name]
 
 
-_SERVING: dict[str, Kind] = {}
+_SERVING: dict[str, Form] = {}
