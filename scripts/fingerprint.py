@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+
 def _steady(v):
     """A manifest without what differs run to run: timings, dates, the build's own paths."""
     if isinstance(v, dict):
