@@ -1,4 +1,4 @@
-"""Fast checks of the language-model baselines (``bench/lm_baselines.py``) on a
+"""Fast checks of the language-model baselines (``bench/lm/baselines.py``) on a
 tiny GPT and tiny synthetic documents."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from bench.lm_baselines import (
+from bench.lm.baselines import (
     LMModelOutput,
     doc_block_tensor,
     doc_gradients,
@@ -140,6 +140,6 @@ def test_trak_matches_traker(tmp_path):
 
 
 def test_same_genre_indicator():
-    from bench.lm_baselines import same_genre
+    from bench.lm.baselines import same_genre
 
     np.testing.assert_array_equal(same_genre(np.array([0, 2]), np.array([0, 1, 2, 0])), [[1, 0, 0, 1], [0, 0, 1, 0]])
