@@ -31,11 +31,11 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.digits.groundtruth import load_or_compute
-from bench.digits.metrics import lds
 from bench.digits.ours import readout
 from bench.digits.protocol import Protocol, load_data
 from bench.digits.trak import Trak
 from bench.harness.common import CACHE, RESULTS, machine
+from bench.harness.metrics import lds
 from influence.model import MLPSpec
 from influence.readout import split_layers
 from influence.simulate import MethodConfig, Simulator
@@ -124,12 +124,12 @@ def part_quality(cfg, data, gt) -> dict:
     recs = []
     for M in (1, 5, 10):
         ours = (sum(taus[:M]) / M).double().numpy()
-        recs.append({"method": "ours", "models": M, "lds": lds(ours, gt["subsets"], gt["lds_margins"])[0],
+        recs.append({"method": "ours", "models": M, "lds": lds(ours, gt["subsets"], gt["lds_margins"]),
                      "precompute_s": sum(times[:M]), "trak_precompute_s": sum(trak_s[:M]),
                      "solver": "spectral", "rank": cfg.method.rank, "power": cfg.method.power,
                      "iterates": cfg.method.iterates})
         t = trak.scores(TRAK_LAMBDA, M).double().numpy()
-        recs.append({"method": "trak", "models": M, "lds": lds(t, gt["subsets"], gt["lds_margins"])[0],
+        recs.append({"method": "trak", "models": M, "lds": lds(t, gt["subsets"], gt["lds_margins"]),
                      "precompute_s": sum(trak_s[:M]), "trak_precompute_s": sum(trak_s[:M]), "lambda": TRAK_LAMBDA})
     trak.close()
     recs.append({"method": "ours-steps", "models": 1, "lds": None, "precompute_s": steps_s * cfg.method.iterates,
@@ -152,7 +152,7 @@ def part_ensemble(cfg, data, gt) -> dict:
         with torch.no_grad():
             tau = readout(store.params, layers, cfg.model, data.Xq, data.yq)
     return {"ensemble": MEMBERS, "build_s": build_s, "lds": lds(tau.double().numpy(), gt["subsets"],
-                                                                 gt["lds_margins"])[0]}
+                                                                 gt["lds_margins"])}
 
 
 def synthetic(n: int, d: int = 64, classes: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,7 +27,6 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.digits.groundtruth import check_matches_worker, load_or_compute, train_members
-from bench.digits.metrics import lds, loo, split_half
 from bench.digits.ours import (
     WORKER_MODES,
     check_against_worker,
@@ -40,6 +39,7 @@ from bench.digits.ours import (
 from bench.digits.protocol import CACHE, QUICK, RESULTS, Protocol, base_config, load_data, seeds
 from bench.digits.quality_report import markdown, scatter, write_section
 from bench.digits.trak import Trak
+from bench.harness.metrics import lds, loo, split_half
 
 DAMPINGS = (0.001, 0.003, 0.01, 0.03)
 STEPS = (100, 300, 1000, None)  # None: the exact damped inverse (K → ∞)
@@ -50,7 +50,7 @@ MACHINE = "2-core x86 CPU, 24 GiB, no GPU"
 def evaluate(tau: torch.Tensor, gt: dict) -> dict:
     """All metrics of one score matrix ``τ (m, n)``."""
     t = tau.double().numpy() if torch.is_tensor(tau) else tau
-    out = {"lds": lds(t, gt["subsets"], gt["lds_margins"])[0]}
+    out = {"lds": lds(t, gt["subsets"], gt["lds_margins"])}
     lo = loo(t, gt["loo_idx"], gt["loo_margins"], gt["full_margins"])
     out.update(loo=lo["pearson"], loo_spearman=lo["spearman"])
     if "loo_matched_margins" in gt:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.digits.metrics import predict_subsets
 from bench.harness.common import current
+from bench.harness.metrics import predict_subsets
 
 SECTION = "## Quality and cost: digits, ours vs TRAK vs gradient dot product"
 

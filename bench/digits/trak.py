@@ -22,6 +22,7 @@ import time
 import torch
 
 from bench.digits.protocol import Data
+from bench.harness.trak import finalized
 from influence.model import MLPSpec, build_mlp
 
 
@@ -71,11 +72,7 @@ class Trak:
 
     def features(self, lam: float, e: int) -> torch.Tensor:
         """``X (XᵀX + λI)⁻¹`` of member ``e`` (traker's BasicScoreComputer), ``(n, k)``."""
-        from trak.score_computers import BasicScoreComputer
-
-        sc = BasicScoreComputer(dtype=torch.float32, device="cpu", lambda_reg=lam, logging_level=logging.WARNING)
-        g = self.grads[e]
-        return sc.get_x_xtx_inv(g, sc.get_xtx(g))
+        return finalized(self.grads[e], lam)
 
     def scores(self, lam: float, members: int) -> torch.Tensor:
         """``τ (m, n)`` for regulariser ``lam`` and the first ``members``."""

@@ -7,7 +7,7 @@ including the document raises f(q)), so the document output gradient is
 
 - ``graddot``: ``τ = Q (−G)ᵀ``, averaged over members;
 - ``trak``: traker's formula with traker's own projector and score computer
-  (``bench.lm.baselines``: ``BasicProjector``, normal entries, seed 0,
+  (``bench.harness.trak``: ``BasicProjector``, normal entries, seed 0,
   ``model_id`` = member, ``phi = Pᵀ g / sqrt(p)``; ``BasicScoreComputer``
   with ``lambda_reg``; ensemble = mean of member scores, as
   ``TRAKer.finalize_scores``), that module's implementation being checked
@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from bench.lm.baselines import lam_grid, projector, trak_features, trak_scores
+from bench.harness.trak import lam_grid, projector, trak_features, trak_scores
 
 KS = (256, 512, 1024, 2048)  # n = 450 documents: Φ has rank ≤ 450, and traker inverts a (k, k) matrix per λ
 LAMBDAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)

@@ -40,11 +40,13 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.ft.groundtruth import load_groundtruth
 from bench.ft.ours import member_artefacts, member_model, responses
 from bench.ft.protocol import DEFAULT, N_GENRES, N_PUBLICATIONS, blocks, doc_source, queries
+from bench.harness import truth
 from bench.harness.common import RESULTS, machine
-from bench.lm.baselines import evaluate_one, lam_grid, lds, projector, trak_features
+from bench.harness.metrics import lds
+from bench.harness.metrics import levels as evaluate_one
+from bench.harness.trak import finalized, lam_grid, projector, trak_features
 from influence.text.gpt import sequence_logprob
 from influence.text.lm_math import jvp_scores
 from influence.text.lm_simulate import compress, probe_grads, score_agreement
@@ -103,11 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     G = -art["G"]
     proj = projector(G.shape[1], k, member=0)
     phi_d = trak_features(G, proj, 0)
-    from trak.score_computers import BasicScoreComputer
-
-    sc = BasicScoreComputer(dtype=torch.float32, device="cpu", lambda_reg=lam_grid([phi_d], [lam_rel])[0],
-                            logging_level=40)
-    feats = sc.get_x_xtx_inv(phi_d, sc.get_xtx(phi_d))
+    feats = finalized(phi_d, lam_grid([phi_d], [lam_rel])[0])
     x, mask = queries(DEFAULT)
     P = {n: v.detach().clone().requires_grad_(True) for n, v in params.items()}
     from torch.func import functional_call
@@ -188,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # accuracy of the rank-r bases, on the reported (odd) subsets
     gs = q["ground_truth"].get("genre_seeds", 1)  # the same targets as ft_quality's
-    gt = load_groundtruth(DEFAULT, genre_seeds=tuple(2 + s for s in range(gs))).split(1)
+    gt = truth.load(DEFAULT, genre_seeds=tuple(2 + s for s in range(gs))).split(1)
     Qg = art["Q"]
     exact = (Qg @ U.T).double()
     ex_lds = evaluate_one(exact.numpy(), gt, genre, N_GENRES)

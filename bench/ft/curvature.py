@@ -38,12 +38,12 @@ import time
 import numpy as np
 import torch
 
-from bench.ft.groundtruth import load_groundtruth
 from bench.ft.ours import member_artefacts, member_model, ours_tau
 from bench.ft.protocol import DEFAULT, blocks
 from bench.ft.quality import DAMPINGS, LEVELS, STEPS, evaluate
+from bench.harness import truth
 from bench.harness.common import RESULTS, fmt, machine
-from bench.lm.baselines import lds_per_query
+from bench.harness.metrics import lds_per_query
 from influence.simulate.spectral import Eigenbasis, LowRankFilter
 
 OUT = RESULTS / "ft_quality.json"
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stores", nargs="*", default=[], help="published brown-ft stores to score with their own rows")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    gt = load_groundtruth(DEFAULT)
+    gt = truth.load(DEFAULT)
     choose, report = gt.split(0), gt.split(1)
     art = member_artefacts(0)
     B, grads_s = block_gradients(0)

@@ -33,12 +33,12 @@ import numpy as np
 import torch
 
 from bench.ft.baselines import KS, LAMBDAS, graddot, trak_sweep
-from bench.ft.groundtruth import load_groundtruth, sanity
 from bench.ft.lexical import bm25, overlap
 from bench.ft.ours import member_artefacts, ours_tau, response_filter
 from bench.ft.protocol import DEFAULT, N_GENRES, doc_source, query_texts, text
+from bench.harness import truth
 from bench.harness.common import RESULTS, fmt, machine
-from bench.lm.baselines import evaluate_one
+from bench.harness.metrics import levels
 
 OUT = RESULTS / "ft_quality.json"
 COST = RESULTS / "ft_cost.json"
@@ -49,7 +49,7 @@ BASE_RANK = 32  # the base-alone baseline's Nyström rank (cheaper than the memb
 
 
 def evaluate(tau: np.ndarray, gt) -> dict[str, float]:
-    return evaluate_one(tau, gt, doc_source("genre"), N_GENRES)
+    return levels(tau, gt, doc_source("genre"), N_GENRES)
 
 
 def ours_sweep(art: dict, gt_choose) -> tuple[dict, list[dict]]:
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="also 'base': ours on the base model alone (no fine-tune; bench.ft.ours --base)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    gt = load_groundtruth(DEFAULT, genre_seeds=tuple(2 + s for s in range(a.genre_seeds)))
+    gt = truth.load(DEFAULT, genre_seeds=tuple(2 + s for s in range(a.genre_seeds)))
     choose, report = gt.split(0), gt.split(1)
     print(f"ground truth: {len(gt.doc_targets)} document subsets, {len(gt.genre_targets)} genre subsets, "
           f"{len(gt.full_outputs)} members", flush=True)
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                          "genre_seeds": a.genre_seeds,
                          "report_doc_subsets": len(report.doc_targets),
                          "report_genre_subsets": len(report.genre_targets),
-                         "seconds": gt.seconds, "sanity": sanity(gt), "key": DEFAULT.key()},
+                         "seconds": gt.seconds, "sanity": truth.sanity(gt), "key": DEFAULT.key()},
         "machine": machine(), "threads": a.threads, "date": time.strftime("%Y-%m-%d"),
     }
     prev = json.loads(OUT.read_text()) if OUT.exists() else {}

@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.ft.groundtruth import load_groundtruth
 from bench.ft.ours import member_artefacts, responses
 from bench.ft.protocol import DEFAULT, N_GENRES, doc_source
+from bench.harness import truth
 from bench.harness.common import RESULTS
-from bench.lm.baselines import evaluate_one
+from bench.harness.metrics import levels as evaluate_one
 from influence.quant import dequantize, quantize
 from influence.store import open_store
 from worker.config import load_config
@@ -54,7 +54,7 @@ def store_record(root: Path) -> dict:
 def quantized_record(members: int, genre_seeds: int = 2) -> dict:
     cfg = load_config("brown-ft")
     m, bits, group = cfg.method, cfg.store.quant_bits, cfg.store.quant_group
-    gt = load_groundtruth(DEFAULT, genre_seeds=tuple(2 + s for s in range(genre_seeds)))
+    gt = truth.load(DEFAULT, genre_seeds=tuple(2 + s for s in range(genre_seeds)))
     report = gt.split(1)
     exact, coded = [], []
     for e in range(members):

@@ -1,8 +1,8 @@
 """Baselines of the language-model benchmark (``docs/lm-protocol.md``) and
-its LDS. Every baseline gives ``tau (m queries, n documents)`` with the
+their LDS table. Every baseline gives ``tau (m queries, n documents)`` with the
 protocol's sign (``tau > 0``: including document ``i`` raises ``f(q)``);
 genre scores ``(m, 15)`` are sums over each genre's documents
-(:func:`to_sources`).
+(``bench.harness.metrics``, which also defines the LDS).
 
 - **Lexical overlap** (model-free, :func:`lexical_overlap`):
   ``tau(q, i) = sum over distinct word ids w in both q and d_i of idf(w)``,
@@ -16,12 +16,8 @@ genre scores ``(m, 15)`` are sums over each genre's documents
   model, averaged over the ensemble members. The ``(450, p)`` document
   gradient matrix is computed once per member (a loop over documents of the
   gradient of the document's summed token log-prob; ``torch.func`` optional).
-- **TRAK** (:func:`trak_scores`): traker's formula with traker's own
-  projector and score computer (``trak.projectors.BasicProjector``, normal
-  entries, ``seed = 0``, ``model_id`` = member, ``block_size = k`` so the
-  ``(p, k)`` matrix is generated once and stays resident;
-  ``trak.score_computers.BasicScoreComputer`` in float32 with
-  ``lambda_reg``): per member, ``phi = P^T g / sqrt(p)`` for the model
+- **TRAK** (``bench.harness.trak``: traker's own projector and score
+  computer): per member, ``phi = P^T g / sqrt(p)`` for the model
   output ``F(x; theta) = sum over the rows of x of sequence_logprob`` —
   for a document its 4 blocks (``= (1/64) x`` the summed block log-prob,
   a constant factor), for a query its one window (``= f(q)``);
@@ -32,10 +28,6 @@ genre scores ``(m, 15)`` are sums over each genre's documents
   computation and storage are ours (no memmap saver); ``LMModelOutput``
   expresses the same output as a traker ``AbstractModelOutput``, and the
   test checks ours against a full ``TRAKer`` run with it on a tiny GPT.
-- **LDS** (:func:`lds`): mean over queries of the Spearman correlation,
-  across subsets, between ``sum_{i in subset} tau(q, i)`` and the target;
-  ``centred=True`` first subtracts from targets and from predictions each
-  subset's mean over the queries.
 
     python -m bench.lm.baselines [--members 5] [--k 2048] [--lambdas 1e-3,1e-2,...]
 """
@@ -44,61 +36,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from collections.abc import Iterable
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 from torch.func import functional_call, grad, vmap
 
+from bench.harness.metrics import levels
+from bench.harness.trak import lam_grid, projector, trak_features, trak_scores
 from influence.text.gpt import GPT, sequence_logprob, token_logprobs
-
-# ---------------------------------------------------------------------------
-# LDS
-
-
-def subsets_to_mask(subsets: np.ndarray, n: int) -> np.ndarray:
-    """``(J, s)`` index rows (or an already boolean ``(J, n)``) → ``(J, n)`` bool."""
-    subsets = np.asarray(subsets)
-    if subsets.dtype == bool:
-        return subsets
-    m = np.zeros((subsets.shape[0], n), dtype=bool)
-    np.put_along_axis(m, subsets.astype(np.int64), True, axis=1)
-    return m
-
-
-def lds_per_query(tau: np.ndarray, subsets: np.ndarray, targets: np.ndarray, centred: bool = False) -> np.ndarray:
-    """``tau (m, n)``, ``subsets (J, n)`` bool or ``(J, s)`` indices, ``targets
-    (J, m)`` → Spearman correlation per query ``(m,)`` (nan where a column
-    is constant)."""
-    mask = subsets_to_mask(subsets, tau.shape[1]).astype(np.float64)
-    pred = mask @ np.asarray(tau, dtype=np.float64).T  # (J, m)
-    tgt = np.asarray(targets, dtype=np.float64)
-    if centred:
-        pred = pred - pred.mean(axis=1, keepdims=True)
-        tgt = tgt - tgt.mean(axis=1, keepdims=True)
-    rp = rankdata(pred, axis=0)
-    rt = rankdata(tgt, axis=0)
-    rp -= rp.mean(axis=0)
-    rt -= rt.mean(axis=0)
-    den = np.sqrt((rp**2).sum(0) * (rt**2).sum(0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, (rp * rt).sum(0) / np.where(den > 0, den, 1.0), np.nan)
-
-
-def lds(tau: np.ndarray, subsets: np.ndarray, targets: np.ndarray, centred: bool = False) -> float:
-    return float(np.nanmean(lds_per_query(tau, subsets, targets, centred)))
-
-
-def to_sources(tau: np.ndarray, doc_source: np.ndarray, n_sources: int) -> np.ndarray:
-    """``(m, n_docs)`` → ``(m, n_sources)``: sum over each source's documents."""
-    onehot = np.zeros((len(doc_source), n_sources))
-    onehot[np.arange(len(doc_source)), doc_source] = 1.0
-    return np.asarray(tau, dtype=np.float64) @ onehot
-
 
 # ---------------------------------------------------------------------------
 # Lexical overlap
@@ -237,58 +185,19 @@ class LMModelOutput:
         return _LM()
 
 
-def projector(p: int, k: int, member: int, seed: int = 0):
-    """traker's CPU projector, matrix resident (``block_size = k``)."""
-    from trak.projectors import BasicProjector, ProjectionType
-
-    return BasicProjector(grad_dim=p, proj_dim=k, seed=seed, proj_type=ProjectionType.normal, device="cpu",
-                          block_size=k, dtype=torch.float32, model_id=member)
-
-
-def trak_features(grads: torch.Tensor, proj, member: int) -> torch.Tensor:
-    """``phi = P^T g / sqrt(p)`` as ``TRAKer.featurize``/``score`` do."""
-    return proj.project(grads.float(), model_id=member) / math.sqrt(grads.shape[1])
-
-
-def trak_member_scores(phi_train: torch.Tensor, phi_q: torch.Tensor, lam: float) -> torch.Tensor:
-    """traker's ``BasicScoreComputer``: ``phi_q (Phi (Phi^T Phi + lam I)^-1)^T``
-    (inverse rescaled by its mean |entry|) → ``(m, n)``."""
-    from trak.score_computers import BasicScoreComputer
-
-    sc = BasicScoreComputer(dtype=torch.float32, device="cpu", lambda_reg=lam, logging_level=40)
-    xtx = sc.get_xtx(phi_train.float())
-    feats = sc.get_x_xtx_inv(phi_train.float(), xtx)
-    acc = torch.zeros(phi_train.shape[0], phi_q.shape[0])  # traker's layout: (train, targets)
-    sc.get_scores(feats, phi_q.float(), accumulator=acc)
-    return acc.T
-
-
-def trak_scores(phi_train: list[torch.Tensor], phi_q: list[torch.Tensor], lam: float, out_to_loss: float = 1.0
-                ) -> np.ndarray:
-    """Ensemble as ``TRAKer.finalize_scores``: ``(sum_e scores_e / E) * mean Q``."""
-    acc = sum(trak_member_scores(a, b, lam) for a, b in zip(phi_train, phi_q))
-    return (acc / len(phi_train) * out_to_loss).double().numpy()
-
-
-def lam_grid(phi_train: list[torch.Tensor], rel: Iterable[float]) -> list[float]:
-    """``lambda = r * mean eigenvalue of Phi^T Phi`` (averaged over members)."""
-    tr = float(np.mean([float((f.double() ** 2).sum()) / f.shape[1] for f in phi_train]))
-    return [r * tr for r in rel]
-
-
 # ---------------------------------------------------------------------------
 # The benchmark on the Brown ground truth
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.lm.groundtruth import load_full_params, load_groundtruth, n_full_available
+    from bench.harness import truth
+    from bench.lm.groundtruth import load_full_params, n_full_available
     from bench.lm.protocol import DEFAULT, N_GENRES, SPEC, corpus, doc_genre, queries
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--members", type=int, default=5)
     ap.add_argument("--k", type=int, default=2048)
     ap.add_argument("--lambdas", default="1e-4,1e-2,1,10,100,1e3", help="relative to the mean eigenvalue of Phi^T Phi")
-    ap.add_argument("--timing-queries", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="json report path (default: the cache directory)")
     ap.add_argument("--from-cache", action="store_true",
@@ -298,10 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     p = DEFAULT
     c = corpus()
     qx = queries(p)
-    gt = load_groundtruth(p)
+    gt = truth.load(p)
     q_genre = c.heldout_doc_source["genre"][c.queries(p.n_queries, p.query_seed)[1]]
     if a.from_cache:
-        z = np.load(p.cache_dir() / "baselines-tau.npz")
+        z = np.load(p.truth_dir() / "baselines-tau.npz")
         taus = {k: z[k] for k in z.files}
         taus.setdefault("same_genre", same_genre(q_genre, doc_genre(c)))
         evaluate(taus, gt, doc_genre(c), N_GENRES)
@@ -324,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
 
     db = doc_block_tensor(c.blocks, c.block_document, len(c.train_tokens))
     qg, dg, phi_d, phi_q = [], [], [], []
-    tm = {"doc_grads_s": [], "query_grads_s": [], "proj_gen_s": [], "proj_docs_s": [], "per_query": []}
+    tm = {"doc_grads_s": [], "query_grads_s": [], "proj_gen_s": [], "proj_docs_s": []}
     for e in range(E):
         model = _model(SPEC, load_full_params(e, p))
         t = time.perf_counter()
@@ -343,8 +252,6 @@ def main(argv: list[str] | None = None) -> int:
         phi_q.append(trak_features(Q, proj, e))
         qg.append(Q)
         dg.append(G)
-        if e == 0:
-            tm["per_query"] = per_query_timing(model, qx[: a.timing_queries], G, phi_d[0], proj, e)
         del proj
         print(f"member {e}: doc grads {tm['doc_grads_s'][-1]:.1f} s, query grads {tm['query_grads_s'][-1]:.1f} s, "
               f"projector {tm['proj_gen_s'][-1]:.1f} s, project docs {tm['proj_docs_s'][-1]:.1f} s", flush=True)
@@ -353,43 +260,26 @@ def main(argv: list[str] | None = None) -> int:
     taus["grad_dot_m1"] = grad_dot(qg[:1], dg[:1])
     del dg
 
-    np.savez(p.cache_dir() / "baselines-phi.npz", k=a.k, **{f"phi_d{e}": f.numpy() for e, f in enumerate(phi_d)},
+    np.savez(p.truth_dir() / "baselines-phi.npz", k=a.k, **{f"phi_d{e}": f.numpy() for e, f in enumerate(phi_d)},
              **{f"phi_q{e}": f.numpy() for e, f in enumerate(phi_q)})
     rel = [float(x) for x in a.lambdas.split(",")]
     lams = lam_grid(phi_d, rel)
     t = time.perf_counter()
-    sweep = {}
     for r, lam in zip(rel, lams):
-        tau = trak_scores(phi_d, phi_q, lam)
-        sweep[r] = tau
+        taus[f"trak_rel{r:g}"] = trak_scores(phi_d, phi_q, lam)
     report["timing"]["trak_inverse_and_scores_per_lambda_s"] = (time.perf_counter() - t) / len(rel)
-    for r, tau in sweep.items():
-        taus[f"trak_rel{r:g}"] = tau
     lams1 = lam_grid(phi_d[:1], rel)
     for r, lam in zip(rel, lams1):
         taus[f"trak_m1_rel{r:g}"] = trak_scores(phi_d[:1], phi_q[:1], lam)
     report["lambda_abs"] = dict(zip([f"{r:g}" for r in rel], lams))
-    np.savez(p.cache_dir() / "baselines-tau.npz", **taus)
+    np.savez(p.truth_dir() / "baselines-tau.npz", **taus)
     report["lds"] = evaluate(taus, gt, genre, N_GENRES)
-    out = a.out or str(p.cache_dir() / "baselines-report.json")
+    out = a.out or str(p.truth_dir() / "baselines-report.json")
     with open(out, "w") as f:
         json.dump(report, f, indent=1, default=float)
     print(json.dumps(report["timing"], default=float))
     print(f"wrote {out}")
     return 0
-
-
-def evaluate_one(tau: np.ndarray, gt, genre: np.ndarray, n_genres: int = 15) -> dict[str, float]:
-    """LDS of one ``tau (m, 450)`` at the levels the ground truth has:
-    ``document``, ``genre`` (sums over each genre) and ``genre_centred``."""
-    row = {}
-    if len(gt.doc_targets) >= 2:
-        row["document"] = lds(tau, gt.doc_subsets, gt.doc_targets)
-    if len(gt.genre_targets) >= 2:
-        tg = to_sources(tau, genre, n_genres)
-        row["genre"] = lds(tg, gt.genre_subsets, gt.genre_targets)
-        row["genre_centred"] = lds(tg, gt.genre_subsets, gt.genre_targets, centred=True)
-    return row
 
 
 def evaluate(taus: dict[str, np.ndarray], gt, genre: np.ndarray, n_genres: int = 15) -> dict:
@@ -398,60 +288,9 @@ def evaluate(taus: dict[str, np.ndarray], gt, genre: np.ndarray, n_genres: int =
     rows = {}
     print(f"LDS on {len(gt.doc_targets)} document subsets, {len(gt.genre_targets)} genre subsets")
     for name, tau in taus.items():
-        rows[name] = row = evaluate_one(tau, gt, genre, n_genres)
+        rows[name] = row = levels(tau, gt, genre, n_genres)
         print(f"{name:18s} " + "  ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
     return rows
-
-
-def per_query_timing(model: GPT, qx: torch.Tensor, G: torch.Tensor, phi_d: torch.Tensor, proj, member: int,
-                     lam_rel: float = 1e-2) -> dict:
-    """Side by side, one query at a time, one member: grad-dot (backward + dot
-    with the (n, p) gradient matrix) and TRAK (backward + projection with the
-    resident matrix + product with the finalised (n, k) features); also TRAK
-    folded: ``P (Phi (Phi^T Phi + lam I)^-1)^T / sqrt(p)`` precomputed as one
-    ``(p, n)`` matrix, so a query costs a backward pass and one product, as
-    grad-dot does (same scores up to float32 rounding)."""
-    from trak.score_computers import BasicScoreComputer
-
-    lam = lam_grid([phi_d], [lam_rel])[0]
-    sc = BasicScoreComputer(dtype=torch.float32, device="cpu", lambda_reg=lam, logging_level=40)
-    t = time.perf_counter()
-    feats = sc.get_x_xtx_inv(phi_d, sc.get_xtx(phi_d))
-    inv_s = time.perf_counter() - t
-    params = dict(model.named_parameters())
-    names = list(params)
-    t = time.perf_counter()
-    folded = (proj.proj_matrix @ feats.T) / math.sqrt(G.shape[1])  # (p, n): TRAK folded into one matrix
-    fold_s = time.perf_counter() - t
-    bwd, dot, prj, prod, fdot, err = [], [], [], [], [], []
-    for x in qx:
-        t = time.perf_counter()
-        model.zero_grad(set_to_none=True)
-        sequence_logprob(model, x.unsqueeze(0))[0].backward()
-        g = torch.cat([params[k].grad.reshape(-1) for k in names]).unsqueeze(0)
-        t1 = time.perf_counter()
-        _ = g @ G.T
-        t2 = time.perf_counter()
-        phi = proj.project(g, model_id=member) / math.sqrt(g.shape[1])
-        t3 = time.perf_counter()
-        s_trak = phi @ feats.T
-        t4 = time.perf_counter()
-        s_fold = g @ folded
-        t5 = time.perf_counter()
-        fdot.append(t5 - t4)
-        err.append(float((s_fold - s_trak).abs().max() / s_trak.abs().max()))
-        bwd.append(t1 - t)
-        dot.append(t2 - t1)
-        prj.append(t3 - t2)
-        prod.append(t4 - t3)
-    return {"n": len(qx), "trak_xtx_inverse_features_s": inv_s, "backward_s": float(np.median(bwd)),
-            "graddot_dot_s": float(np.median(dot)), "trak_project_s": float(np.median(prj)),
-            "trak_product_s": float(np.median(prod)),
-            "graddot_per_query_s": float(np.median(bwd) + np.median(dot)),
-            "trak_per_query_s": float(np.median(bwd) + np.median(prj) + np.median(prod)),
-            "trak_fold_precompute_s": fold_s, "trak_folded_dot_s": float(np.median(fdot)),
-            "trak_folded_per_query_s": float(np.median(bwd) + np.median(fdot)),
-            "trak_folded_max_rel_err": float(max(err))}
 
 
 if __name__ == "__main__":

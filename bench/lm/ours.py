@@ -73,7 +73,7 @@ class MemberScores:
 
 
 def _cache(p: LMProtocol, e: int):
-    return p.cache_dir() / f"ours-e{e}.npz"
+    return p.truth_dir() / f"ours-e{e}.npz"
 
 
 def variants(ranks: list[int], dtypes: list[str]) -> list[str]:
@@ -83,7 +83,7 @@ def variants(ranks: list[int], dtypes: list[str]) -> list[str]:
 def readout_path(p: LMProtocol, e: int):
     """Member ``e``'s readout tensors for the timing (``sources (15, p)``,
     ``basis (r, p)``, ``coef (450, r)`` at the first rank swept)."""
-    return p.cache_dir() / f"ours-e{e}-readout.pt"
+    return p.truth_dir() / f"ours-e{e}-readout.pt"
 
 
 def compute_member(e: int, ranks: list[int], dtypes: list[str], p: LMProtocol = DEFAULT) -> MemberScores:
@@ -126,7 +126,7 @@ def compute_member(e: int, ranks: list[int], dtypes: list[str], p: LMProtocol = 
 
 def _responses(model: GPT, params: dict, e: int, p: LMProtocol) -> tuple[torch.Tensor, dict]:
     """Member ``e``'s exact ``U (450, p)`` float32 (cached) and the simulation's diagnostics."""
-    path, meta = p.cache_dir() / f"ours-e{e}-U.npy", p.cache_dir() / f"ours-e{e}-U.json"
+    path, meta = p.truth_dir() / f"ours-e{e}-U.npy", p.truth_dir() / f"ours-e{e}-U.json"
     if path.exists() and meta.exists():
         return torch.from_numpy(np.load(path)), json.loads(meta.read_text())
     c = corpus()

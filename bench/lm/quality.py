@@ -23,9 +23,13 @@ import time
 import numpy as np
 import torch
 
+from bench.harness import truth
 from bench.harness.common import RESULTS
-from bench.lm.baselines import doc_block_tensor, doc_gradients, evaluate_one, lds_per_query, projector
-from bench.lm.groundtruth import load_full_params, load_groundtruth, n_full_available
+from bench.harness.metrics import lds_per_query
+from bench.harness.metrics import levels as evaluate_one
+from bench.harness.trak import projector
+from bench.lm.baselines import doc_block_tensor, doc_gradients
+from bench.lm.groundtruth import load_full_params, n_full_available
 from bench.lm.ours import member_scores, readout_path
 from bench.lm.protocol import DEFAULT, SPEC, corpus, doc_genre, queries
 from bench.lm.timing import side_by_side
@@ -36,8 +40,8 @@ EXACT_BYTES = 450 * SPEC.n_params() * 4
 
 
 def _baseline_taus(p) -> tuple[dict, dict]:
-    path = p.cache_dir() / "baselines-tau.npz"
-    rep = p.cache_dir() / "baselines-report.json"
+    path = p.truth_dir() / "baselines-tau.npz"
+    rep = p.truth_dir() / "baselines-report.json"
     if not path.exists() or not rep.exists():
         raise SystemExit(f"{path}: missing; run `python -m bench.lm.baselines --members 5` first")
     z = np.load(path)
@@ -84,7 +88,7 @@ def timing(p, qx: torch.Tensor, n: int, k: int) -> dict:
     model.load_state_dict(load_full_params(0, p))
     G = doc_gradients(model, doc_block_tensor(c.blocks, c.block_document, len(c.train_tokens)))
     proj = projector(G.shape[1], k, member=0)
-    rows = torch.from_numpy(np.load(p.cache_dir() / "ours-e0-U.npy"))
+    rows = torch.from_numpy(np.load(p.truth_dir() / "ours-e0-U.npy"))
     return side_by_side(model, torch.load(readout_path(p, 0), weights_only=True), G, proj, qx[:n], rows=rows)
 
 
@@ -112,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"member {e}: {time.perf_counter() - t:.0f} s {members[-1].seconds}", flush=True)
     if a.scores_only:
         return 0
-    gt = load_groundtruth(p)
+    gt = truth.load(p)
     genre = doc_genre(corpus())
     base, brep = _baseline_taus(p)
     store_v = a.store_variant

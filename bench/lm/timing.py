@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from bench.lm.baselines import lam_grid, trak_features
+from bench.harness.trak import finalized, lam_grid, trak_features
 from influence.text.gpt import GPT, sequence_logprob
 from influence.text.lm_math import jvp_scores
 
@@ -37,14 +37,11 @@ def side_by_side(model: GPT, readout: dict, G: torch.Tensor, proj, qx: torch.Ten
     how far the forward per-source readout is from the summed forward
     per-document one (they must agree: genre sums are exact). ``rows (n, p)``:
     also time a store of uncompressed rows (``ours_rows``: n tangents)."""
-    from trak.score_computers import BasicScoreComputer
-
     params = {k: v.detach() for k, v in model.named_parameters()}
     names = list(params)
     phi_d = trak_features(G / 64.0, proj, member)
     lam = lam_grid([phi_d], [lam_rel])[0]
-    sc = BasicScoreComputer(dtype=torch.float32, device="cpu", lambda_reg=lam, logging_level=40)
-    feats = sc.get_x_xtx_inv(phi_d, sc.get_xtx(phi_d))
+    feats = finalized(phi_d, lam)
     S, B, C = readout["sources"], readout["basis"].float(), readout["coef"].float()
     A = readout.get("membership")
     times: dict[str, list[float]] = {k: [] for k in ("ours_source", "ours_example", "ours_rows", "trak", "graddot",

@@ -221,9 +221,8 @@ def _model(att):
 def trak_setup(att, k: int, threads: int, docs: int | None = None) -> dict:
     """The finalised TRAK features of the store's training documents (member
     0): ``(n, k)``, with the projector, timed apart (TRAK's precompute)."""
-    from trak.score_computers import BasicScoreComputer
-
-    from bench.lm.baselines import doc_block_tensor, doc_gradients, lam_grid, projector, trak_features
+    from bench.harness.trak import finalized, lam_grid, projector, trak_features
+    from bench.lm.baselines import doc_block_tensor, doc_gradients
     from influence.text.corpus import brown_corpus
 
     torch.set_num_threads(threads)
@@ -244,9 +243,7 @@ def trak_setup(att, k: int, threads: int, docs: int | None = None) -> dict:
     t["projector_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     phi = trak_features(G / 64.0, proj, 0)  # traker's output for a document is (1/64) x its summed log-prob
-    sc = BasicScoreComputer(dtype=torch.float32, device="cpu", lambda_reg=lam_grid([phi], [1.0])[0],
-                            logging_level=40)
-    feats = sc.get_x_xtx_inv(phi, sc.get_xtx(phi))
+    feats = finalized(phi, lam_grid([phi], [1.0])[0])
     t["features_s"] = time.perf_counter() - t0
     del G, phi
     return {"model": model, "proj": proj, "feats": feats, "membership": att.membership[:n], "docs": n, "k": k,

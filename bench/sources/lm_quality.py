@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from bench.harness.common import RESULTS, ROOT, current, loadavg, machine, write_json, write_section
-from bench.lm.baselines import doc_block_tensor, doc_gradients, lam_grid, projector, trak_features, trak_member_scores
+from bench.harness.trak import lam_grid, projector, trak_features, trak_member_scores
+from bench.lm.baselines import doc_block_tensor, doc_gradients
 from influence.audit import loso, source_lds
 from influence.store import open_store
 from influence.text.attributor import TextAttributor
