@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import json
 
-from bench.harness.common import RESULTS, fmt, write_section
+from bench.harness.common import RESULTS
+from bench.harness.report import fmt, pick, write_section
 
 SRC = RESULTS / "precompute.json"
 PNG = RESULTS / "precompute.png"
 COMMAND = "EXTRAS=bench scripts/setup && .venv/bin/python -m bench.digits.precompute"
-
-
-def _pick(recs: list[dict], method: str, models: int) -> dict | None:
-    return next((r for r in recs if r.get("method") == method and r.get("models") == models), None)
 
 
 def quality_table(res: dict) -> list[str]:
@@ -21,14 +18,14 @@ def quality_table(res: dict) -> list[str]:
     rows = ["| models | ours LDS | TRAK LDS | ours precompute (s) | TRAK precompute (s) | ours / TRAK |",
             "| --- | --- | --- | --- | --- | --- |"]
     for M in (1, 5, 10):
-        o, t = _pick(recs, "ours", M), _pick(recs, "trak", M)
+        o, t = pick(recs, method="ours", models=M), pick(recs, method="trak", models=M)
         if o is None or t is None:
             continue
         rows.append(f"| {M} | {fmt(o['lds'])} | {fmt(t['lds'])} | {fmt(o['precompute_s'])} | "
                     f"{fmt(t['precompute_s'])} | {fmt(o['precompute_s'] / t['precompute_s'])}x |")
-    st = _pick(recs, "ours-steps", 1)
+    st = pick(recs, method="ours-steps", models=1)
     if st is not None:
-        o = _pick(recs, "ours", 1)
+        o = pick(recs, method="ours", models=1)
         rows.append(f"| 1, step-by-step solver (extrapolated from {st['extrapolated_from_steps']} steps) | – | – | "
                     f"{fmt(st['precompute_s'])} | {fmt(st['trak_precompute_s'])} | "
                     f"{fmt(st['precompute_s'] / st['trak_precompute_s'])}x (spectral is "

@@ -37,9 +37,10 @@ from bench.digits.ours import (
     worker_cached,
 )
 from bench.digits.protocol import CACHE, QUICK, RESULTS, Protocol, base_config, load_data, seeds
-from bench.digits.quality_report import markdown, scatter, write_section
+from bench.digits.quality_report import HEADING, markdown, scatter
 from bench.digits.trak import Trak
 from bench.harness.metrics import lds, loo, split_half
+from bench.harness.report import write_section
 
 DAMPINGS = (0.001, 0.003, 0.01, 0.03)
 STEPS = (100, 300, 1000, None)  # None: the exact damped inverse (K → ∞)
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     body = markdown(recs, meta)
     print(body)
     if not args.quick and not args.no_docs:
-        write_section(RESULTS.parent.parent / "BENCHMARKS.md", body)
+        write_section(HEADING, body)
 
 
 if __name__ == "__main__":

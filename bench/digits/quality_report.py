@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 
-from bench.harness.common import current
 from bench.harness.metrics import predict_subsets
+from bench.harness.report import current, fixed, pick
+from bench.harness.report import table as md_table
 
-SECTION = "## Quality and cost: digits, ours vs TRAK vs gradient dot product"
+HEADING = "Quality and cost: digits, ours vs TRAK vs gradient dot product"
 
 
 def scatter(path: Path, panels: list[tuple[str, np.ndarray]], subsets: np.ndarray, true: np.ndarray,
@@ -40,10 +40,6 @@ def scatter(path: Path, panels: list[tuple[str, np.ndarray]], subsets: np.ndarra
     plt.close(fig)
 
 
-def _f(x, nd=3):
-    return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{nd}f}"
-
-
 def _t(x):
     if x is None:
         return "–"
@@ -51,44 +47,21 @@ def _t(x):
 
 
 def table(records: list[dict]) -> str:
-    head = ("| method | models | LDS | LOO (Pearson) | LOO (Spearman) | LOO order-matched (Pearson) | "
-            "precompute | score 360×1437 examples, 2 thr / 1 thr | score 360×20 sources, 2 thr / 1 thr |\n"
-            "|---|---|---|---|---|---|---|---|---|\n")
-    rows = []
-    for r in records:
-        rows.append(f"| {r['label']} | {r['models']} | {_f(r['lds'])} | {_f(r['loo'])} | {_f(r.get('loo_spearman'))} | "
-                    f"{_f(r.get('loo_matched'))} | {_t(r.get('precompute_s'))} | {_t(r.get('inference_s_example'))} / "
-                    f"{_t(r.get('inference_s_example_1thread'))} | {_t(r.get('inference_s_source'))} / "
-                    f"{_t(r.get('inference_s_source_1thread'))} |")
-    return head + "\n".join(rows) + "\n"
+    head = ["method", "models", "LDS", "LOO (Pearson)", "LOO (Spearman)", "LOO order-matched (Pearson)", "precompute",
+            "score 360×1437 examples, 2 thr / 1 thr", "score 360×20 sources, 2 thr / 1 thr"]
+
+    def times(r: dict, k: str) -> str:  # default threads / 1 thread
+        return f"{_t(r.get(f'inference_s_{k}'))} / {_t(r.get(f'inference_s_{k}_1thread'))}"
+
+    rows = [[r["label"], r["models"], *(fixed(r.get(k)) for k in ("lds", "loo", "loo_spearman", "loo_matched")),
+             _t(r.get("precompute_s")), times(r, "example"), times(r, "source")] for r in records]
+    return "\n".join(md_table(head, rows)) + "\n"
 
 
 def sweep_table(rows: dict, cols: list, row_name: str, col_name: str) -> str:
     """``rows {row: {col: value}}`` -> markdown grid of LDS values."""
-    out = f"| {row_name} \\ {col_name} | " + " | ".join(str(c) for c in cols) + " |\n"
-    out += "|---" * (len(cols) + 1) + "|\n"
-    for k, v in rows.items():
-        out += f"| {k} | " + " | ".join(_f(v.get(c)) for c in cols) + " |\n"
-    return out
-
-
-def write_section(path: Path, body: str) -> None:
-    """Replace (or append) the Quality section of ``path``, keeping the rest."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{SECTION}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block + "\n", text, count=1).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + block
-    path.write_text(text)
-
-
-def _pick(recs, method, models, **kw):
-    for r in recs:
-        if r["method"] == method and r["models"] == models and all(r.get(k) == v for k, v in kw.items()):
-            return r
-    return None
+    grid = [[k, *(fixed(v.get(c)) for c in cols)] for k, v in rows.items()]
+    return "\n".join(md_table([f"{row_name} \\ {col_name}", *map(str, cols)], grid)) + "\n"
 
 
 def markdown(recs: list[dict], meta: dict) -> str:
@@ -97,12 +70,12 @@ def markdown(recs: list[dict], meta: dict) -> str:
     counts = sorted({1, E})
     main, rows = {}, []
     for M in counts:
-        main[M] = {"gd": _pick(recs, "graddot", M), "trak": _pick(recs, "trak", M, best=True),
-                   "ours": _pick(recs, "ours", M, main=True)}
-        final_only = _pick(recs, "ours", M, tau_source="readout")  # one linearisation point (iterates=1)
+        main[M] = {"gd": pick(recs, method="graddot", models=M), "trak": pick(recs, method="trak", models=M, best=True),
+                   "ours": pick(recs, method="ours", models=M, main=True)}
+        final_only = pick(recs, method="ours", models=M, tau_source="readout")  # one linearisation point (iterates=1)
         rows += [main[M]["gd"], main[M]["trak"], main[M]["ours"],
                  final_only if final_only is not main[M]["ours"] else None,
-                 _pick(recs, "ours", M, damping=0.01, steps=300, tau_source="spectral")]
+                 pick(recs, method="ours", models=M, damping=0.01, steps=300, tau_source="spectral")]
     rows += [r for r in recs if r["method"] == "ours-worker"]
     for r in rows:
         if r and r["method"] == "trak":
@@ -225,7 +198,7 @@ def _conclusions(main: dict, counts: list[int]) -> list[str]:
         out.append(f"- {M} model(s): LDS ours {o['lds']:.3f} vs TRAK {t['lds']:.3f} "
                    f"({'met' if o['lds'] >= t['lds'] else 'NOT met'}); LOO ours {o['loo']:.3f} vs TRAK "
                    f"{t['loo']:.3f} ({'met' if o['loo'] >= t['loo'] else 'NOT met'}); order-matched LOO "
-                   f"{_f(o.get('loo_matched'))} vs {_f(t.get('loo_matched'))}.")
+                   f"{fixed(o.get('loo_matched'))} vs {fixed(t.get('loo_matched'))}.")
         for suf, name in (("", "default threads"), ("_1thread", "1 thread")):
             if not o.get("inference_s_source" + suf):
                 continue

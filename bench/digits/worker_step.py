@@ -13,19 +13,16 @@ only the last bits (relative difference of one step's result). Writes
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import sys
 import time
 
 import torch
 
-from bench.harness.common import BENCHMARKS, digits_store, machine, write_json
+from bench.harness.common import digits_store, machine, write_json
 from influence.simulate import Simulator
 from influence.store import open_store
 from worker.config import load_config
-
-MARK = "<!-- bench.digits.worker_step -->"
 
 
 def measure(blocks: list[int], rounds: int, steps: int) -> dict:
@@ -55,26 +52,6 @@ def measure(blocks: list[int], rounds: int, steps: int) -> dict:
             "machine": machine()}
 
 
-def markdown(res: dict) -> str:
-    m, base = res["machine"], res["median_s"][res["blocks"][0]]
-    lines = [MARK, f"`python -m bench.digits.worker_step` ({m['date']}, git `{m['git']}`, {m['cpu']}, "
-             f"{m['torch_threads']} torch threads, load average {m['loadavg'][0]:.1f}): seconds per posthoc "
-             f"step, {res['rounds']} alternating rounds of {res['steps_per_round']} steps, medians.", "",
-             "| `method.ggn_block` (floats) | s / step | speed vs first | rel. diff of the responses after 1 + steps |",
-             "| --- | --- | --- | --- |"]
-    for b in res["blocks"]:
-        s = res["median_s"][b]
-        lines.append(f"| {b:,} | {s:.2f} | {base / s:.2f}x | {res['rel_diff_vs_first'][b]:.1e} |")
-    return "\n".join(lines) + "\n" + MARK
-
-
-def write_md(body: str) -> None:
-    text = BENCHMARKS.read_text()
-    block = re.compile(re.escape(MARK) + ".*?" + re.escape(MARK), re.S)
-    text = block.sub(lambda _: body, text) if block.search(text) else text.rstrip() + "\n\n" + body + "\n"
-    BENCHMARKS.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.digits.worker_step", description=__doc__.split("\n\n")[0])
     ap.add_argument("--blocks", default=f"{1 << 20},{1 << 22},{1 << 24}", help="ggn_block values, comma separated")
@@ -83,10 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write-md", action="store_true")
     a = ap.parse_args(argv)
     res = measure([int(b) for b in a.blocks.split(",")], a.rounds, a.steps)
-    print(markdown(res))
-    write_json("worker_step.json", res)
-    if a.write_md:
-        write_md(markdown(res))
+    path = write_json("worker_step.json", res)
+    from bench.digits import worker_step_report
+
+    worker_step_report.main(["--json", str(path)] + ([] if a.write_md else ["--print"]))
     return 0
 
 

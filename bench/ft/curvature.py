@@ -42,8 +42,9 @@ from bench.ft.ours import member_artefacts, member_model, ours_tau
 from bench.ft.protocol import DEFAULT, blocks
 from bench.ft.quality import DAMPINGS, LEVELS, STEPS, evaluate
 from bench.harness import truth
-from bench.harness.common import RESULTS, fmt, machine
+from bench.harness.common import RESULTS, machine
 from bench.harness.metrics import lds_per_query
+from bench.harness.report import fmt
 from influence.simulate.spectral import Eigenbasis, LowRankFilter
 
 OUT = RESULTS / "ft_quality.json"

@@ -37,8 +37,9 @@ from bench.ft.lexical import bm25, overlap
 from bench.ft.ours import member_artefacts, ours_tau, response_filter
 from bench.ft.protocol import DEFAULT, N_GENRES, doc_source, query_texts, text
 from bench.harness import truth
-from bench.harness.common import RESULTS, fmt, machine
+from bench.harness.common import RESULTS, machine
 from bench.harness.metrics import levels
+from bench.harness.report import fmt
 
 OUT = RESULTS / "ft_quality.json"
 COST = RESULTS / "ft_cost.json"

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import sys
 
-from bench.harness.common import RESULTS, fmt, write_section
+from bench.harness.common import RESULTS
+from bench.harness.report import fmt, write_section
 
 HEADING = "Fine-tuned Hugging Face model (brown-ft)"
 SHORT = {"document": "doc", "genre": "genre", "genre_centred": "centred"}

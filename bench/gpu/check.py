@@ -39,41 +39,11 @@ import torch
 
 import influence  # noqa: F401
 from bench.harness.common import RESULTS, digits_store, machine
+from bench.harness.timing import timed
 from influence.attributor import Attributor
 from influence.data import load_digits_test
 from influence.readout import linear_stack_scores
 from influence.store import open_store
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
-def timed(fn, dev: torch.device, min_s: float = 0.2, max_reps: int = 200) -> float:
-    """Median seconds per call (CUDA events on a GPU)."""
-    fn()
-    _sync(dev)
-    t0 = time.perf_counter()
-    fn()
-    _sync(dev)
-    one = max(time.perf_counter() - t0, 1e-6)
-    reps = int(min(max_reps, max(3, min_s / one)))
-    times = []
-    for _ in range(reps):
-        if dev.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b) / 1000)
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-    times.sort()
-    return times[len(times) // 2]
 
 
 def check_resident(att: Attributor, dev: torch.device) -> dict:

@@ -184,7 +184,9 @@ def processes_setting() -> str | None:
 
 
 def served(ctx: Ctx) -> None:
+    from bench.harness.service import REDIS_URL
     from bench.serving import load, load_text
+    from bench.serving.client import digits_bodies
     from influence.store import open_store
     from influence.text.attributor import TextAttributor
 
@@ -198,7 +200,7 @@ def served(ctx: Ctx) -> None:
     threads = 1 if ctx.small else 4
     text_root = gpu_stores.store_for("tiny-gpt" if ctx.small else "brown", ctx.dev, ctx.scratch)
     texts = _raw_texts(ctx, TextAttributor(open_store(text_root), "cpu"))
-    targets = [("vector", vector_store(ctx), load.digits_bodies(), {}),
+    targets = [("vector", vector_store(ctx), digits_bodies(), {}),
                ("text", text_root, load_text.text_bodies(texts),
                 {**load_text.SETTINGS, **({} if ctx.small else {"max_batch": 128, "text_readout_block": 64,
                                                                  "readout_workers": 2,
@@ -207,7 +209,7 @@ def served(ctx: Ctx) -> None:
         for n in counts:
             settings = {"device": ctx.dev, **extra, **({setting: n} if n > 1 else {})}
             rows = load.run_matrix(store, [{"batching": True, "cache": False}], conc, (1,), dur, 200_000, log,
-                                   load.REDIS_URL, settings, "sources", threads, bodies, kind,
+                                   REDIS_URL, settings, "sources", threads, bodies, kind,
                                    service_log=ctx.scratch / "service.log")
             for r in rows:
                 ctx.emit("served", {"store_kind": kind, "processes": n, "concurrency": r["concurrency"],

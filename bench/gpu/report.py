@@ -8,7 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from bench.harness.common import RESULTS, fmt, write_section
+from bench.harness.common import RESULTS
+from bench.harness.report import fmt, write_section
 
 HEADING = "GPU suite"
 

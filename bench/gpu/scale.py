@@ -30,34 +30,15 @@ Beside: one backward pass per query (``lm_math.query_grads``, a
 
 from __future__ import annotations
 
-import time
-
 import torch
+
+from bench.harness.timing import timed
 
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "GH200": 989.0, "B200": 2250.0, "A100": 312.0, "L40S": 362.0,
                "A10G": 70.0, "L4": 121.0, "RTX 4090": 165.0}
 """Dense bfloat16 tensor-core peak (TFLOP/s, no sparsity) by a substring of the device name."""
 R_VALUES, BATCH, BACKWARD_BATCH, CONTEXT, TRAK_K = (15, 64, 312), 32, 8, 64, 4096
 LORA_TARGETS = ["c_attn", "c_proj", "c_fc"]
-
-
-def sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
-def timed(fn, dev: torch.device, min_s: float = 0.3, max_reps: int = 20) -> float:
-    """Median seconds per call, after one warm-up call."""
-    fn()
-    sync(dev)
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < 3 or (time.perf_counter() - start < min_s and len(times) < max_reps):
-        t0 = time.perf_counter()
-        fn()
-        sync(dev)
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
 
 
 def peak_tflops(dev: torch.device) -> tuple[float, str]:
@@ -142,7 +123,7 @@ def probe(trained: str, small: bool, dev: torch.device, peak: float, emit, log, 
             for r in calls:
                 jvp_scores(model, params, U[:r], x)
 
-        s = timed(readout, dev) / batch
+        s = timed(readout, dev, min_s=0.3, max_reps=20) / batch
         tflops = 2 * F * R / s / 1e12
         trak = 3 * F + 2 * p * TRAK_K + 2 * TRAK_K * R
         rec = {"model": "gpt2-small" if not small else "gpt2-tiny", "trained": trained, "R": R, "batch": batch,

@@ -118,7 +118,7 @@ def ensure_redis(scratch: Path):
     URL the parts inherit. Returns the server to stop, or None."""
     import redis
 
-    from bench.serving.load import REDIS_URL
+    from bench.harness.service import REDIS_URL
 
     try:
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()

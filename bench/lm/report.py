@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 
-from bench.harness.common import RESULTS, current, fmt, write_section
+from bench.harness.common import RESULTS
+from bench.harness.report import current, fmt, pick, write_section
 
 SRC = RESULTS / "lm_quality.json"
 PNG = RESULTS / "lm_quality.png"
@@ -18,18 +19,13 @@ METHODS = ("ours", "ours_store", "trak", "graddot", "overlap")
 LEVELS = ("document", "genre", "genre_centred")
 
 
-def _rec(recs, method, models, level):
-    return next((r for r in recs if r.get("method") == method and r.get("models") == models
-                 and r.get("level") == level), None)
-
-
 def lds_table(res: dict) -> list[str]:
     recs, E = res["records"], res["members"]
     rows = ["| method | models | document LDS | genre LDS | centred genre LDS | precompute (s) | "
             "per query, per source (s) | per query, per document (s) |", "| --- " * 8 + "|"]
     for models in (1, E):
         for m in METHODS:
-            r = {lv: _rec(recs, m, models, lv) for lv in LEVELS}
+            r = {lv: pick(recs, method=m, models=models, level=lv) for lv in LEVELS}
             if r["document"] is None:
                 continue
             d = r["document"]

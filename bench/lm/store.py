@@ -23,15 +23,8 @@ import time
 from pathlib import Path
 
 from bench.harness.common import ROOT, digits_store, machine
+from bench.harness.service import rss_mib, service
 from bench.lm.quality import EXACT_BYTES, OUT
-from bench.serving.load import service
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"/proc/{pid}/status: no VmRSS")
 
 
 def build(root: Path) -> float:
@@ -55,7 +48,7 @@ def store_sizes(root: Path) -> dict:
 def resident(store: Path) -> float:
     with service(store) as (_, pid, _prefix):
         time.sleep(1.0)
-        return rss_mb(pid)
+        return rss_mib(pid)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ import json
 import statistics
 from pathlib import Path
 
-from bench.harness.common import current, write_section
+from bench.harness.report import current, write_section
 
 P99_GOAL_MS = 250.0  # issue 10: p99 under 250 ms at concurrency 32
 

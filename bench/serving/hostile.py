@@ -45,18 +45,22 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
 import httpx
 
-from bench.harness.common import CACHE, ROOT, machine, write_json, write_section
+from bench.harness.common import CACHE, ROOT, machine, write_json
+from bench.harness.service import free_port, service
 
 STORES = CACHE / "hostile"
 KEYS = {"FA_QUERY_KEYS": "q-key", "FA_REPORT_KEYS": "r-key", "FA_ADMIN_KEYS": "a-key"}
 Q, R, A = ({"Authorization": f"Bearer {k}"} for k in ("q-key", "r-key", "a-key"))
+SETTINGS = {"env_extra": {**KEYS, "OMP_NUM_THREADS": "1"}, "torch_threads": 1, "max_wait_ms": 1,
+            "replay_interval_s": 0.2, "redis_timeout_s": 0.5, "body_timeout_s": 2}
+"""The services' settings besides the stores and keys: one thread, batches that wait 1 ms, a quick journal
+replay, short Redis and body timeouts (so the outage and slow-client tests take seconds)."""
 NUMBERS = {"change", "mean_change", "score", "probability", "logprob"}  # documented as numbers, never null
 
 
@@ -111,14 +115,6 @@ def stores() -> dict[str, Path]:
     return {"vector": vec, "text": txt / "store"}
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class RedisServer:
     """A private Redis-compatible server on loopback, durable (AOF, fsync always)."""
 
@@ -158,39 +154,6 @@ class RedisServer:
 
     def resume(self) -> None:
         os.kill(self.proc.pid, signal.SIGCONT)
-
-
-@contextmanager
-def service(store: Path, redis_url: str, data: Path, prefix: str, **env: str):
-    """``python -m service`` on a free loopback port; yields its base URL."""
-    port = free_port()
-    full = {**os.environ, **KEYS, "FA_PUBLISHER_KEYS": env.pop("publisher_keys"), "FA_REDIS_PREFIX": prefix,
-            "FA_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1", "FA_MAX_WAIT_MS": "1", "FA_REPLAY_INTERVAL_S": "0.2",
-            "FA_REDIS_TIMEOUT_S": "0.5", "FA_BODY_TIMEOUT_S": "2", **{f"FA_{k.upper()}": v for k, v in env.items()}}
-    proc = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), "--store", str(store),
-                             "--data-dir", str(data), "--redis-url", redis_url, "--log-level", "error"],
-                            cwd=ROOT, env=full, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None:
-                raise RuntimeError(f"service on {store} exited with {proc.returncode}")
-            time.sleep(0.1)
-        else:
-            raise RuntimeError("service did not become ready")
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @dataclass
@@ -671,8 +634,8 @@ async def run_all(work: Path) -> tuple[list[dict], float]:
     t0 = time.time()
     try:
         vroot = _stage_vector_root(st["vector"], st["text"], work)
-        with service(vroot, redis.url, work / "var-v", "hv:", publisher_keys="p0-key:publisher-00") as vb, \
-                service(st["text"], redis.url, work / "var-t", "ht:", publisher_keys="p0-key:pub-0") as tb:
+        with service(vroot, redis.url, **SETTINGS, publisher_keys="p0-key:publisher-00") as (vb, _, _), \
+                service(st["text"], redis.url, **SETTINGS, publisher_keys="p0-key:pub-0") as (tb, _, _):
             targets = []
             for kind, base, root in (("vector", vb, vroot), ("text", tb, st["text"])):
                 ids = httpx.get(base + "/v1/store", headers=A).json()["source_ids"]
@@ -694,34 +657,6 @@ async def run_all(work: Path) -> tuple[list[dict], float]:
     return [r.out() for r in records], time.time() - t0
 
 
-def markdown(res: dict) -> str:
-    m = res["machine"]
-    lines = [f"Command: `{res['command']}` (date {res['date']}, git `{m['git']}`). Machine: {m['cpus']}-core shared "
-             f"x86 CPU, {m['mem_gib']} GiB, no GPU; load average {m['loadavg'][0]:.1f} at the start. Two services "
-             "(`python -m service` subprocesses on loopback: the tests' tiny vector store and tiny text store), all "
-             "key kinds configured, one private Redis-compatible server (AOF, fsync always) paused with SIGSTOP and "
-             f"killed and restarted in the outage tests; {res['total_requests']:,} requests in "
-             f"{res['seconds']:.0f} s. JSON: `bench/results/hostile.json` (per test: requests, status counts, 5xx, "
-             "lost, double, wrong answers, slowest request as the client saw it).", "",
-             "| test | store | requests | statuses | 5xx | lost | double | wrong | max ms |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in res["records"]:
-        sc = ", ".join(f"{k}: {v}" for k, v in r["status_counts"].items())
-        ms = f"{r['max_ms']:.0f}" + (" (readouts)" if r["readouts"] else "")
-        lines.append(f"| {r['test']} | {r['store_kind']} | {r['requests']} | {sc} | {r['five_xx']} | {r['lost']} | "
-                     f"{r['double']} | {r['wrong_answers']} | {ms} |")
-    notes = [f"- {r['test']} ({r['store_kind']}): {n}" for r in res["records"] for n in r["notes"]]
-    g = res["goal"]
-    met = "met" if g["met"] else "NOT met"
-    lines += ["", f"Goal: 5xx, lost, double and wrong answers zero in every record: **{met}**; slowest request "
-              f"without a readout: {g['max_ms_without_readouts']:.0f} ms (the 1 MB bodies and "
-              "the 1 MB header travel over loopback; `max ms` of `slow_clients_and_big_bodies` is the slowest "
-              "`/healthz` probe while bodies stalled or megabyte bodies were refused)."]
-    if notes:
-        lines += ["", *notes]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.hostile", description=__doc__.split("\n\n")[0])
     ap.add_argument("--write-md", action="store_true", help="write the Hostile suite section of BENCHMARKS.md")
@@ -739,7 +674,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{path}: {res['total_requests']} requests in {secs:.0f} s; goal {'met' if not bad else 'NOT met'}"
           + (f" (failing: {', '.join(res['goal']['failing'])})" if bad else ""))
     if args.write_md:
-        write_section("Hostile suite", markdown(res))
+        from bench.serving import hostile_report
+
+        hostile_report.main(["--json", str(path)])
     return 0 if not bad else 1
 
 

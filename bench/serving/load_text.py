@@ -65,7 +65,9 @@ from pathlib import Path
 import torch
 
 from bench.harness.common import CACHE, RESULTS, ROOT, loadavg, machine, write_json
+from bench.harness.service import REDIS_URL
 from bench.serving import load
+from bench.serving.client import BodiesFn, request_bodies
 
 STORE = ROOT / "stores" / "brown"
 OUT = "load_text.json"
@@ -123,9 +125,9 @@ def passages(tokenizer, count: int = 720, window: int = 64) -> list[str]:
     return out
 
 
-def text_bodies(texts: list[str], top_k: int = 10) -> load.BodiesFn:
+def text_bodies(texts: list[str], top_k: int = 10) -> BodiesFn:
     qs = [{"text": t} for t in texts]
-    return lambda qpr, granularity: load.request_bodies(qs, qpr, granularity=granularity, top_k=top_k)
+    return lambda qpr, granularity: request_bodies(qs, qpr, granularity=granularity, top_k=top_k)
 
 
 # -- flops ----------------------------------------------------------------------------------------------------------
@@ -364,7 +366,7 @@ def store_info(att, root: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.serving.load_text", description=__doc__.split("\n\n")[0])
     ap.add_argument("--store", type=Path, default=STORE, help="text store root (built first when missing)")
-    ap.add_argument("--redis-url", default=load.REDIS_URL)
+    ap.add_argument("--redis-url", default=REDIS_URL)
     ap.add_argument("--parts", default="matrix,trak,gemm,profile",
                     help="comma separated: matrix, ab, trak (TRAK and the readout in process), gemm, profile")
     ap.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))

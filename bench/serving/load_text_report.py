@@ -12,7 +12,8 @@ import json
 import statistics
 from pathlib import Path
 
-from bench.harness.common import RESULTS, current, write_section
+from bench.harness.common import RESULTS
+from bench.harness.report import current, pick, write_section
 
 HEADING = "Serving speed: text store"
 SRC = RESULTS / "load_text.json"
@@ -24,10 +25,6 @@ def _svc_block(res: dict) -> int:
     """Rows per service readout call for a text store: ``text_readout_block``
     (4 when the run did not record it: the service's default then)."""
     return int(res.get("settings", {}).get("text_readout_block", 4))
-
-def _pick(rows: list[dict], **kw) -> dict | None:
-    return next((r for r in rows if all(r.get(k) == v for k, v in kw.items())), None)
-
 
 def _num(x: float | None, nd: int = 1) -> str:
     if x is None:
@@ -52,7 +49,7 @@ def gemm_peak(res: dict) -> dict | None:
 
 def headline(res: dict) -> dict | None:
     """The goal's point: concurrency 32, one query per request, batching on."""
-    return _pick([r for r in res.get("rows", []) if r.get("store_kind") == "text"], concurrency=GOAL_C,
+    return pick([r for r in res.get("rows", []) if r.get("store_kind") == "text"], concurrency=GOAL_C,
                  queries_per_request=1, batching=True)
 
 
@@ -69,12 +66,12 @@ def matrix_tables(rows: list[dict]) -> list[str]:
             sel = [r for r in mine if r["batching"] == b]
             if sel:
                 out.append(f"| {'on' if b else 'off'} | "
-                           + " | ".join(_cell(_pick(sel, concurrency=c)) for c in cs) + " |")
+                           + " | ".join(_cell(pick(sel, concurrency=c)) for c in cs) + " |")
         out.append("")
         detail = []
         for b in (True, False):
             for c in cs:
-                r = _pick(mine, batching=b, concurrency=c)
+                r = pick(mine, batching=b, concurrency=c)
                 if r and r.get("ok"):
                     detail.append(f"batching {'on' if b else 'off'}, c = {c}: "
                                   f"{_num(r.get('queries_per_batch'))} q/batch, readout p50 "
@@ -227,8 +224,8 @@ def findings(res: dict) -> list[str]:
     for qpr in sorted({r["queries_per_request"] for r in rows}):
         rat = []
         for c in sorted({r["concurrency"] for r in rows}):
-            on = _pick(rows, batching=True, concurrency=c, queries_per_request=qpr)
-            off = _pick(rows, batching=False, concurrency=c, queries_per_request=qpr)
+            on = pick(rows, batching=True, concurrency=c, queries_per_request=qpr)
+            off = pick(rows, batching=False, concurrency=c, queries_per_request=qpr)
             if on and off and on.get("ok") and off.get("ok") and off["throughput_qps"]:
                 rat.append(f"{on['throughput_qps'] / off['throughput_qps']:.2f}x at c = {c}")
         if rat:
@@ -258,7 +255,7 @@ def findings(res: dict) -> list[str]:
                    + f" (`max_batch` {res.get('settings', {}).get('max_batch', 64)}). A readout call costs the "
                    f"same for 1 to {blk} queries (one padded block), so every batch under {blk} queries leaves "
                    "part of its block to filler rows.")
-    lone = _pick(rows, batching=True, concurrency=1, queries_per_request=1)
+    lone = pick(rows, batching=True, concurrency=1, queries_per_request=1)
     if ip.get("ours_row_s") and ip.get("ours_block_s"):
         out.append(f"- Padding: in process one row costs {ip['ours_row_s'] * 1000:.0f} ms, a full block "
                    f"{ip['ours_block_s'] * 1000:.0f} ms per query (block of {ip['readout_block']} rows); the "

@@ -30,7 +30,6 @@ load_text_bf16_ab.json``).
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -40,7 +39,8 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from bench.harness.common import RESULTS, ROOT, current, loadavg, machine, side_by_side, write_json, write_section
+from bench.harness.common import ROOT, loadavg, machine, write_json
+from bench.harness.timing import side_by_side
 from influence.audit import colcorr
 
 STORE = ROOT / "stores" / "brown-genre"
@@ -105,42 +105,6 @@ def run(args) -> dict:
             "block": args.block, "scoring_s": score_s, **res}
 
 
-def markdown(r: dict) -> str:
-    g = "; ".join(f"{'×'.join(map(str, x['shape']))}: {x['float32']:.0f} → {x['bfloat16']:.0f} GFLOP/s"
-                  for x in r["gemm"])
-    return "\n".join([
-        f"Command: `{current(r['command'])}` — {r['date']}, {r['machine'].get('cpu', 'CPU')}, {r['threads']} torch "
-        f"thread(s), load average {r['load_avg']:.1f}. Store `{r['store']['root']}` version "
-        f"{r['store']['version']} ({r['store']['sources']} sources, {r['store']['tangents_per_query']} tangents "
-        f"per query). {r['queries']} held-out passages (`bench.serving.load_text`'s), sources-only, in blocks of "
-        f"{r['block']} full-length rows as the service reads them; float32 tangents are the reference. "
-        "JSON: `bench/results/text_precision.json`.",
-        "",
-        "| measure | bfloat16 tangents vs float32 |",
-        "| --- | ---: |",
-        f"| max over queries of max \\|Δτ\\| / max \\|τ\\| | {r['rel_err_max']:.2e} |",
-        f"| median (p99) of that | {r['rel_err_median']:.2e} ({r['rel_err_p99']:.2e}) |",
-        f"| Spearman across sources, mean (min) | {r['spearman_mean']:.4f} ({r['spearman_min']:.4f}) |",
-        f"| Pearson across sources, mean | {r['pearson_mean']:.5f} |",
-        f"| same top source | {100 * r['top1_agree']:.1f}% |",
-        f"| top-5 overlap | {100 * r['top5_overlap']:.1f}% |",
-        f"| f (the answer's log-probability) bit-identical | {'yes' if r['f_identical'] else 'no'} |",
-        f"| seconds per block, float32 / bfloat16 (interleaved medians) | {r['block_s']['float32']:.4f} / "
-        f"{r['block_s']['bfloat16']:.4f} |",
-        f"| speed-up of the readout | **{r['speedup']:.2f}x** |",
-        "",
-        f"GEMM rates of the readout's shapes, float32 → bfloat16 (`torch.matmul`, same threads): {g}.",
-    ])
-
-
-def served(ab: dict) -> list[str]:
-    """Markdown lines for ``bench.serving.load_text --parts ab --ab-variants
-    text_tangent_dtype=bfloat16`` (the served side by side)."""
-    from bench.serving.ab_report import table
-
-    return table(ab, lambda v: "float32" if v == "as is" else "bfloat16")
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.serving.precision", description=__doc__.split("\n\n")[0])
     ap.add_argument("--store", type=Path, default=STORE, help="text store root")
@@ -154,14 +118,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"{args.store}: no store (build it: python -m worker build --preset brown "
                          f"--set data.sources=genre --store {args.store})")
     r = run(args)
-    write_json("text_precision.json", r)
-    body = markdown(r)
-    ab = RESULTS / "load_text_bf16_ab.json"
-    if ab.exists():
-        body += "\n\n" + "\n".join(served(json.loads(ab.read_text())))
-    print(body)
-    if args.write_md:
-        write_section("Text readout precision: bfloat16 tangents", body)
+    path = write_json("text_precision.json", r)
+    from bench.serving import precision_report
+
+    precision_report.main(["--json", str(path)] + ([] if args.write_md else ["--print"]))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
 """``python -m bench.serving.procs``: one serving process against several
 behind one port (``FA_WORKERS``), side by side.
 
-Each round starts the service (``bench.serving.load.service``: ``python -m service``
+Each round starts the service (``bench.harness.service``: ``python -m service``
 on a free loopback port, the Redis at ``--redis-url`` under a fresh prefix)
 once per process count, alternating, so that a busy shared machine slows
 them alike; medians over rounds. The load generator runs in ``--clients``
 processes (``multiprocessing`` spawn), each a closed loop of concurrency /
-clients keep-alive connections (``bench.serving.load.closed_loop``), so that it is
+clients keep-alive connections (``bench.serving.client.closed_loop``), so that it is
 not the limit. Per point: throughput, p50 / p99, errors, the service's CPU
 per query (the process tree: supervisor and serving processes) and the
 resident memory of every serving process (the store is resident once per
@@ -32,8 +32,9 @@ import statistics
 import time
 from pathlib import Path
 
-from bench.harness.common import CACHE, RESULTS, current, machine, write_json, write_section
-from bench.serving.load import REDIS_URL, closed_loop, digits_bodies, http_requests, service, summarize
+from bench.harness.common import CACHE, RESULTS, machine, write_json
+from bench.harness.service import REDIS_URL, cpu_seconds, rss_mib, service, tree
+from bench.serving.client import closed_loop, digits_bodies, http_requests, request_bodies, summarize
 
 HF_STORE = CACHE / "hf-tiny"
 HF_WORDS = [f"w{i}" for i in range(60)] + [f"s{s}x{i}" for s in range(3) for i in range(15)]
@@ -51,8 +52,6 @@ def hf_store(root: Path = HF_STORE) -> Path:
 def hf_bodies():
     import numpy as np
 
-    from bench.serving.load import request_bodies
-
     rng = np.random.default_rng(0)
     qs = [{"text": " ".join(rng.choice(HF_WORDS, size=int(rng.integers(2, 7))))} for _ in range(360)]
     return lambda qpr, granularity: request_bodies(qs, qpr, granularity=granularity)
@@ -61,42 +60,6 @@ def hf_bodies():
 def _client(args) -> dict:
     base, reqs, conns, seconds = args
     return asyncio.run(closed_loop(base, reqs, conns, seconds, 10**7, warmup_s=0.0))
-
-
-def tree(pid: int) -> list[int]:
-    """``pid`` and every process below it."""
-    kids: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rpartition(")")[2].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            kids.setdefault(ppid, []).append(int(d.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += kids.get(p, [])
-    return out
-
-
-def cpu_s(pids: list[int]) -> float:
-    total = 0.0
-    for p in pids:
-        try:
-            f = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
-            total += (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-        except OSError:
-            pass
-    return total
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def serving_pids(pid: int) -> list[int]:
@@ -154,9 +117,9 @@ def run(kinds: list[str], workers: list[int], concurrency: list[int], qprs: list
                                 per = [c // clients + (i < c % clients) for i in range(clients)]
                                 pool.map(_client, [(base, reqs, k, 0.5) for k in per if k])  # warm-up
                                 ids = tree(pid)
-                                cpu0 = cpu_s(ids)
+                                cpu0 = cpu_seconds(*ids)
                                 parts = pool.map(_client, [(base, reqs, k, seconds) for k in per if k])
-                                cpu1 = cpu_s(ids)
+                                cpu1 = cpu_seconds(*ids)
                                 res = {"records": [r for p in parts for r in p["records"]],
                                        "failures": {k: v for p in parts for k, v in p["failures"].items()},
                                        "elapsed_s": max(p["elapsed_s"] for p in parts)}
@@ -186,38 +149,6 @@ def medians(rows: list[dict]) -> list[dict]:
                     "rss_mib_per_process": rs[0]["rss_mib_per_process"], "rounds": len(rs),
                     "per_round_qps": [r["qps"] for r in rs], "errors": sum(r["errors"] for r in rs)})
     return out
-
-
-def markdown(payload: dict) -> str:
-    m = payload["machine"]
-    lines = [f"Machine: {m['cpus']} cores ({m['cpu']}), shared with other jobs (load average "
-             f"{payload['loadavg_before']} → {payload['loadavg_after']}). `{current(payload['command'])}` — "
-             f"{m['date']}, "
-             f"git `{m['git']}`. Each round starts the service once per process count, alternating; "
-             f"{payload['seconds']} s per point after a 0.5 s warm-up; the load generator in "
-             f"{payload['clients']} processes; cache off, granularity `sources`, recorded; torch threads per "
-             "process = cores / processes. Medians over rounds (per-round figures in "
-             "`bench/results/load_procs.json`).", "",
-             "| store | concurrency, q/req | 1 process | 2 processes | ratio | memory per serving process |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    med = payload["medians"]
-    for kind in sorted({r["store_kind"] for r in med}):
-        for c in sorted({r["concurrency"] for r in med}):
-            for q in sorted({r["queries_per_request"] for r in med}):
-                one = next((r for r in med if (r["store_kind"], r["concurrency"], r["queries_per_request"],
-                                                r["processes"]) == (kind, c, q, 1)), None)
-                two = next((r for r in med if (r["store_kind"], r["concurrency"], r["queries_per_request"])
-                            == (kind, c, q) and r["processes"] > 1), None)
-                if not (one and two):
-                    continue
-                cell = lambda r: (f"{r['qps']:,.0f} q/s · p99 {r['p99_ms']:.0f} ms · "  # noqa: E731
-                                  f"{r['cpu_ms_per_query']:.2f} CPU ms/q")
-                lines.append(f"| {kind} | c = {c}, {q} | {cell(one)} | {cell(two)} | "
-                             f"{two['qps'] / one['qps']:.2f}x (rounds: "
-                             f"{', '.join(f'{x:,.0f}' for x in two['per_round_qps'])} vs "
-                             f"{', '.join(f'{x:,.0f}' for x in one['per_round_qps'])}) | "
-                             f"{one['rss_mib_per_process']} vs {two['rss_mib_per_process']} MiB RSS |")
-    return "\n".join(lines)
 
 
 def cuts(rev: str, rounds: int, seconds: float, redis_url: str, log) -> dict:
@@ -278,9 +209,11 @@ def main(argv: list[str] | None = None) -> int:
         payload["medians"] = payload["served"]
     if "cuts" in parts:
         payload["cuts"] = {**cuts(a.cuts_rev, a.rounds, 8.0, a.redis_url, log), "machine": machine()}
-    write_json(a.out.name, payload)
+    out = write_json(a.out.name, payload)
     if a.write_md and "served" in payload:
-        write_section("Serving speed: several processes", markdown(payload))
+        from bench.serving import procs_report
+
+        procs_report.main(["--json", str(out)])
     print(json.dumps(payload.get("served"), indent=1))
     return 0
 

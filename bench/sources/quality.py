@@ -269,7 +269,7 @@ def run(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from bench.harness.common import write_section
+    from bench.harness.report import write_section
     from bench.sources.report import figure, markdown
 
     ap = argparse.ArgumentParser(prog="python -m bench.sources.quality", description=__doc__.split("\n\n")[0])

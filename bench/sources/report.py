@@ -7,25 +7,20 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.harness.common import current
+from bench.harness.report import current, fixed, pick
+
+
+def _rec(payload: dict, method: str, models: int) -> dict | None:
+    return pick(payload["records"], method=method, models=models)
+
 
 LABELS = {"ours": "ours (source responses)", "ours_examples_summed": "ours (example responses, summed)",
           "ours_final_iterate": "ours, final model only (no iterate averaging)",
           "trak": "TRAK λ=100, proj 2048 (summed)", "graddot": "gradient dot product (summed)"}
 
 
-def _f(x, nd: int = 3) -> str:
-    if x is None or (isinstance(x, float) and np.isnan(x)):
-        return "–"
-    return f"{x:.{nd}f}"
-
-
 def _g(x) -> str:
     return "–" if x is None else f"{x:.3g}"
-
-
-def _rec(payload: dict, method: str, models: int) -> dict | None:
-    return next((r for r in payload["records"] if r["method"] == method and r["models"] == models), None)
 
 
 def _iterates(prov: dict) -> str:
@@ -51,12 +46,12 @@ def _verdicts(payload: dict) -> list[str]:
         for key, name in (("source_lds", "source-level LDS"), ("loso_pearson", "LOSO Pearson"),
                           ("loso_spearman", "LOSO Spearman")):
             ok = o[key] > t[key]
-            out.append(f"- {name}, {M} model(s): ours {_f(o[key])} vs TRAK {_f(t[key])}: "
+            out.append(f"- {name}, {M} model(s): ours {fixed(o[key])} vs TRAK {fixed(t[key])}: "
                        f"**{'reached' if ok else 'not reached'}** (above TRAK)")
         goal = goals.get(f"lds_{M}")
         if goal is not None:
             ok = o["source_lds"] >= goal
-            out.append(f"- source-level LDS ≥ {goal:.2f} with {M} model(s): ours {_f(o['source_lds'])}: "
+            out.append(f"- source-level LDS ≥ {goal:.2f} with {M} model(s): ours {fixed(o['source_lds'])}: "
                        f"**{'reached' if ok else 'not reached'}**")
     return out
 
@@ -101,22 +96,22 @@ def markdown(payload: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in payload["records"]:
-        lines.append(f"| {LABELS.get(r['method'], r['method'])} | {r['models']} | {_f(r['source_lds'])} | "
-                     f"{_f(r['loso_pearson'])} | {_f(r['loso_spearman'])} | {_f(r['top1_agree'])} | "
-                     f"{_f(r.get('source_lds_matched'))} | {_f(r.get('loso_pearson_matched'))} | "
-                     f"{_f(r.get('loso_spearman_matched'))} | {_f(r.get('top1_agree_matched'))} |")
+        lines.append(f"| {LABELS.get(r['method'], r['method'])} | {r['models']} | {fixed(r['source_lds'])} | "
+                     f"{fixed(r['loso_pearson'])} | {fixed(r['loso_spearman'])} | {fixed(r['top1_agree'])} | "
+                     f"{fixed(r.get('source_lds_matched'))} | {fixed(r.get('loso_pearson_matched'))} | "
+                     f"{fixed(r.get('loso_spearman_matched'))} | {fixed(r.get('top1_agree_matched'))} |")
     noise = gt.get("noise") or {}
     if noise:
         lines += ["", "Noise of the truth itself (seed 0 alone vs the mean of the other seeds, same metrics): "
-                  f"LOSO r {_f(noise['loso_pearson_seed0_vs_rest'])}, LOSO ρ "
-                  f"{_f(noise['loso_spearman_seed0_vs_rest'])}, top-1 {_f(noise['top1_seed0_vs_rest'])}, subset "
-                  f"margins ρ {_f(noise['subset_spearman_seed0_vs_rest'])}: with 3 seeds, a perfect predictor "
+                  f"LOSO r {fixed(noise['loso_pearson_seed0_vs_rest'])}, LOSO ρ "
+                  f"{fixed(noise['loso_spearman_seed0_vs_rest'])}, top-1 {fixed(noise['top1_seed0_vs_rest'])}, subset "
+                  f"margins ρ {fixed(noise['subset_spearman_seed0_vs_rest'])}: with 3 seeds, a perfect predictor "
                   "would still not reach 1."]
     nm = gt.get("noise_matched") or {}
     if nm:
-        lines[-1] += (f" Order-matched truth: LOSO r {_f(nm['loso_pearson_seed0_vs_rest'])}, LOSO ρ "
-                      f"{_f(nm['loso_spearman_seed0_vs_rest'])}, top-1 {_f(nm['top1_seed0_vs_rest'])}, subset "
-                      f"margins ρ {_f(nm['subset_spearman_seed0_vs_rest'])}.")
+        lines[-1] += (f" Order-matched truth: LOSO r {fixed(nm['loso_pearson_seed0_vs_rest'])}, LOSO ρ "
+                      f"{fixed(nm['loso_spearman_seed0_vs_rest'])}, top-1 {fixed(nm['top1_seed0_vs_rest'])}, subset "
+                      f"margins ρ {fixed(nm['subset_spearman_seed0_vs_rest'])}.")
     lines += ["", "Verdicts (goals of issue 12):", "", *_verdicts(payload)]
     lines += [
         "",
@@ -135,10 +130,10 @@ def markdown(payload: dict) -> str:
     ]
     for r in payload["records"]:
         lo, su, lm = r["whatif_loso"], r["whatif_subsets"], r.get("whatif_loso_matched") or {}
-        lines.append(f"| {LABELS.get(r['method'], r['method'])} | {r['models']} | {_f(lo['pearson'])} | "
+        lines.append(f"| {LABELS.get(r['method'], r['method'])} | {r['models']} | {fixed(lo['pearson'])} | "
                      f"{_g(lo['mae'])} | {_g(lo['mae_fitted'])} | {_g(lo['scale_fit'])} | "
-                     f"{_f(lo['mean_change_pearson'])} | {_f(su['pearson'])} | {_g(su['mae'])} | "
-                     f"{_g(su['mae_fitted'])} | {_g(su['scale_fit'])} | {_f(lm.get('pearson'))} | "
+                     f"{fixed(lo['mean_change_pearson'])} | {fixed(su['pearson'])} | {_g(su['mae'])} | "
+                     f"{_g(su['mae_fitted'])} | {_g(su['scale_fit'])} | {fixed(lm.get('pearson'))} | "
                      f"{_g(lm.get('mae'))} | {_g(lm.get('scale_fit'))} |")
     if gt.get("true_effect_abs_mean_matched") is not None:
         lines += ["", f"(Order-matched: mean |real change| of one removal {_g(gt['true_effect_abs_mean_matched'])}.)"]
@@ -157,10 +152,10 @@ def markdown(payload: dict) -> str:
     for r in payload["records"]:
         p, t = r["credit_proportional"], r["credit_top"]
         lines.append(f"| {LABELS.get(r['method'], r['method'])} | {r['models']} | "
-                     f"{_f(p['vs_true_share']['pearson'])} | {_f(p['vs_true_share']['tv'])} | "
-                     f"{_f(p['vs_rule_on_truth']['pearson'])} | {_f(p['vs_rule_on_truth']['tv'])} | "
-                     f"{_f(t['vs_true_share']['pearson'])} | {_f(t['vs_true_share']['tv'])} | "
-                     f"{_f(t['vs_rule_on_truth']['pearson'])} | {_f(t['vs_rule_on_truth']['tv'])} |")
+                     f"{fixed(p['vs_true_share']['pearson'])} | {fixed(p['vs_true_share']['tv'])} | "
+                     f"{fixed(p['vs_rule_on_truth']['pearson'])} | {fixed(p['vs_rule_on_truth']['tv'])} | "
+                     f"{fixed(t['vs_true_share']['pearson'])} | {fixed(t['vs_true_share']['tv'])} | "
+                     f"{fixed(t['vs_rule_on_truth']['pearson'])} | {fixed(t['vs_rule_on_truth']['tv'])} |")
     sh = payload["credit_shares"]
     M = max(r["models"] for r in payload["records"])
     cols = [("ours", 1, "proportional"), ("ours", M, "proportional"), ("ours", M, "top"),

@@ -1,6 +1,6 @@
 """The text-store load path of ``bench.serving.load_text`` end to end, tiny and not
 timed: a tiny text store built by the worker, ``python -m service`` on it
-(``bench.serving.load.service``), a few closed-loop text requests through
+(``bench.harness.service``), a few closed-loop text requests through
 ``bench.serving.load.run_matrix`` (one service process: batching on). Every request answers,
 every answer has its queries, every row is tagged ``store_kind: text``. No
 speed is asserted (speed targets are the benchmark's, never a test's)."""
