@@ -20,6 +20,7 @@ import torch
 from torch.func import functional_call, jacrev, vmap
 
 from bench.digits.protocol import Data
+from bench.harness.common import cached, digest
 from influence.model import MLPSpec, ParamLayout, build_mlp
 from influence.outputs import cross_entropy_hessian, output_grad
 from influence.readout import linear_stack_scores, mlp_forward, split_layers
@@ -110,26 +111,21 @@ def member_cached(params, cfg: WorkerConfig, data: Data, seed: int, grid: list[t
     ``graddot (m, n)``, responses ``U_ex (n, p)`` / ``U_src (S, p)`` at
     ``main`` and ``readout (m, n)``: the product's forward readout of
     ``U_ex`` (its gap to the spectral τ is ``readout_gap``)."""
-    import hashlib
-    import json
 
-    blob = json.dumps([data.fingerprint, cfg.train.model_dump(mode="json"), cfg.model.model_dump(mode="json"),
-                       seed, grid, main, cfg.method.eta, version])
-    path = cache_dir / f"ours-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.pt"
-    if path.exists():
-        return torch.load(path)
-    m = Member(params, cfg.model, data, cfg.train.weight_decay)
-    eta = cfg.method.eta
-    U_ex, U_src = m.response_blocks(main[0], eta, main[1])
-    with torch.no_grad():
-        ro = readout([params], [split_layers(U_ex, cfg.model)], cfg.model, data.Xq, data.yq)
-    ref = m.tau(main[0], eta, main[1])
-    res = {"taus": {g: m.tau(g[0], eta, g[1]) for g in grid}, "graddot": m.tau_graddot, "U_ex": U_ex,
-           "U_src": U_src, "readout": ro, "readout_gap": ((ro - ref).abs().max() / ref.abs().max()).item(),
-           "precompute_s": m.precompute_s, "params": params, "member": m}
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v for k, v in res.items() if k != "member"}, path)
-    return res
+    def compute() -> dict:
+        m = Member(params, cfg.model, data, cfg.train.weight_decay)
+        eta = cfg.method.eta
+        U_ex, U_src = m.response_blocks(main[0], eta, main[1])
+        with torch.no_grad():
+            ro = readout([params], [split_layers(U_ex, cfg.model)], cfg.model, data.Xq, data.yq)
+        ref = m.tau(main[0], eta, main[1])
+        return {"taus": {g: m.tau(g[0], eta, g[1]) for g in grid}, "graddot": m.tau_graddot, "U_ex": U_ex,
+                "U_src": U_src, "readout": ro, "readout_gap": ((ro - ref).abs().max() / ref.abs().max()).item(),
+                "precompute_s": m.precompute_s, "params": params}
+
+    key = digest([data.fingerprint, cfg.train.model_dump(mode="json"), cfg.model.model_dump(mode="json"), seed, grid,
+                  main, cfg.method.eta, version])
+    return cached(cache_dir / f"ours-{key}.pt", compute)
 
 
 def preset_member(iterates: list[dict[str, torch.Tensor]], cfg: WorkerConfig, data: Data, seed: int, cache_dir,
@@ -138,24 +134,20 @@ def preset_member(iterates: list[dict[str, torch.Tensor]], cfg: WorkerConfig, da
     Simulator's posthoc responses averaged over ``iterates``, its epoch-end
     iterates, final model last) read out forward-only at the final model:
     ``tau (m, n)`` and ``simulate_s``; cached on disk."""
-    import hashlib
-    import json
-
     iterates = iterates[len(iterates) - cfg.method.iterates:]
-    blob = json.dumps([data.fingerprint, cfg.train.model_dump(mode="json"), cfg.model.model_dump(mode="json"),
-                       cfg.method.model_dump(mode="json"), seed, version])
-    path = cache_dir / f"preset-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.pt"
-    if path.exists():
-        return torch.load(path)
-    sim = Simulator(cfg.method, cfg.model, cfg.train.weight_decay, data.X, data.y, data.source, data.n_sources)
-    t0 = time.perf_counter()
-    resp = sim.posthoc(iterates, seed)
-    res = {"simulate_s": time.perf_counter() - t0, "diagnostics": resp.diagnostics}
-    with torch.no_grad():
-        res["tau"] = readout([iterates[-1]], [split_layers(resp.examples, cfg.model)], cfg.model, data.Xq, data.yq)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(res, path)
-    return res
+
+    def compute() -> dict:
+        sim = Simulator(cfg.method, cfg.model, cfg.train.weight_decay, data.X, data.y, data.source, data.n_sources)
+        t0 = time.perf_counter()
+        resp = sim.posthoc(iterates, seed)
+        res = {"simulate_s": time.perf_counter() - t0, "diagnostics": resp.diagnostics}
+        with torch.no_grad():
+            res["tau"] = readout([iterates[-1]], [split_layers(resp.examples, cfg.model)], cfg.model, data.Xq, data.yq)
+        return res
+
+    key = digest([data.fingerprint, cfg.train.model_dump(mode="json"), cfg.model.model_dump(mode="json"),
+                  cfg.method.model_dump(mode="json"), seed, version])
+    return cached(cache_dir / f"preset-{key}.pt", compute)
 
 
 def check_against_worker(params, U_ex: torch.Tensor, cfg: WorkerConfig, data: Data, count: int = 64) -> float:
@@ -220,26 +212,23 @@ def worker_cached(mode: str, data: Data, seed: int, cache_dir, compute: bool = T
     τ by the product's forward readout; cached. Returns ``tau (m, n)``,
     ``seconds`` (training + simulation, measured) and ``overrides``; None when
     not cached and ``compute`` is false."""
-    import hashlib
-    import json
-
     from worker.config import load_config
     from worker.pipeline import simulate_member
 
     cfg = load_config("digits", overrides=WORKER_MODES[mode])
-    blob = json.dumps([data.fingerprint, cfg.model_dump(mode="json"), seed], sort_keys=True, default=str)
-    path = cache_dir / f"worker-{mode}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.pt"
-    if path.exists():
-        return torch.load(path)
-    if not compute:
+    key = digest([data.fingerprint, cfg.model_dump(mode="json"), seed], sort_keys=True, default=str)
+    path = cache_dir / f"worker-{mode}-{key}.pt"
+    if not (compute or path.exists()):
         return None
-    t0 = time.perf_counter()
-    trained, resp = simulate_member(cfg, data.X, data.y, data.source, data.n_sources, seed)
-    secs = time.perf_counter() - t0
-    with torch.no_grad():
-        tau = linear_stack_scores(trained.params, cfg.model, split_layers(resp.examples.float(), cfg.model),
-                                  data.Xq, data.yq)
-    res = {"tau": tau, "seconds": secs, "overrides": WORKER_MODES[mode], "method": cfg.method.model_dump(mode="json")}
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(res, path)
-    return res
+
+    def run() -> dict:
+        t0 = time.perf_counter()
+        trained, resp = simulate_member(cfg, data.X, data.y, data.source, data.n_sources, seed)
+        secs = time.perf_counter() - t0
+        with torch.no_grad():
+            tau = linear_stack_scores(trained.params, cfg.model, split_layers(resp.examples.float(), cfg.model),
+                                      data.Xq, data.yq)
+        return {"tau": tau, "seconds": secs, "overrides": WORKER_MODES[mode],
+                "method": cfg.method.model_dump(mode="json")}
+
+    return cached(path, run)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from bench.harness.common import RESULTS
-from bench.harness.report import fmt, pick, write_section
+from bench.harness.report import fmt, pick, pyplot, save, write_section
 
 SRC = RESULTS / "precompute.json"
 PNG = RESULTS / "precompute.png"
@@ -42,10 +42,7 @@ def scaling_table(rows: list[dict]) -> list[str]:
 
 
 def plot(rows: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     n = [r["n"] for r in rows]
@@ -59,9 +56,7 @@ def plot(rows: list[dict]) -> None:
     ax.set_ylabel("precompute per model (s)")
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(PNG, dpi=120)
-    plt.close(fig)
+    save(fig, PNG, 120)
 
 
 def _iterates(res: dict) -> str:

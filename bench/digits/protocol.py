@@ -1,31 +1,40 @@
-"""The default quality protocol (digits, MLP 64-128-10) and its data.
+"""The digits protocols (MLP 64-128-10) and their data: ``Protocol`` (LDS over example subsets, LOO)
+and ``SourceProtocol`` (the built-in publishers: ``bench.sources``).
 
-Everything that defines the ground truth lives in ``Protocol``; its hash
-keys the cache in ``bench/.cache/``, so a change of any field (or of
-``GT_VERSION`` when the trainer changes) recomputes the ground truth.
+Everything that defines a ground truth lives in its protocol; the hash of its fields, the data, the
+recipe, the model and its ``version`` (raised when the trainer changes) keys the cache in
+``bench/.cache/``, so a change of any of them recomputes the ground truth.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 
+from bench.harness.common import digest
 from influence.data import load_digits_train
 from influence.model import MLPSpec
 from worker.config import TrainConfig, WorkerConfig, load_config
 
-GT_VERSION = 1
 CACHE = Path(__file__).resolve().parents[1] / ".cache"
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
+class _Keyed:
+    version: ClassVar[int]
+
+    def key(self, data_fp: str, recipe: TrainConfig, spec: MLPSpec, **more) -> str:
+        return digest({"p": asdict(self), "data": data_fp, "recipe": recipe.model_dump(mode="json"),
+                       "spec": spec.model_dump(mode="json"), **more, "v": self.version}, sort_keys=True)
+
+
 @dataclass(frozen=True)
-class Protocol:
+class Protocol(_Keyed):
     """LDS: ``n_subsets`` random subsets of size ``floor(alpha·n)``, each
     trained with ``lds_seeds`` seeds (margins averaged). LOO: ``n_loo``
     training examples, each removed and retrained with ``loo_seeds`` seeds,
@@ -38,11 +47,23 @@ class Protocol:
     loo_seeds: int = 5
     selection_seed: int = 12345
     output: str = "margin"
+    version: ClassVar[int] = 1
 
-    def key(self, data_fp: str, recipe: TrainConfig, spec: MLPSpec) -> str:
-        blob = json.dumps({"p": asdict(self), "data": data_fp, "recipe": recipe.model_dump(mode="json"),
-                           "spec": spec.model_dump(mode="json"), "v": GT_VERSION}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+@dataclass(frozen=True)
+class SourceProtocol(_Keyed):
+    """``n_subsets`` random subsets of the publishers (each kept with probability ``keep_prob``, redrawn
+    until at least ``min_keep`` are kept), every publisher removed alone, the full data; ``seeds``
+    member seeds each; ``matched``: also the order-matched counterfactuals (``*_matched_margins``)."""
+
+    n_subsets: int = 128
+    keep_prob: float = 0.5
+    min_keep: int = 2
+    seeds: int = 3
+    selection_seed: int = 2024
+    output: str = "margin"
+    matched: bool = True
+    version: ClassVar[int] = 2
 
 
 QUICK = Protocol(n_subsets=20, lds_seeds=1, n_loo=20, loo_seeds=2)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.harness.metrics import predict_subsets
-from bench.harness.report import current, fixed, pick
+from bench.harness.report import current, fixed, pick, pyplot, save
 from bench.harness.report import table as md_table
 
 HEADING = "Quality and cost: digits, ours vs TRAK vs gradient dot product"
@@ -17,10 +17,7 @@ def scatter(path: Path, panels: list[tuple[str, np.ndarray]], subsets: np.ndarra
             queries: list[int]) -> None:
     """One row per ``(label, τ (m, n))``, one column per query: predicted
     ``Σ_{b∈S_j} τ`` against the true subset margin."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from scipy.stats import spearmanr
 
     fig, axes = plt.subplots(len(panels), len(queries), figsize=(3.2 * len(queries), 3.0 * len(panels)),
@@ -35,9 +32,7 @@ def scatter(path: Path, panels: list[tuple[str, np.ndarray]], subsets: np.ndarra
             ax.set_xlabel("predicted Σ τ over subset", fontsize=7)
             ax.set_ylabel("true margin (subset model)", fontsize=7)
             ax.tick_params(labelsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def _t(x):

@@ -6,17 +6,14 @@ building the default store" section of BENCHMARKS.md, between two ``MARK`` lines
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
-from bench.harness.common import RESULTS
-from bench.harness.report import write_marked
+from bench.harness.report import render_main, write_marked
 
 MARK = "<!-- bench.digits.worker_step -->"
 
 
 def markdown(res: dict) -> str:
+    # the block sizes are keys: strings once the results went through JSON
+    res = {**res, **{k: {int(b): v for b, v in res[k].items()} for k in ("median_s", "rel_diff_vs_first")}}
     m, base = res["machine"], res["median_s"][res["blocks"][0]]
     lines = [MARK, f"`python -m bench.digits.worker_step` ({m['date']}, git `{m['git']}`, {m['cpu']}, "
              f"{m['torch_threads']} torch threads, load average {m['loadavg'][0]:.1f}): seconds per posthoc "
@@ -30,15 +27,8 @@ def markdown(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.digits.worker_step_report", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--json", type=Path, default=RESULTS / "worker_step.json")
-    ap.add_argument("--print", action="store_true", help="print the table instead of writing BENCHMARKS.md")
-    a = ap.parse_args(argv)
-    res = json.loads(a.json.read_text())
-    for k in ("median_s", "rel_diff_vs_first", "seconds_per_step"):  # (JSON keys are strings: the block sizes)
-        res[k] = {int(b): v for b, v in res[k].items()}
-    print(markdown(res)) if a.print else write_marked(MARK, markdown(res))
-    return 0
+    return render_main("python -m bench.digits.worker_step_report", __doc__, "", markdown, "worker_step.json", argv,
+                       write=lambda body: write_marked(MARK, body))
 
 
 if __name__ == "__main__":

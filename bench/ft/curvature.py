@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import sys
 import time
 
@@ -42,7 +41,7 @@ from bench.ft.ours import member_artefacts, member_model, ours_tau
 from bench.ft.protocol import DEFAULT, blocks
 from bench.ft.quality import DAMPINGS, LEVELS, STEPS, evaluate
 from bench.harness import truth
-from bench.harness.common import RESULTS, machine
+from bench.harness.common import RESULTS, machine, save_torch
 from bench.harness.metrics import lds_per_query
 from bench.harness.report import fmt
 from influence.simulate.spectral import Eigenbasis, LowRankFilter
@@ -67,9 +66,7 @@ def block_gradients(e: int) -> tuple[torch.Tensor, float]:
     t = time.perf_counter()
     B = block_grads(model, params, b, chunk=16).float()
     secs = time.perf_counter() - t
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"B": B, "seconds": secs}, path.with_suffix(".tmp"))
-    os.replace(path.with_suffix(".tmp"), path)
+    save_torch({"B": B, "seconds": secs}, path)
     return B, secs
 
 

@@ -10,16 +10,15 @@ attributions. One thread per run; several workers may share the plan:
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from bench.ft.protocol import BASE_DIR, DEFAULT, RECIPE, SPEC, FTProtocol, blocks, doc_source, outputs, queries
 from bench.harness import truth
+from bench.harness.common import save_torch
 
 
 def full_params_path(p: FTProtocol, e: int) -> Path:
@@ -31,10 +30,7 @@ def finetune_full(p: FTProtocol, e: int, threads: int = 1):
     from worker.hf_train import finetune
 
     model, params, stats = finetune(BASE_DIR, SPEC, blocks()[0], None, p.full_seed(e), RECIPE, threads=threads)
-    path = full_params_path(p, e)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(params, path.with_suffix(".pt.tmp"))
-    os.replace(path.with_suffix(".pt.tmp"), path)
+    save_torch(params, full_params_path(p, e))
     return model, params, stats
 
 

@@ -28,7 +28,6 @@ the summed responses, exact by linearity).
 
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
@@ -38,6 +37,7 @@ from torch.nn import functional as F
 
 from bench.ft.groundtruth import finetune_full, full_params_path
 from bench.ft.protocol import BASE_DIR, DEFAULT, N_TRAIN, SPEC, FTProtocol, blocks, queries
+from bench.harness.common import save_torch
 from influence.simulate.spectral import Eigenbasis, LowRankFilter, nystrom
 
 RANK, POWER, CURVATURE = 128, 1, 64  # the brown preset's Nyström settings (the basis is built once per member)
@@ -114,9 +114,7 @@ def member_artefacts(e: int, p: FTProtocol = DEFAULT, rank: int = RANK, power: i
            "GV": G.double() @ basis.V.double(), "QG": Q.double() @ G.double().T, "seconds": secs,
            "check": float((fwd - ref).abs().max() / ref.abs().max()), "rank": rank, "power": power,
            "curvature": curvature}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(art, path.with_suffix(".tmp"))
-    os.replace(path.with_suffix(".tmp"), path)
+    save_torch(art, path)
     return art
 
 

@@ -4,6 +4,7 @@ store), what the figures were measured on (``machine``) and how result files are
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
@@ -77,3 +78,28 @@ def write_json(name: str, payload: dict) -> Path:
     path = RESULTS / name
     path.write_text(json.dumps(payload, indent=1, sort_keys=False) + "\n")
     return path
+
+
+def digest(obj, **dumps) -> str:
+    """A cache key: 16 hex digits of the sha256 of ``json.dumps(obj, **dumps)``."""
+    return hashlib.sha256(json.dumps(obj, **dumps).encode()).hexdigest()[:16]
+
+
+def save_torch(obj, path: Path) -> None:
+    """``torch.save`` atomically (a reader never sees half a file)."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(obj, path.with_name(path.name + ".tmp"))
+    os.replace(path.with_name(path.name + ".tmp"), path)
+
+
+def cached(path: Path, compute, **load):
+    """``torch.load(path)`` when it is there, else ``compute()``, saved there first."""
+    import torch
+
+    if path.exists():
+        return torch.load(path, **load)
+    obj = compute()
+    save_torch(obj, path)
+    return obj

@@ -16,13 +16,13 @@ Choices where the protocols are silent (the same for both):
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+
+from bench.harness.common import digest
 
 N_TRAIN, N_GENRES = 450, 15
 
@@ -48,7 +48,7 @@ class SubsetProtocol:
         """Cache key: the settings (not the subset counts nor the seed lists: more subsets or seeds only add
         run files, each named by its index and seed) and ``identity()``."""
         settings = {k: v for k, v in asdict(self).items() if k not in ("doc_seeds", "genre_seeds")}
-        return hashlib.sha256(json.dumps({"p": settings, **self.identity()}, sort_keys=True).encode()).hexdigest()[:16]
+        return digest({"p": settings, **self.identity()}, sort_keys=True)
 
     def truth_dir(self) -> Path:
         """Where the run files live."""

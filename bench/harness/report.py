@@ -73,7 +73,7 @@ RENAMED = {  # module before bench was split by family -> where it lives now (is
     "ft_baselines": "ft.baselines", "ft_lexical": "ft.lexical", "ft_ours": "ft.ours", "ft_quality": "ft.quality",
     "ft_report": "ft.report", "ft_cost": "ft.cost", "ft_curvature": "ft.curvature", "ft_store": "ft.store",
     "load": "serving.load", "load_text": "serving.load_text", "load_text_report": "serving.load_text_report",
-    "load_procs": "serving.procs", "ab_report": "serving.ab_report", "reliability": "serving.reliability",
+    "load_procs": "serving.procs", "ab_report": "serving.reports ab", "reliability": "serving.reliability",
     "startup": "serving.startup", "per_token": "serving.per_token", "text_precision": "serving.precision",
     "readout": "serving.readout", "gpu_parts": "gpu.parts", "gpu_stores": "gpu.stores", "gpu_check": "gpu.check",
     "gpu_scale": "gpu.scale", "gpu_report": "gpu.report",
@@ -89,10 +89,11 @@ def current(command: str) -> str:
 
 
 def render_main(prog: str, doc: str, heading: str, render, json_name: str, argv: list[str] | None = None,
-                figure=None) -> int:
+                figure=None, write=None) -> int:
     """A report module's command line: read ``--json`` (default ``bench/results/<json_name>``), draw
     ``figure(res, png)`` beside it where the report has one, and write the ``heading`` section of
-    BENCHMARKS.md with ``render(res)`` (``--print``: print it instead; ``--no-md``: neither)."""
+    BENCHMARKS.md with ``render(res)`` (or ``write(body)`` it; ``--print``: print it instead;
+    ``--no-md``: neither)."""
     import argparse
     import json
 
@@ -108,7 +109,10 @@ def render_main(prog: str, doc: str, heading: str, render, json_name: str, argv:
         figure(res, a.json.with_suffix(".png"))
     if not a.no_md:
         body = render(res)
-        print(body) if a.print else write_section(heading, body)
+        if a.print:
+            print(body)
+        else:
+            (write or (lambda b: write_section(heading, b)))(body)
     return 0
 
 
@@ -120,3 +124,32 @@ def pick(rows: list[dict], **fields) -> dict | None:
 def fixed(x, nd: int = 3) -> str:
     """``x`` with ``nd`` decimals; "–" for a missing or NaN value."""
     return "–" if x is None or (isinstance(x, float) and x != x) else f"{x:.{nd}f}"
+
+
+def head(cells: list[str]) -> list[str]:
+    """The first two lines of a markdown table: ``| a | b |`` and ``| --- | --- |``."""
+    return ["| " + " | ".join(cells) + " |", "| " + " | ".join("---" for _ in cells) + " |"]
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (figures are files)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(fig, path: Path, dpi: int = 110) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+
+
+def log2_x(axes, xlabel: str) -> None:
+    """Every axis: a base-2 log x scale (batch sizes, concurrencies), its label, a light grid."""
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)

@@ -10,7 +10,6 @@ its held-out perplexity.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from bench.harness import truth
+from bench.harness.common import save_torch
 from bench.lm.protocol import DEFAULT, SPEC, LMProtocol, corpus, doc_genre, queries
 from influence.text.corpus import all_windows
 from influence.text.gpt import sequence_logprob
@@ -48,10 +48,7 @@ def run_one(p: LMProtocol, kind: str, index: int, seed: int, threads: int = 1) -
     extra = {}
     if kind == "full":
         extra["heldout_ppl"] = np.float64(np.exp(-evaluate(params, all_windows(c.heldout_tokens)).mean()))
-        tmp = full_params_path(p, index).with_suffix(".pt.tmp")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(params, tmp)
-        os.replace(tmp, full_params_path(p, index))
+        save_torch(params, full_params_path(p, index))
     truth.save(truth.run_path(p, kind, index, seed), outputs=out, seconds=np.float64(train_s),
                wall=np.float64(time.perf_counter() - t0), subset=subset, seed=np.int64(seed),
                final_loss=np.float64(stats["final_loss"]), n_blocks=np.int64(stats["n_blocks"]), **extra)

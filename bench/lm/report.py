@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from bench.harness.common import RESULTS
-from bench.harness.report import current, fmt, pick, write_section
+from bench.harness.report import current, fmt, pick, pyplot, save, write_section
 
 SRC = RESULTS / "lm_quality.json"
 PNG = RESULTS / "lm_quality.png"
@@ -46,10 +46,7 @@ def compression_table(res: dict) -> list[str]:
 
 
 def plot(res: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     E = res["members"]
     pq = res["per_query_document_lds"]
@@ -72,8 +69,7 @@ def plot(res: dict) -> None:
     ax[1].set(xscale="log", xlabel="per-document store, MB per member", ylabel=f"document LDS, {E} models",
               title="compression: size against quality")
     ax[1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(PNG, dpi=110)
+    save(fig, PNG)
 
 
 def render(res: dict) -> str:

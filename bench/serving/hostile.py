@@ -674,9 +674,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{path}: {res['total_requests']} requests in {secs:.0f} s; goal {'met' if not bad else 'NOT met'}"
           + (f" (failing: {', '.join(res['goal']['failing'])})" if bad else ""))
     if args.write_md:
-        from bench.serving import hostile_report
+        from bench.serving import reports
 
-        hostile_report.main(["--json", str(path)])
+        reports.main(["hostile", "--json", str(path)])
     return 0 if not bad else 1
 
 

@@ -6,20 +6,14 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 from pathlib import Path
 
-from bench.harness.common import RESULTS
-from bench.harness.report import current, pick, write_section
+from bench.harness.report import current, head, log2_x, pick, pyplot, render_main, save
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
     styles = {(True, False): ("C0", "-"), (False, False): ("C1", "-"), (True, True): ("C0", ":"),
@@ -48,19 +42,14 @@ def plot(rows: list[dict], path: Path) -> None:
             axes[1].plot(x, [r["p99_ms"] for r in rs], ls, marker=mk, color=col, label=lab)
     axes[0].axhline(1000, color="k", lw=0.8, ls="--")
     axes[1].axhline(50, color="k", lw=0.8, ls="--")
-    for ax in axes:
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("concurrency (connections)")
-        ax.grid(alpha=0.3)
+    log2_x(axes, "concurrency (connections)")
     axes[0].set_ylabel("queries / s")
     axes[0].set_title("granularity sources (default request)")
     axes[1].set_title("granularity sources: p99 latency")
     axes[1].set_ylabel("p99 latency (ms)")
     axes[1].set_yscale("log")
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def _cell(r: dict | None) -> str:
@@ -97,8 +86,7 @@ def markdown(res: dict) -> str:
             cs = sorted({r["concurrency"] for r in mine})
             lines += [f"Granularity `{gran}`, readout_block {blk}, {qpr} quer{'y' if qpr == 1 else 'ies'} per "
                       "request:", "",
-                      "| batching, cache | " + " | ".join(f"c = {c}" for c in cs) + " |",
-                      "| --- | " + " | ".join("---" for _ in cs) + " |"]
+                      *head(["batching, cache", *(f"c = {c}" for c in cs)])]
             for b in (True, False):
                 for c_on in (False, True):
                     sel = [r for r in mine if r["queries_per_request"] == qpr
@@ -130,8 +118,7 @@ def ab_table(rows: list[dict]) -> list[str]:
     ratio to the first variant (the tree as is)."""
     names = list(dict.fromkeys(r["variant"] for r in rows))
     points = sorted({(r["concurrency"], r["queries_per_request"]) for r in rows})
-    lines = ["| variant | " + " | ".join(f"c = {c}, {q} q/req" for c, q in points) + " |",
-             "| --- | " + " | ".join("---" for _ in points) + " |"]
+    lines = head(["variant", *(f"c = {c}, {q} q/req" for c, q in points)])
     for n in names:
         cells = []
         for c, q in points:
@@ -264,16 +251,8 @@ def findings(res: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.serving.load_report", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--json", type=Path, default=RESULTS / "load.json")
-    ap.add_argument("--no-md", action="store_true", help="only the PNG")
-    a = ap.parse_args(argv)
-    res = json.loads(a.json.read_text())
-    if res["rows"]:
-        plot(res["rows"], a.json.with_suffix(".png"))
-    if not a.no_md:
-        write_section("Serving speed", markdown(res))
-    return 0
+    return render_main("python -m bench.serving.load_report", __doc__, "Serving speed", markdown, "load.json", argv,
+                       figure=lambda res, png: plot(res["rows"], png) if res["rows"] else None)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import statistics
 from pathlib import Path
 
 from bench.harness.common import RESULTS
-from bench.harness.report import current, pick, write_section
+from bench.harness.report import current, head, log2_x, pick, pyplot, save, write_section
 
 HEADING = "Serving speed: text store"
 SRC = RESULTS / "load_text.json"
@@ -60,8 +60,7 @@ def matrix_tables(rows: list[dict]) -> list[str]:
         cs = sorted({r["concurrency"] for r in mine})
         out += [f"{qpr} quer{'y' if qpr == 1 else 'ies'} per request (granularity `{mine[0]['granularity']}`, "
                 "cache off):", "",
-                "| batching | " + " | ".join(f"c = {c}" for c in cs) + " |",
-                "| --- | " + " | ".join("---" for _ in cs) + " |"]
+                *head(["batching", *(f"c = {c}" for c in cs)])]
         for b in (True, False):
             sel = [r for r in mine if r["batching"] == b]
             if sel:
@@ -304,10 +303,7 @@ def render(res: dict) -> str:
 
 
 def plot(res: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = [r for r in res.get("rows", []) if r.get("store_kind") == "text" and r.get("ok")]
     if not rows:
@@ -329,10 +325,8 @@ def plot(res: dict, path: Path) -> None:
         axes[0].axhline(ip["trak_batched_qps"], color="C3", ls="-.", label=f"TRAK, {ip['trak_batch']} per GEMM")
     axes[0].axhline(GOAL_QPS, color="k", lw=0.8, ls="--", label=f"goal {GOAL_QPS:.0f} q/s")
     axes[1].axhline(GOAL_P99_MS, color="k", lw=0.8, ls="--", label=f"goal p99 {GOAL_P99_MS:.0f} ms")
+    log2_x(axes, "concurrency (connections)")
     for ax in axes:
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("concurrency (connections)")
-        ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[0].set_ylabel("text queries / s")
     axes[0].set_yscale("log")
@@ -340,9 +334,7 @@ def plot(res: dict, path: Path) -> None:
     axes[1].set_ylabel("p99 latency (ms)")
     axes[1].set_yscale("log")
     axes[1].set_title("p99 latency")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

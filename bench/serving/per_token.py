@@ -111,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     path = write_json("per_token.json", r)
     print(f"wrote {path}")
     if a.write_md:
-        from bench.serving import per_token_report
+        from bench.serving import reports
 
-        per_token_report.main(["--json", str(path)])
+        reports.main(["per_token", "--json", str(path)])
     return 0
 
 

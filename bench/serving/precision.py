@@ -119,9 +119,9 @@ def main(argv: list[str] | None = None) -> None:
                          f"--set data.sources=genre --store {args.store})")
     r = run(args)
     path = write_json("text_precision.json", r)
-    from bench.serving import precision_report
+    from bench.serving import reports
 
-    precision_report.main(["--json", str(path)] + ([] if args.write_md else ["--print"]))
+    reports.main(["precision", "--json", str(path)] + ([] if args.write_md else ["--print"]))
 
 
 if __name__ == "__main__":

@@ -211,9 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         payload["cuts"] = {**cuts(a.cuts_rev, a.rounds, 8.0, a.redis_url, log), "machine": machine()}
     out = write_json(a.out.name, payload)
     if a.write_md and "served" in payload:
-        from bench.serving import procs_report
+        from bench.serving import reports
 
-        procs_report.main(["--json", str(out)])
+        reports.main(["procs", "--json", str(out)])
     print(json.dumps(payload.get("served"), indent=1))
     return 0
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from bench.harness.common import RESULTS
-from bench.harness.report import current, render_main
+from bench.harness.report import current, head, log2_x, pyplot, render_main, save
 
 HEADING = "Readout speed"
 DTYPES = ("float32", "bfloat16", "float16")
@@ -18,10 +18,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 def plot(rows: list[dict], path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     threads = sorted({r["threads"] for r in rows})
@@ -40,10 +37,7 @@ def plot(rows: list[dict], path) -> None:
                              label=f"GEMM limit R={R}")
             axes[1].plot(b, [r["fraction_of_gemm"] for r in rs], style, marker="o", color=colors[ci],
                          label=f"R={R}, {th} thr")
-    for ax in axes:
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("queries per batch B")
-        ax.grid(alpha=0.3)
+    log2_x(axes, "queries per batch B")
     axes[0].set_yscale("log")
     axes[0].set_ylabel("query × response pairs / s")
     axes[0].set_title("forward-only readout vs (B,p)@(p,R) GEMM")
@@ -52,9 +46,7 @@ def plot(rows: list[dict], path) -> None:
     axes[1].axhline(1.0, color="k", lw=0.8)
     axes[0].legend(fontsize=7)
     axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def markdown(res: dict) -> str:
@@ -78,8 +70,7 @@ def markdown(res: dict) -> str:
     ]
     for th in sorted({r["threads"] for r in res["sweep"]}):
         lines += [f"torch threads = {th}:", "",
-                  "| R \\ B | " + " | ".join(str(b) for b in res["batches"]) + " |",
-                  "| --- | " + " | ".join("---" for _ in res["batches"]) + " |"]
+                  *head(["R \\ B", *map(str, res["batches"])])]
         for R in res["sizes"]:
             cells = []
             for b in res["batches"]:
@@ -94,7 +85,7 @@ def markdown(res: dict) -> str:
     if res.get("ablation"):
         keys = list(res["ablation"][0]["speedup_vs_v0"])
         lines += ["**What each change gives** (speed-up over v0, side by side, 1 thread, R = 1,437):", "",
-                  "| B | " + " | ".join(keys) + " |", "| --- | " + " | ".join("---" for _ in keys) + " |"]
+                  *head(["B", *keys])]
         for r in res["ablation"]:
             lines.append(f"| {r['batch']} | " + " | ".join(f"{r['speedup_vs_v0'][k]:.2f}x" for k in keys) + " |")
         lines.append("")

@@ -21,8 +21,7 @@ import tempfile
 import xml.etree.ElementTree as ET
 
 from bench.harness.common import RESULTS, ROOT, loadavg, machine
-
-RESUME = "tests/worker/test_resume.py::test_killed_worker_resumes_to_the_same_store"
+from bench.serving.reports import RESUME
 
 
 def run(extra: list[str]) -> dict:
@@ -61,17 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.serving.reliability", description=__doc__.split("\n\n")[0])
     ap.add_argument("--write-md", action="store_true", help="replace the Reliability section of BENCHMARKS.md")
     ap.add_argument("--from-json", action="store_true", help="only rewrite the section from the last results "
-                    "(as python -m bench.serving.reliability_report)")
+                    "(as python -m bench.serving.reports reliability)")
     ap.add_argument("pytest_args", nargs="*")
     a = ap.parse_args(argv)
-    from bench.serving import reliability_report
+    from bench.serving import reports
 
     if a.from_json:
-        return reliability_report.main([])
+        return reports.main(["reliability"])
     res = run(a.pytest_args)
     print(res["pytest_tail"], file=sys.stderr)
     if a.write_md:
-        reliability_report.main([])
+        reports.main(["reliability"])
     return 0 if res["pytest_rc"] == 0 else 1
 
 

@@ -27,41 +27,16 @@ skips the chunks already there.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from dataclasses import asdict, dataclass
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from bench.digits.groundtruth import margins_many
-from bench.digits.protocol import CACHE, Data, base_config, seeds
+from bench.digits.protocol import CACHE, Data, SourceProtocol, base_config, seeds
 from influence.audit import draw_source_subsets
-from influence.model import MLPSpec
-from worker.config import TrainConfig
 from worker.retrain import train_padded
 from worker.train import train
-
-GT_VERSION = 2
-
-
-@dataclass(frozen=True)
-class SourceProtocol:
-    n_subsets: int = 128
-    keep_prob: float = 0.5
-    min_keep: int = 2
-    seeds: int = 3
-    selection_seed: int = 2024
-    output: str = "margin"
-    matched: bool = True  # also the order-matched counterfactuals (``*_matched_margins``)
-
-    def key(self, data_fp: str, recipe: TrainConfig, spec: MLPSpec, n_sources: int) -> str:
-        blob = json.dumps({"p": asdict(self), "data": data_fp, "recipe": recipe.model_dump(mode="json"),
-                           "spec": spec.model_dump(mode="json"), "S": n_sources, "v": GT_VERSION},
-                          sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
 
 QUICK = SourceProtocol(n_subsets=8, seeds=1)
 
@@ -129,7 +104,7 @@ def load_or_compute(p: SourceProtocol, data: Data, chunk: int = 64, log=print) -
     own minibatch order with the removed publishers' slots skipped;
     ``seconds`` (build time, summed over resumed runs), ``seeds (E,)``."""
     cfg = base_config()
-    key = p.key(data.fingerprint, cfg.train, cfg.model, data.n_sources)
+    key = p.key(data.fingerprint, cfg.train, cfg.model, S=data.n_sources)
     path = CACHE / f"srcgt-{key}.npz"
     if path.exists():
         with np.load(path) as z:

@@ -34,7 +34,6 @@ BENCHMARKS.md section and the PNG from the saved JSON), ``--no-docs``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shlex
 import sys
@@ -47,7 +46,7 @@ from bench.digits.groundtruth import margins_many, train_members
 from bench.digits.ours import query_grads
 from bench.digits.protocol import CACHE, RESULTS, Data, base_config, final_iterate_only, load_data, seeds
 from bench.digits.trak import Trak
-from bench.harness.common import machine
+from bench.harness.common import cached, digest, machine
 from bench.sources.groundtruth import QUICK, SourceProtocol, check_matches_padded, load_or_compute
 from influence.audit import loso, source_lds, whatif_check
 from influence.audit import truth_noise as _truth_noise
@@ -69,30 +68,29 @@ def member_scores(iterates: list[dict[str, torch.Tensor]], cfg, data: Data, seed
     earliest first, the final model last (it alone when ``iterates=1``)."""
     iterates = iterates[len(iterates) - cfg.method.iterates:]
     params = iterates[-1]
-    blob = json.dumps([data.fingerprint, cfg.train.model_dump(mode="json"), cfg.model.model_dump(mode="json"),
-                       cfg.method.model_dump(mode="json"), seed, version])
-    path = CACHE / f"srcq-member-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.pt"
-    if path.exists():
-        return torch.load(path)
-    spec, S = cfg.model, data.n_sources
-    t0 = time.perf_counter()
-    sim = Simulator(cfg.method, spec, cfg.train.weight_decay, data.X, data.y, data.source, S)
-    resp = sim.posthoc(iterates, seed)
-    sim_s = time.perf_counter() - t0
-    with torch.no_grad():
+
+    def compute() -> dict:
+        spec, S = cfg.model, data.n_sources
         t0 = time.perf_counter()
-        tau_src = linear_stack_scores(params, spec, split_layers(resp.sources, spec), data.Xq, data.yq, "margin")
-        read_src_s = time.perf_counter() - t0
-        tau_ex = linear_stack_scores(params, spec, split_layers(resp.examples, spec), data.Xq, data.yq, "margin")
-    G = mlp_example_grads(params, spec, data.X, data.y)
-    Gs = G.new_zeros((S, G.shape[1])).index_add_(0, data.source, G)
-    Gq = query_grads(params, spec, data.Xq, data.yq)
-    res = {"ours": tau_src.double(), "ours_examples_summed": torch.from_numpy(source_scores(tau_ex, data.source, S)),
-           "graddot": (-Gq @ Gs.T).double(), "simulate_s": sim_s, "readout_sources_s": read_src_s,
-           "diagnostics": resp.diagnostics, "solver": sim.solver}
-    CACHE.mkdir(parents=True, exist_ok=True)
-    torch.save(res, path)
-    return res
+        sim = Simulator(cfg.method, spec, cfg.train.weight_decay, data.X, data.y, data.source, S)
+        resp = sim.posthoc(iterates, seed)
+        sim_s = time.perf_counter() - t0
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            tau_src = linear_stack_scores(params, spec, split_layers(resp.sources, spec), data.Xq, data.yq, "margin")
+            read_src_s = time.perf_counter() - t0
+            tau_ex = linear_stack_scores(params, spec, split_layers(resp.examples, spec), data.Xq, data.yq, "margin")
+        G = mlp_example_grads(params, spec, data.X, data.y)
+        Gs = G.new_zeros((S, G.shape[1])).index_add_(0, data.source, G)
+        Gq = query_grads(params, spec, data.Xq, data.yq)
+        summed = torch.from_numpy(source_scores(tau_ex, data.source, S))
+        return {"ours": tau_src.double(), "ours_examples_summed": summed, "graddot": (-Gq @ Gs.T).double(),
+                "simulate_s": sim_s, "readout_sources_s": read_src_s, "diagnostics": resp.diagnostics,
+                "solver": sim.solver}
+
+    key = digest([data.fingerprint, cfg.train.model_dump(mode="json"), cfg.model.model_dump(mode="json"),
+                  cfg.method.model_dump(mode="json"), seed, version])
+    return cached(CACHE / f"srcq-member-{key}.pt", compute)
 
 
 # -- metrics (source LDS, LOSO, what-if, truth noise: influence.audit) --------------------------------------

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.harness.report import current, fixed, pick
+from bench.harness.report import current, fixed, pick, pyplot, save
 
 
 def _rec(payload: dict, method: str, models: int) -> dict | None:
@@ -183,10 +183,7 @@ def figure(payload: dict, path: Path) -> None:
     three queries (ours and TRAK, most models); bottom row: predicted vs real
     change of the margin when one publisher is removed, all (query,
     publisher) pairs, per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from scipy.stats import spearmanr
 
     fig_d, M = payload["figure"], payload["provenance"]["members"]
@@ -219,6 +216,4 @@ def figure(payload: dict, path: Path) -> None:
         ax.set_xlabel("predicted Δ margin = −τ(q,s)/n" + ("" if meth == "ours" else " (uncalibrated)"), fontsize=7)
         ax.set_ylabel("real Δ margin (seed-matched mean)", fontsize=7)
         ax.tick_params(labelsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
