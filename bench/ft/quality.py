@@ -150,15 +150,15 @@ def main(argv: list[str] | None = None) -> int:
                          "seconds": gt.seconds, "sanity": truth.sanity(gt), "key": DEFAULT.key()},
         "machine": machine(), "threads": a.threads, "date": time.strftime("%Y-%m-%d"),
     }
+    for r in recs:  # (before the merge below: the store's records are not of this form)
+        print(f"{r['method']:8s} x{r['models']} {r['level']:14s} LDS {fmt(r['lds'])} (all {fmt(r['lds_all'])})")
     prev = json.loads(OUT.read_text()) if OUT.exists() else {}
     # the store's records (bench.ft.store) and the curvature study's (bench.ft.curvature) are theirs to rewrite
-    result["records"] += [r for r in prev.get("records", []) if "store_build_s" in r or "curvature" in r]
+    result["records"] = recs + [r for r in prev.get("records", []) if "store_build_s" in r or "curvature" in r]
     for k in ("store", "store_build", "store_quantized", "curvature"):
         if k in prev:
             result[k] = prev[k]
     OUT.write_text(json.dumps(result, indent=1, default=float) + "\n")
-    for r in recs:
-        print(f"{r['method']:8s} x{r['models']} {r['level']:14s} LDS {fmt(r['lds'])} (all {fmt(r['lds_all'])})")
     print(f"wrote {OUT}")
     return 0
 
