@@ -1,6 +1,6 @@
 """The brown-ft benchmark's metric code against slow, obviously correct references:
-BM25 and idf-weighted overlap (``bench.ft_lexical``) and the document / genre /
-centred-genre LDS (``bench.lm_baselines.lds`` as ``bench.ft_quality`` uses it)."""
+BM25 and idf-weighted overlap (``bench.ft.lexical``) and the document / genre /
+centred-genre LDS (``bench.harness.metrics.lds`` as ``bench.ft.quality`` uses it)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import math
 import numpy as np
 from scipy.stats import spearmanr
 
-from bench.ft_lexical import bm25, overlap
-from bench.lm_baselines import lds, lds_per_query, to_sources
+from bench.ft.lexical import bm25, overlap
+from bench.harness.metrics import lds, lds_per_query, to_sources
 
 
 def _texts(rng, n, length, vocab=30):

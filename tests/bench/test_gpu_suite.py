@@ -51,7 +51,7 @@ def test_dry_run_writes_every_part_with_stable_keys(tmp_path):
 
 
 def test_a_part_past_the_budget_is_recorded_as_skipped(tmp_path):
-    from bench.gpu_suite import main
+    from bench.gpu.suite import main
 
     out = tmp_path / "s.json"
     assert main(["--device", "cpu", "--parts", "scale_probe", "--budget-s", "1", "--out", str(out),
@@ -63,7 +63,7 @@ def test_a_part_past_the_budget_is_recorded_as_skipped(tmp_path):
 
 
 def test_a_part_past_its_time_limit_is_killed_and_recorded(tmp_path):
-    from bench.gpu_suite import main
+    from bench.gpu.suite import main
 
     out = tmp_path / "t.json"
     # the part hangs after its work (--stall-s), so it is past its limit however fast the machine

@@ -1,5 +1,5 @@
-"""Fast checks of the language-model baselines (``bench/lm_baselines.py``) on a
-tiny GPT and tiny synthetic documents."""
+"""Fast checks of the language-model baselines (``bench/lm/baselines.py``) and the shared LDS and TRAK
+code (``bench/harness/metrics.py``, ``trak.py``) on a tiny GPT and tiny synthetic documents."""
 
 from __future__ import annotations
 
@@ -8,21 +8,16 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from bench.lm_baselines import (
+from bench.harness.metrics import lds, lds_per_query, subsets_to_mask, to_sources
+from bench.harness.trak import projector, trak_features, trak_scores
+from bench.lm.baselines import (
     LMModelOutput,
     doc_block_tensor,
     doc_gradients,
     grad_dot,
     idf,
-    lds,
-    lds_per_query,
     lexical_overlap,
-    projector,
     query_gradients,
-    subsets_to_mask,
-    to_sources,
-    trak_features,
-    trak_scores,
 )
 from influence.gpt.model import GPTSpec
 from influence.text.causal import sequence_logprob
@@ -141,6 +136,6 @@ def test_trak_matches_traker(tmp_path):
 
 
 def test_same_genre_indicator():
-    from bench.lm_baselines import same_genre
+    from bench.lm.baselines import same_genre
 
     np.testing.assert_array_equal(same_genre(np.array([0, 2]), np.array([0, 1, 2, 0])), [[1, 0, 0, 1], [0, 0, 1, 0]])

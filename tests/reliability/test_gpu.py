@@ -1,4 +1,4 @@
-"""On a CUDA host: ``bench/gpu_check.py`` passes on the tiny store (store
+"""On a CUDA host: ``bench/gpu/check.py`` passes on the tiny store (store
 resident on the GPU, readout equal to the CPU one, padded blocks
 batch-invariant bit for bit), and the service answers from a GPU-resident
 store identically with batching on and off. Skipped without CUDA."""
@@ -16,7 +16,7 @@ from ..service.util import query, serve, strip_volatile
 
 @pytest.mark.gpu
 def test_gpu_check_script_passes(tiny_store, tmp_path):
-    from bench.gpu_check import main
+    from bench.gpu.check import main
 
     out = tmp_path / "gpu.json"
     assert main(["--quick", "--store", str(tiny_store), "--out", str(out), "--append", str(tmp_path / "g.log")]) == 0

@@ -1,7 +1,7 @@
-"""The text-store load path of ``bench.load_text`` end to end, tiny and not
+"""The text-store load path of ``bench.serving.load_text`` end to end, tiny and not
 timed: a tiny text store built by the worker, ``python -m service`` on it
-(``bench.load.service``), a few closed-loop text requests through
-``bench.load.run_matrix`` (one service process: batching on). Every request answers,
+(``bench.harness.service``), a few closed-loop text requests through
+``bench.serving.load.run_matrix`` (one service process: batching on). Every request answers,
 every answer has its queries, every row is tagged ``store_kind: text``. No
 speed is asserted (speed targets are the benchmark's, never a test's)."""
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench import load
-from bench.load_text import readout_flops, text_bodies
+from bench.serving import load
+from bench.serving.load_text import readout_flops, text_bodies
 
 from ..service.util import REDIS_URL
 from ..text_corpus import build_text_store

@@ -146,7 +146,7 @@ def test_text_store_audit_retrains_language_models(text_store, tmp_path):
     assert audit["settings"]["loso_sources"] == ["pub-0", "pub-1", "pub-2"] and audit["settings"]["models_trained"] == 7
     assert audit["settings"]["n_train_targets"] == st.manifest.data["n_targets"]
     assert audit["truth"]["full_vs_store_output_max_abs"] < 1e-3
-    o = audit["outputs"]  # the retrained outputs, for other methods on the same truth (bench.lm_source_quality)
+    o = audit["outputs"]  # the retrained outputs, for other methods on the same truth (bench.sources.lm_quality)
     assert np.shape(o["full"]) == (1, 12) and np.shape(o["subset"]) == (3, 1, 12) and np.shape(o["loso"]) == (3, 1, 12)
     assert np.shape(o["keep"]) == (3, 3) and o["loso_index"] == [0, 1, 2]
     m = audit["metrics"]

@@ -1,0 +1,1 @@
+"""Fine-tuned Hugging Face model (brown-ft): quality and cost on the ft-protocol ground truth."""

@@ -1,0 +1,1 @@
+"""GPU: the suite a lent CUDA host runs, and its parts."""

@@ -1,0 +1,1 @@
+"""Serving: readout speed, the service under load, its reliability and hostile-input suites."""
