@@ -12,7 +12,7 @@ constant has no correlation).
 
 Used by the worker's ``audit`` (retrains a few subsets with a store's own
 recipe and writes the result into the store) and by
-``bench.source_quality`` (the full benchmark).
+``bench.sources.quality`` (the full benchmark).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ Why so few bits can do: a readout is a dot product over ~10⁵ coordinates,
 and independent rounding errors average out in it, while a low-rank
 truncation drops signal; on the Brown store 3-bit rows keep the scores'
 ranking nearly intact where a basis of the same bytes does not
-(``bench.lm_quality``).
+(``bench.lm.quality``).
 
 Why group-wise: the rows mix parameter tensors whose scales differ by
 orders of magnitude (embeddings, LayerNorm gains, attention); one scale

@@ -16,7 +16,7 @@ store's per-source scores ``τ (m, S)`` (``TextAttributor.score``) are
 compared with the retrained outputs ``f`` = mean log-probability of the
 window (kept in ``outputs``: ``keep (J, S)``, ``loso_index (L,)``, ``full
 (E, m)``, ``subset (J, E, m)``, ``loso (L, E, m)``, so other methods can be
-scored on the same truth: ``bench.lm_source_quality``) by ``influence.audit`` (``worker.audit.metrics``): source-level
+scored on the same truth: ``bench.sources.lm_quality``) by ``influence.audit`` (``worker.audit.metrics``): source-level
 LDS, leave-one-source-out Pearson / Spearman, top-1 agreement, what-if
 accuracy, with ``n`` = the store's training targets (``data.n_targets``).
 

@@ -152,14 +152,14 @@ BROWN_FT_BASE = Path(__file__).resolve().parents[1] / "influence" / "hf" / "brow
 _FT = {
     "train": {"optimizer": "adamw", "lr": 1e-3, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.0,
               "batch_size": 8, "epochs": 4, "seed": 2},
-    # damping 0.01 and K = 30: chosen on the even subsets of bench.ft_quality's ground truth (BENCHMARKS.md)
+    # damping 0.01 and K = 30: chosen on the even subsets of bench.ft.quality's ground truth (BENCHMARKS.md)
     "method": {"rank": 128, "power": 1, "curvature_subset": 64, "steps": 30, "eta": 0.0, "damping": 0.01,
                "compress_rank": 0},
     "store": {"root": "stores/hf", "include_training_data": False, "quant_bits": 3},
 }
 
 PRESETS: dict[str, dict] = {
-    # Responses averaged over the last 8 epoch ends, 4 epochs apart (bench.source_quality: source LDS
+    # Responses averaged over the last 8 epoch ends, 4 epochs apart (bench.sources.quality: source LDS
     # 0.79 -> 0.84 with one model); the build runs 8 simulations, the store and serving are unchanged.
     "digits": {"method": {"iterates": 8, "iterate_every": 4}},
     # The language-model protocol (docs/lm-protocol.md): GPT 232k params on Brown, seed 2.

@@ -1,7 +1,7 @@
 """Many MLPs retrained side by side on subsets of the training set, with
 exactly the semantics of ``worker.train.train(spec, X[idx], y[idx], recipe,
 seed)`` per model: the ground truth of the worker's ``audit`` and of
-``bench.source_groundtruth``.
+``bench.sources.groundtruth``.
 
 ``train_padded`` stacks the models' parameters (``(M, *shape)`` per tensor,
 one ``torch.baddbmm`` per layer). Every model keeps its own minibatch order

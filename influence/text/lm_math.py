@@ -258,7 +258,7 @@ def jvp_scores(model: CausalLM, params: Params, U: torch.Tensor, x: torch.Tensor
     contraction and the per-row sums stay in ``params``' dtype (the primal's
     activations are rounded once to the tangent dtype). About 3x the GEMM
     rate on CPUs with AVX512-BF16; scores to about 1e-2 relative
-    (``bench.load_text``'s precision part measures it).
+    (``bench.serving.load_text``'s precision part measures it).
 
     ``per_token=True`` (``head=True``): also return every target token's own
     score ``τ_t(q, r) = d/dh log p(y_t | y_<t; θ + h u_r)|₀`` as ``(B, T, R)``
