@@ -111,8 +111,7 @@ class Store:
     def dense_examples(self) -> list[dict[str, torch.Tensor]] | None:
         """The per-example rows as float32 blocks, expanded from ``packed`` when the store holds them so."""
         if self.examples is None and self.packed is not None:
-            layout = self.manifest.model.layout()
-            self.examples = [layout.unflatten(dequantize(q)) for q in self.packed]
+            self.examples = _expand(self.packed, self.manifest.model.layout())
         return self.examples
 
     @property
@@ -229,6 +228,11 @@ def _responses(man: Manifest, examples, sources, example_coef, dtype: torch.dtyp
     for e, coef in enumerate(example_coef or []):
         resp[f"m{e}/examples_coef"] = coef.float().contiguous()
     return resp
+
+
+def _expand(codes: list[QTensor], layout: ParamLayout) -> list[dict[str, torch.Tensor]]:
+    """Quantised rows of every member back as float32 per-parameter blocks."""
+    return [layout.unflatten(dequantize(q)) for q in codes]
 
 
 def _quantized_codes(tensors, man: Manifest, rows: int, path: Path) -> list[QTensor]:
@@ -428,11 +432,12 @@ def load_version(path: str | Path, packed: bool = False) -> Store:
     params = _member_blocks(_load(path, "params.safetensors", man), "", man.members, layout, -1, path)
     resp = _load(path, "responses.safetensors", man)
     r = man.examples_rank
+    codes = None  # the quantised rows, kept as codes when ``packed``
     if not man.has_examples:
         ex = None
     elif man.examples_quant is not None:
         codes = _quantized_codes(resp, man, n if r is None else r, path)
-        ex = None if packed else [layout.unflatten(dequantize(q)) for q in codes]
+        ex = None if packed else _expand(codes, layout)
     else:
         ex = _member_blocks(resp, "examples/", man.members, layout, n if r is None else r, path)
     coef = None
@@ -450,8 +455,7 @@ def load_version(path: str | Path, packed: bool = False) -> Store:
             HeldoutSample.from_bytes(assets[HELDOUT_ASSET])
         except ValueError as e:
             raise StoreError(f"{path / HELDOUT_ASSET}: not a held-out sample ({str(e).splitlines()[0]})") from None
-    return Store(path, man, params, ex, src, train.get("X"), train.get("y"), coef, assets,
-                 codes if packed and man.has_examples and man.examples_quant is not None else None)
+    return Store(path, man, params, ex, src, train.get("X"), train.get("y"), coef, assets, codes if packed else None)
 
 
 def _check_audit(file: Path, blob: bytes) -> None:

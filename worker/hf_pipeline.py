@@ -53,11 +53,18 @@ def block_size(cfg: WorkerConfig, context: int) -> int:
     return size
 
 
-def load_corpus(cfg: WorkerConfig, tok, context: int) -> FinetuneCorpus:
-    """The build's corpus, cut as configured (``influence.datasets.finetune``); a source left with no
-    training signal stops the build unless ``data.allow_empty_sources``."""
+def cut_corpus(cfg: WorkerConfig, tok, context: int) -> FinetuneCorpus:
+    """The configured corpus cut into blocks (``influence.datasets.finetune``): what the build trains on
+    and ``fa-worker plan`` counts. ``data.block_tokens`` applies to a user's documents (brown-ft's are fixed)."""
     d = cfg.data
-    c = finetune_corpus(d.name, d.path, tok, d.sources, block_size(cfg, context), d.max_blocks)
+    return finetune_corpus(d.name, d.path, tok, d.sources, block_size(cfg, context) if d.path else 0, d.max_blocks)
+
+
+def load_corpus(cfg: WorkerConfig, tok, context: int) -> FinetuneCorpus:
+    """``cut_corpus``; a source left with no training signal stops the build unless
+    ``data.allow_empty_sources``."""
+    d = cfg.data
+    c = cut_corpus(cfg, tok, context)
     cov = c.coverage
     if cov is not None and cov.empty_sources and not d.allow_empty_sources:
         raise ConfigError(f"{d.path}: {len(cov.empty_sources)} source(s) would have no training signal "

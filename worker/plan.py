@@ -54,7 +54,7 @@ from pathlib import Path
 import torch
 
 from influence import heldout, registry
-from influence.datasets.finetune import CHECK_WINDOWS, FinetuneCorpus, finetune_corpus
+from influence.datasets.finetune import CHECK_WINDOWS, FinetuneCorpus
 from influence.hf.loader import check_dir, load_model, load_tokenizer, weight_files
 from influence.hf.model import DTYPES, context_of, with_layout, wrap
 from influence.quant import dequantize, quantize
@@ -63,7 +63,7 @@ from influence.text.lm_math import LMGaussNewton, doc_grads
 
 from .config import ConfigError, WorkerConfig
 from .device import device_of
-from .hf_pipeline import COPY_BASE_MB, _tokenizer_assets, _trained_summary, block_size
+from .hf_pipeline import COPY_BASE_MB, _tokenizer_assets, _trained_summary, cut_corpus
 from .lm_pipeline import PROBES, wants_source_rows
 
 PROBE_REPEATS = 2  # the gradient, curvature and response probes: timed this many times, the fastest kept
@@ -95,7 +95,7 @@ def _timed(dev: torch.device, fn, reps: int = PROBE_REPEATS) -> float:
 def _corpus(cfg: WorkerConfig, tok, context: int) -> tuple[dict, FinetuneCorpus, list[str]]:
     """``(corpus summary, the corpus, warnings)``, cut as the build cuts it (``influence.datasets.finetune``)."""
     d, warn = cfg.data, []
-    c = finetune_corpus(d.name, d.path, tok, d.sources, block_size(cfg, context) if d.path else 0, d.max_blocks)
+    c = cut_corpus(cfg, tok, context)
     blocks = c.blocks
     head = {"name": c.name, "documents": len(c.doc_ids), "sources": len(c.source_ids), "blocks": int(blocks.shape[0]),
             "block_tokens": int(c.block_tokens or blocks.shape[1]), "target_tokens": int((blocks[:, 1:] != PAD).sum())}

@@ -287,11 +287,12 @@ def _jvp_scores(model, params, U, x, target_mask, chunk, head, logprobs, impl, t
     if tangent_params is not None and not manual:
         raise ValueError("tangent_params needs head=True, impl='manual' and a model with manual tangents")
     tparams = params if tangent_params is None else _detached(tangent_params)
-    chunk = chunk or (manual_chunk(_dtype(tparams)) if manual else 16)
+    tdt = _dtype(tparams)
+    chunk = chunk or (manual_chunk(tdt) if manual else 16)
     R = U.shape[0]
     spans = [(s, min(s + chunk, R)) for s in range(0, R, chunk)]
     # U is read a chunk of rows at a time (a dense tensor, or PackedRows dequantised block by block)
-    rows = lambda s, e: layout.unflatten(U[s:e].to(_dtype(tparams)))  # noqa: E731
+    rows = lambda s, e: layout.unflatten(U[s:e].to(tdt))  # noqa: E731
     if not head:
         if logprobs or per_token:
             raise ValueError("logprobs=True and per_token=True need head=True")
@@ -320,7 +321,6 @@ def _jvp_scores(model, params, U, x, target_mask, chunk, head, logprobs, impl, t
     out = torch.empty_like(direct)
     per = torch.zeros(R, B, T, dtype=g.dtype, device=g.device) if per_token else None
     ga = None if w_name is None else torch.einsum("btv,btd->bvd", g, a).reshape(B, -1).T  # (V·d, B)
-    tdt = _dtype(tparams)
     tprimal, tgw = (primal, gw) if tdt == gw.dtype or not manual else (primal.to(tdt), gw.to(tdt))
 
     def one(u):
