@@ -27,7 +27,7 @@ import torch
 
 from influence import registry
 from influence.errors import InfluenceError, QueryError
-from influence.mlp.attributor import Attributor as _VectorAttributor
+from influence.mlp.attributor import VectorAttributor as _VectorAttributor
 from influence.store import Store, open_store
 from influence.text.attributor import TextAttributor as _TextAttributor
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import torch
 
-from .mlp.attributor import Attributor
+from .mlp.attributor import VectorAttributor
 from .text.attributor import TextAttributor, TextQuery
 
 _PROBE_EXAMPLE_ROWS = 2_000_000  # batch_invariant: (query rows x example responses) probed at most
 
 
-def readout_rows(att: Attributor, x: torch.Tensor, y: torch.Tensor, kind: str, examples: bool,
+def readout_rows(att: VectorAttributor, x: torch.Tensor, y: torch.Tensor, kind: str, examples: bool,
                  block: int) -> tuple[torch.Tensor, ...]:
     """Score rows ``x (B, d)`` in padded blocks of ``block`` rows; ``y = -1``
     scores the predicted class. Returns CPU (probs, pred, target, sources,
@@ -38,7 +38,7 @@ def readout_rows(att: Attributor, x: torch.Tensor, y: torch.Tensor, kind: str, e
     return tuple(out)
 
 
-def batch_invariant(att: Attributor, block: int, kind: str = "margin", stop=None) -> bool | None:
+def batch_invariant(att: VectorAttributor, block: int, kind: str = "margin", stop=None) -> bool | None:
     """Whether a row's answer is the same at every position of a block (the
     premise of the padded blocks above; BLAS kernels for some skinny shapes
     break it). A probe of ``block`` random rows, read out rolled to every
@@ -49,7 +49,7 @@ def batch_invariant(att: Attributor, block: int, kind: str = "margin", stop=None
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(block, att.spec.in_dim, generator=gen)
     y = torch.randint(-1, att.spec.n_classes, (block,), generator=gen)
-    examples = att.examples is not None and len(att.manifest.example_source) * block * block <= _PROBE_EXAMPLE_ROWS
+    examples = att.rows is not None and len(att.manifest.example_source) * block * block <= _PROBE_EXAMPLE_ROWS
     base = readout_rows(att, x, y, kind, examples, block)
     for shift in range(1, block):
         if stop is not None and stop():  # asked to stop between readouts (a process shutting down): unknown

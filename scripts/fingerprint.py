@@ -46,9 +46,9 @@ def _readout(root: Path) -> dict:
 
     store = open_store(root)
     if store.manifest.model.kind == "mlp":
-        from influence.mlp.attributor import Attributor
+        from influence.mlp.attributor import VectorAttributor
 
-        att = Attributor(store, "cpu")
+        att = VectorAttributor(store, "cpu")
         x = torch.linspace(-1, 1, 3 * att.spec.in_dim).reshape(3, -1)
         s = att.score(x, None, "margin", examples=True)
         return {"sources": s.sources.tolist(), "examples": s.examples[:, :40].tolist()}

@@ -38,7 +38,7 @@ The pieces' results are joined back into the request's order
 (``join_parts``); each query's numbers are its block's, so answers stay
 bit-identical.
 
-Hot swap: a request carries the ``Attributor`` that was current when it
+Hot swap: a request carries the attributor that was current when it
 arrived; a batch is split by attributor, so a request is answered by one
 store version whole, and an old store stays alive until its last request is
 answered.
@@ -58,7 +58,7 @@ from functools import partial
 import torch
 
 from influence.blocks import readout_rows
-from influence.mlp.attributor import Attributor
+from influence.mlp.attributor import VectorAttributor
 
 from .errors import ApiError, unavailable
 from .tasks import cancel_and_wait
@@ -104,7 +104,7 @@ class Piece:
 
 @dataclass
 class _Item:
-    att: object  # the Attributor / TextAttributor the request started with
+    att: object  # the attributor the request started with
     pieces: list[Piece]  # vector: (x (b, d), y (b,), kind); text: list of encoded queries
     n: int  # queries
     group: tuple  # requests of one group share a readout call
@@ -157,7 +157,7 @@ def join_parts(parts: list, pieces: list[Piece], n: int):
     return type(parts[0])(**values)
 
 
-def vector_readout(att: Attributor, rows: list[tuple[torch.Tensor, torch.Tensor, str]], examples: list[bool],
+def vector_readout(att: VectorAttributor, rows: list[tuple[torch.Tensor, torch.Tensor, str]], examples: list[bool],
                    block: int) -> list[Readout]:
     """The vector store's ``ReadoutFn``: rows are ``(x (b, d), y (b,), output
     kind)``, one kind per group; one padded-block readout over all, split per request."""
@@ -210,7 +210,7 @@ class Batcher:
                 item.future.set_exception(unavailable("shutting down", self.retry_after_s))
         self._pool.shutdown(wait=True)
 
-    async def submit(self, att: Attributor, x: torch.Tensor, y: torch.Tensor, kind: str, examples: bool,
+    async def submit(self, att: VectorAttributor, x: torch.Tensor, y: torch.Tensor, kind: str, examples: bool,
                      block: int) -> Readout:
         """A vector store's request: rows ``x (b, d)``, targets ``y`` (-1 =
         predicted) scored on output ``kind``, read out in blocks of ``block`` rows

@@ -33,9 +33,10 @@ import numpy as np
 import torch
 
 from influence import registry
+from influence.attributor import top_k
 from influence.blocks import batch_invariant, by_bucket, length_buckets, text_batch_invariant, text_readout_rows
 from influence.errors import InfluenceError, QueryError, StoreError
-from influence.mlp.attributor import Attributor, top_k
+from influence.mlp.attributor import VectorAttributor
 from influence.store import Manifest, Store
 from influence.text.attributor import TextAttributor
 from influence.text.attributor import TextQuery as Encoded
@@ -196,10 +197,10 @@ class VectorForm(Form):
     def __init__(self, name: str):
         self.name = name
 
-    def load(self, store: Store, s: Settings) -> Attributor:
-        return Attributor(store, s.device)
+    def load(self, store: Store, s: Settings) -> VectorAttributor:
+        return VectorAttributor(store, s.device)
 
-    def invariant(self, att: Attributor, block: int, stop=None) -> bool | None:
+    def invariant(self, att: VectorAttributor, block: int, stop=None) -> bool | None:
         return batch_invariant(att, block, stop=stop)
 
     def whatif_scale(self, manifest: Manifest) -> tuple[int, str]:
@@ -211,13 +212,13 @@ class VectorForm(Form):
     def output(self, req: AttributionRequest) -> str:
         return req.output or "margin"
 
-    def prepare(self, att: Attributor, req: AttributionRequest, s: Settings):
+    def prepare(self, att: VectorAttributor, req: AttributionRequest, s: Settings):
         """Shapes and values -> (x ``(B, d)`` float32, y ``(B,)`` (-1 = predicted))."""
         d, c = att.spec.in_dim, att.spec.n_classes
         if req.per_token:
             raise invalid("per_token", f"this store holds a classifier (kind {self.name}): a vector query has no "
                           "tokens (per_token is for text stores)")
-        if req.granularity != "sources" and att.examples is None:
+        if req.granularity != "sources" and att.rows is None:
             raise invalid("granularity", "this store holds no per-example responses")
         for i, q in enumerate(req.queries):
             if not isinstance(q, Query):
@@ -240,19 +241,19 @@ class VectorForm(Form):
         x, y = rows
         return x[idx], y[idx]
 
-    def cost(self, att: Attributor, rows, examples: bool) -> int:
+    def cost(self, att: VectorAttributor, rows, examples: bool) -> int:
         """A query is one position read against every source row, and every
         example row when ``examples``."""
         return rows[0].shape[0] * self.rows_read(att, examples)
 
-    def rows_read(self, att: Attributor, examples: bool) -> int:
+    def rows_read(self, att: VectorAttributor, examples: bool) -> int:
         return len(att.manifest.source_ids) + (len(att.manifest.example_source) if examples else 0)
 
     def submit(self, batcher: Batcher, att, rows, n: int, output: str, examples: bool, block: int,
                per_token: bool = False):
         return batcher.submit(att, rows[0], rows[1], output, examples, block)
 
-    def answers(self, att: Attributor, req: AttributionRequest, output: str, s: Settings, r, rows) -> Answers:
+    def answers(self, att: VectorAttributor, req: AttributionRequest, output: str, s: Settings, r, rows) -> Answers:
         """Top-k runs once over the batch's rows, tensors become lists once."""
         man = att.manifest
         probs, preds, tgts = r.probs.tolist(), r.pred.tolist(), r.target.tolist()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from influence.mlp.attributor import top_k
+from influence.attributor import top_k
 
 
 def finite(tsrc: torch.Tensor) -> bool:

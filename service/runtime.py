@@ -22,10 +22,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from influence import registry
+from influence.attributor import Attributor
 from influence.errors import InfluenceError, StoreError
-from influence.mlp.attributor import Attributor
 from influence.store import Manifest, current_version, list_versions, open_store, read_manifest
-from influence.text.attributor import TextAttributor
 
 from .answers import AnswerStore
 from .batcher import Batcher
@@ -83,7 +82,7 @@ class Served:
     independent of its batch on this host (``Form.invariant``). A request
     takes the object current when it starts and keeps it to the end."""
 
-    att: Attributor | TextAttributor
+    att: Attributor
     form: Form
     audit: dict | None
     probe: InvarianceProbe

@@ -14,7 +14,7 @@ import torch
 
 import forward_attribution as fa
 from influence.errors import QueryError
-from influence.mlp.attributor import Attributor as VectorAttributor
+from influence.mlp.attributor import VectorAttributor
 from influence.store import open_store
 from influence.text.attributor import TextAttributor
 

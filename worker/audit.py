@@ -52,7 +52,7 @@ from influence import registry
 from influence.audit import draw_source_subsets, truth_noise
 from influence.datasets.vectors import Dataset, builtin_split, load_query_file
 from influence.errors import DataError, StoreError
-from influence.mlp.attributor import Attributor
+from influence.mlp.attributor import VectorAttributor
 from influence.mlp.readout import mlp_forward
 from influence.outputs import output
 from influence.store import AUDIT_ASSET, Store, current_version, open_store, read_manifest
@@ -195,7 +195,7 @@ def compute_audit(store: Store, s: AuditSettings, query_file: Path | None = None
     finally:
         torch.set_num_threads(threads)
     t_train = time.perf_counter()
-    tau = Attributor(store, "cpu").score(Xq, yq, "margin", examples=False).sources.double().numpy()
+    tau = VectorAttributor(store, "cpu").score(Xq, yq, "margin", examples=False).sources.double().numpy()
     k = min(s.seeds, man.members)
     own = store_margins(store, Xq, yq, k)
     t_read = time.perf_counter()

@@ -12,9 +12,10 @@ from pathlib import Path
 import torch
 
 from influence import registry
+from influence.attributor import top_k
 from influence.datasets.vectors import load_query_file
 from influence.errors import InfluenceError
-from influence.mlp.attributor import Attributor, top_k
+from influence.mlp.attributor import VectorAttributor
 from influence.store import current_version, list_versions, open_store
 
 from .config import PRESETS, ConfigError, load_config
@@ -181,7 +182,7 @@ def _score(a) -> None:
     if a.per_token:
         raise ConfigError(f"--per-token is for text stores: {a.store} holds a "
                           f"{store.manifest.model.kind} model, whose queries have no tokens")
-    att = Attributor(store, a.device)
+    att = VectorAttributor(store, a.device)
     man = store.manifest
     X, y = load_query_file(a.queries, man.model.in_dim, man.classes)
     sc = att.score(torch.from_numpy(X), None if y is None else torch.from_numpy(y), a.output)

@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from influence.attributor import top_k
 from influence.datasets.jsonl import read_lines
 from influence.errors import DataError, QueryError
-from influence.mlp.attributor import top_k
 from influence.store import Store
 from influence.text.attributor import TextAttributor, TextQuery
 

@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
              "resident_mb": mem["packed_mb"]}]
     man = att.manifest
     ds = torch.tensor(man.example_source)
-    for method, width, tangents, est in strategies(tau, att.basis[0], ds, len(man.source_ids)):
+    for method, width, tangents, est in strategies(tau, att.rows[0], ds, len(man.source_ids)):
         rows.append({"store": name, "n_rows": n, "method": method, "width_or_m": width, "tangents": tangents,
                      "recall_at_10": recall(est, tau, 10), "recall_at_50": recall(est, tau, 50),
                      "spearman_to_exact": spearman(est, tau), "doc_lds": None,
@@ -185,7 +185,7 @@ def growth(att: TextAttributor, sizes: tuple[int, ...], rounds: int = 1, seed: i
     """Readout time per block of 4 queries and resident bytes against the number of rows ``n``: synthetic
     rows on the store's own model (its rows resampled with 10% noise, 3-bit like the store's), float32 beside
     packed, side by side at each ``n``."""
-    base = att.basis[0][0:len(att.basis[0])]
+    base = att.rows[0][0:len(att.rows[0])]
     gen = torch.Generator().manual_seed(seed)
     qs = [att.encode(text=" ".join(q.text.split()[:60])) for q in att.heldout.queries[:4]]
     x, mask = att.batch(qs)

@@ -41,12 +41,12 @@ import influence  # noqa: F401
 from bench.harness.common import RESULTS, digits_store, machine
 from bench.harness.timing import timed
 from influence.datasets.vectors import load_digits_test
-from influence.mlp.attributor import Attributor
+from influence.mlp.attributor import VectorAttributor
 from influence.mlp.readout import linear_stack_scores
 from influence.store import open_store
 
 
-def check_resident(att: Attributor, dev: torch.device) -> dict:
+def check_resident(att: VectorAttributor, dev: torch.device) -> dict:
     tensors = [v for p in att.params for v in p.values()]
     for blocks in (att.examples or []) + (att.sources or []):
         for w, c in blocks:
@@ -57,7 +57,7 @@ def check_resident(att: Attributor, dev: torch.device) -> dict:
 
 
 def check_equal(st, dev: torch.device, Xq, yq, dtype=None, rtol: float = 1e-3, atol_rel: float = 1e-4) -> dict:
-    cpu, gpu = Attributor(st, "cpu", resident_dtype=dtype), Attributor(st, dev, resident_dtype=dtype)
+    cpu, gpu = VectorAttributor(st, "cpu", resident_dtype=dtype), VectorAttributor(st, dev, resident_dtype=dtype)
     a, b = cpu.score(Xq, yq), gpu.score(Xq, yq)
     out = {"name": f"readout on {dev.type} equals CPU ({dtype or 'store dtype'})", "ok": True}
     for what in ("examples", "sources"):
@@ -74,7 +74,7 @@ def check_equal(st, dev: torch.device, Xq, yq, dtype=None, rtol: float = 1e-3, a
     return out
 
 
-def check_batch_invariance(att: Attributor, Xq, block: int) -> dict:
+def check_batch_invariance(att: VectorAttributor, Xq, block: int) -> dict:
     from influence.blocks import batch_invariant, readout_rows
 
     y = torch.full((len(Xq),), -1)
@@ -94,7 +94,7 @@ def sized(layers, R: int):
     return [(w[idx].contiguous(), c[idx].contiguous()) for w, c in layers]
 
 
-def throughput(att: Attributor, dev: torch.device, batches, mults, log) -> list[dict]:
+def throughput(att: VectorAttributor, dev: torch.device, batches, mults, log) -> list[dict]:
     spec, params = att.spec, att.params[0]
     p = spec.layout().numel
     rows = []
@@ -128,7 +128,7 @@ def throughput(att: Attributor, dev: torch.device, batches, mults, log) -> list[
     return rows
 
 
-def service_path(att: Attributor, dev: torch.device, Xq, blocks) -> list[dict]:
+def service_path(att: VectorAttributor, dev: torch.device, Xq, blocks) -> list[dict]:
     from influence.blocks import readout_rows
 
     y = torch.full((len(Xq),), -1)
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                         "examples": len(st.manifest.example_source), "sources": len(st.manifest.source_ids)}
         Xq, yq = (torch.from_numpy(v) for v in load_digits_test())
         Xq, yq = Xq.float(), yq.long()
-        att = Attributor(st, dev)
+        att = VectorAttributor(st, dev)
         res["checks"].append(check_resident(att, dev))
         res["checks"].append(check_equal(st, dev, Xq, yq))
         res["checks"].append(check_equal(st, dev, Xq, yq, torch.bfloat16))

@@ -35,7 +35,7 @@ import influence  # noqa: F401  (sets the OpenMP wait policy first)
 from bench.harness.common import CACHE, digits_store, loadavg, machine, write_json
 from bench.harness.timing import side_by_side
 from influence.datasets.vectors import load_digits_test
-from influence.mlp.attributor import Attributor
+from influence.mlp.attributor import VectorAttributor
 from influence.mlp.model import MLPSpec
 from influence.mlp.readout import jvp_scores, linear_stack_scores, mlp_forward
 from influence.outputs import output_grad
@@ -98,7 +98,7 @@ def bf16_compute(params, spec: MLPSpec, layers, x, y, kind="margin", chunk=512) 
 # -- store and shapes ---------------------------------------------------------------------------------
 def load(store_root):
     st = open_store(store_root)
-    att = Attributor(st, "cpu")
+    att = VectorAttributor(st, "cpu")
     spec, params = st.manifest.model, att.params[0]
     Xq, yq = (torch.from_numpy(a) for a in load_digits_test())
     return st, att, spec, params, Xq.float(), yq.long()
@@ -281,7 +281,7 @@ def versus_trak(st, att, spec, params, Xq, yq, threads, rounds, log) -> dict:
 
 
 def service_block(att, Xq, threads, rounds) -> dict:
-    """The service's unit of work: ``Attributor.readout`` on one padded block
+    """The service's unit of work: ``VectorAttributor.readout`` on one padded block
     of 16 rows (forward, targets, sources; with and without examples) next
     to the bare ``linear_stack_scores`` on the same rows."""
     torch.set_num_threads(threads)

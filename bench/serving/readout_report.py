@@ -125,8 +125,8 @@ def markdown(res: dict) -> str:
                   f" | {tr['ratio_trak_sources_over_ours_sources']:.1f} |", ""]
     if res.get("service_block"):
         for sb in res["service_block"]:
-            lines.append(f"Service unit of work (threads = {sb['threads']}): `Attributor.readout` on a padded block "
-                         f"of 16 rows costs {sb['overhead_sources']:.2f}x the bare sources readout "
+            lines.append(f"Service unit of work (threads = {sb['threads']}): `VectorAttributor.readout` on a "
+                         f"padded block of 16 rows costs {sb['overhead_sources']:.2f}x the bare sources readout "
                          f"(R = 20) and {sb['overhead_both']:.2f}x the bare examples + sources readouts (one shared "
                          "forward pass, targets, probabilities).")
         lines.append("")

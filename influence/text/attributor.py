@@ -1,5 +1,6 @@
-"""A text store (a ``CausalLM`` kind: ``gpt`` or ``hf``) resident on a device, answering
-batches of text queries with the forward-only readout.
+"""The text query form of the one attributor (``influence.attributor``): a
+store of any causal-LM kind (``gpt``, ``hf``, a plug-in) resident on a device,
+answering batches of text queries with the forward-only readout.
 
 Per member, the stored per-document responses are a basis ``B (r, p)`` and
 coefficients ``C (n, r)`` (or exact rows, ``r = n``). One query batch costs
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import registry
+from ..attributor import Attributor
 from ..errors import QueryError, StoreError
 from ..quant import PackedRows
 from ..store import Store
@@ -65,7 +67,13 @@ class TextScores:
     token_examples: list[torch.Tensor] | None = None
 
 
-class TextAttributor:
+class TextAttributor(Attributor):
+    """A text store (any causal-LM kind) on ``device``: per member its
+    parameters, document rows (float blocks in the tangent dtype, or packed
+    codes dequantised a block at a time) and source rows, read by
+    ``lm_math.jvp_scores``; f and the token log-probabilities come from the
+    readout's own primal pass."""
+
     def __init__(self, store: Store, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
                  tangent_dtype: torch.dtype | None = None):
         """``dtype``: the primal, f, token log-probabilities and score sums;
@@ -73,60 +81,47 @@ class TextAttributor:
         stored responses and a copy of the parameters held in it
         (``lm_math.jvp_scores``' ``tangent_params``; ``bfloat16`` halves their
         memory and, on CPUs with AVX512-BF16, about halves the readout time)."""
-        man = store.manifest
-        self.manifest, self.version, self.spec = man, man.version, man.model
-        self.heldout = store.heldout  # the held-out query sample, or None
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.dtype, self.tangent_dtype = dtype, tangent_dtype or dtype
-        kind = registry.of(man.model)
+        kind = registry.of(store.manifest.model)
         if not kind.text:
             raise StoreError(f"{store.path}: model kind {kind.name!r} is not a text model")
+        super().__init__(store, device, dtype)
+        self.tangent_dtype = tangent_dtype or dtype
         self.model, self.tokenizer = kind.load(store, self.device, dtype)
         if not self.model.manual_tangents:  # reduced-precision tangents need the hand-derived rules (gpt)
             self.tangent_dtype = dtype
         self.documents = json.loads(store.assets["documents.json"].decode())
-        self.params = [{k: v.to(self.device, dtype) for k, v in p.items()} for p in store.params]
         tdt = self.tangent_dtype
         self.tparams = None if tdt == dtype else [{k: v.to(tdt) for k, v in p.items()} for p in self.params]
         layout = self.spec.layout()
-        # rows held as the store holds them: float blocks in the tangent dtype, or packed codes read per block
-        self.basis = [PackedRows(q).to(self.device) for q in store.packed] if store.packed else \
+        self.rows = [PackedRows(q).to(self.device) for q in store.packed] if store.packed else \
             [layout.flatten(b).to(self.device, tdt) for b in store.examples]
-        n = len(man.example_source)
         # per member C (n, r) of a compressed store; None: the rows are the documents' own (r = n)
         self.coef = [c.to(self.device, dtype) for c in store.example_coef] if store.example_coef else \
-            [None for _ in self.basis]
+            [None for _ in self.rows]
         self.source_rows = [layout.flatten(b).to(self.device, tdt) for b in store.sources] if store.sources \
             else None
-        self.n_examples, self.n_sources = n, len(man.source_ids)
-        src = torch.tensor(man.example_source, device=self.device)
+        n = self.n_examples
         self.membership = torch.zeros(n, self.n_sources, device=self.device, dtype=dtype).index_put_(
-            (torch.arange(n, device=self.device), src), torch.ones(n, device=self.device, dtype=dtype))
+            (torch.arange(n, device=self.device), self.example_source), torch.ones(n, device=self.device, dtype=dtype))
 
-    @property
-    def packed(self) -> bool:
-        """Whether the per-document rows are held as their codes (``PackedRows``)."""
-        return any(isinstance(b, PackedRows) for b in self.basis)
+    def _count(self, rows) -> int:
+        return rows.shape[0]
 
-    def resident_bytes(self) -> int:
-        """Bytes of the stored response rows held on the device (documents, coefficients, source rows)."""
-        sizes = [b.nbytes if isinstance(b, PackedRows) else b.numel() * b.element_size() for b in self.basis]
-        sizes += [c.numel() * c.element_size() for c in self.coef if c is not None]
-        sizes += [b.numel() * b.element_size() for b in self.source_rows or []]
-        return sum(sizes)
+    def sum_by_source(self, ex: torch.Tensor) -> torch.Tensor:
+        """``(..., n)`` -> ``(..., S)`` as one GEMM with the 0/1 membership (the text kinds' sums)."""
+        return ex @ self.membership
+
+    def _scores(self, e: int, rows, batch, per_token: bool):
+        x, mask = batch
+        tp = None if self.tparams is None else self.tparams[e]
+        t, lp, *pt = jvp_scores(self.model, self.params[e], rows, x, mask, logprobs=True, tangent_params=tp,
+                                per_token=per_token)
+        return t, pt[0] if per_token else None, lp
 
     @property
     def tangents_per_query(self) -> int:
         """Forward tangents of one query row with its documents (all members)."""
         return self.tangents(examples=True)
-
-    def tangents(self, examples: bool) -> int:
-        """Forward tangents of one query row: ``examples`` False is a
-        sources-only answer (per-source rows when stored)."""
-        docs = sum(b.shape[0] for b in self.basis)
-        if self.source_rows is None:
-            return docs
-        return sum(b.shape[0] for b in self.source_rows) + (docs if examples else 0)
 
     def encode(self, text: str | None = None, prompt: str | None = None, completion: str | None = None,
                pretokenized: bool = False) -> TextQuery:
@@ -186,40 +181,17 @@ class TextAttributor:
         from the same tangents (no extra row read); the sequence scores are
         the same numbers with it on or off."""
         x, mask = self.batch(queries, length)
-        Q, E = len(queries), len(self.params)
-        docs = examples or self.source_rows is None
-        ex = torch.zeros(Q, self.n_examples, device=self.device, dtype=self.dtype) if docs else None
-        src = torch.zeros(Q, self.n_sources, device=self.device, dtype=self.dtype) if self.source_rows else None
-        zeros = lambda n: torch.zeros(*mask.shape, n, device=self.device, dtype=self.dtype)  # noqa: E731
-        tex = zeros(self.n_examples) if per_token and docs else None
-        tsrc = zeros(self.n_sources) if per_token and src is not None else None
-        f = torch.zeros(Q, device=self.device, dtype=self.dtype)
-        tok = torch.zeros(mask.shape, device=self.device, dtype=self.dtype)
+        r = self.read((x, mask), examples, per_token=per_token)
         m = mask.to(self.dtype)
-        for e, (params, B, C) in enumerate(zip(self.params, self.basis, self.coef, strict=True)):
-            lp = None  # (Q, T) token log-probabilities, from the readout's own primal pass
-            tp = None if self.tparams is None else self.tparams[e]
-            read = lambda rows, params=params, tp=tp: jvp_scores(  # noqa: E731
-                self.model, params, rows, x, mask, logprobs=True, tangent_params=tp, per_token=per_token)
-            if docs:
-                t, lp, *pt = read(B)
-                ex += t if C is None else t @ C.T
-                if per_token:
-                    tex += pt[0] if C is None else pt[0] @ C.T
-            if src is not None:
-                t, lp, *pt = read(self.source_rows[e])
-                src += t
-                if per_token:
-                    tsrc += pt[0]
-            f += (lp * m).sum(-1) / m.sum(-1).clamp_min(1.0)  # sequence_logprob's masked mean
-            tok += lp
-        ex = ex / E if docs else None
-        src = src / E if src is not None else ex @ self.membership
+        f = tok = None
+        for lp in r.aux:  # (Q, T) token log-probabilities of each member's primal pass
+            fe = (lp * m).sum(-1) / m.sum(-1).clamp_min(1.0)  # sequence_logprob's masked mean
+            f, tok = (fe, lp) if f is None else (f.add_(fe), tok.add_(lp))
+        E = len(r.aux)
         f, tok = f / E, tok / E
-        toks = [tok[i][mask[i]].tolist() for i in range(Q)]
+        toks = [tok[i][mask[i]].tolist() for i in range(len(queries))]
         if not per_token:
-            return TextScores(f, toks, ex, src)
-        tex = tex / E if tex is not None else None
-        tsrc = tsrc / E if tsrc is not None else tex @ self.membership
-        pick = lambda t: None if t is None else [t[i][mask[i]] for i in range(Q)]  # noqa: E731
-        return TextScores(f, toks, ex, src, pick(tsrc), pick(tex) if examples else None)
+            return TextScores(f, toks, r.examples, r.sources)
+        pick = lambda t: None if t is None else [t[i][mask[i]] for i in range(len(queries))]  # noqa: E731
+        return TextScores(f, toks, r.examples, r.sources, pick(r.token_sources),
+                          pick(r.token_examples) if examples else None)

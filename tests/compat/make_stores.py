@@ -20,7 +20,7 @@ QUERIES = ["s0x1 s0x2 w3 w4 s0x5", "w1 w2 s2x3 s2x4 w5 w6"]
 
 
 def _scores(root: Path) -> dict:
-    from influence.mlp.attributor import Attributor
+    from influence.mlp.attributor import VectorAttributor
     from influence.store import open_store
     from influence.text.attributor import TextAttributor
 
@@ -31,7 +31,7 @@ def _scores(root: Path) -> dict:
 
         qs = json.loads((root / "versions" / st.version / "heldout.json").read_text())["queries"][:3]
         x = np.asarray([q["input"] for q in qs], dtype=np.float32)
-        out = Attributor(st, "cpu").score(torch.from_numpy(x))
+        out = VectorAttributor(st, "cpu").score(torch.from_numpy(x))
         return {**fmt, "inputs": x.tolist(), "sources": out.sources.tolist(), "examples": out.examples.tolist()}
     att = TextAttributor(st, "cpu")
     out = att.score([att.encode(t) for t in QUERIES])

@@ -37,13 +37,18 @@ def test_a_padded_block_trains_like_its_tokens_alone(family):
     padded = torch.cat([long, torch.cat([short, torch.full((7,), PAD)])[None]])
     # the document gradient of the padded block = the short sequence's own (summed token losses)
     g_pad = doc_grads(model, params, padded, torch.tensor([0, 0, 1]), 2)
-    torch.testing.assert_close(g_pad[1], block_grads(model, params, short[None])[0], rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(g_pad[0], block_grads(model, params, long).sum(0), rtol=1e-10, atol=1e-12)
+    # transformers' Llama runs RMSNorm and the attention softmax in float32 inside a float64 model, so its
+    # padded and unpadded shapes agree to float32 rounding (a masking error would be of the gradient's size)
+    tol = {"rtol": 1e-10, "atol": 1e-12} if family == "gpt2" else \
+        {"rtol": 1e-4, "atol": 1e-6 * float(g_pad.abs().max())}
+    torch.testing.assert_close(g_pad[1], block_grads(model, params, short[None])[0], **tol)
+    torch.testing.assert_close(g_pad[0], block_grads(model, params, long).sum(0), **tol)
     # the mean loss is over the real targets: (2·11 + 4) of them
     want = (lm_loss(model, long, params) * 22 + lm_loss(model, short[None], params) * 4) / 26
-    torch.testing.assert_close(lm_loss(model, padded, params), want, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(lm_loss(model, padded, params), want, rtol=tol["rtol"], atol=1e-12)
     # the Gauss-Newton product: padded positions add nothing, the mean is over the real targets
     U = torch.randn(3, g_pad.shape[1], generator=gen, dtype=torch.float64)
     gn_pad = LMGaussNewton(model, params, padded)(U)
     gn_parts = (LMGaussNewton(model, params, long)(U) * 22 + LMGaussNewton(model, params, short[None])(U) * 4) / 26
-    torch.testing.assert_close(gn_pad, gn_parts, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(gn_pad, gn_parts, rtol=max(tol["rtol"], 1e-9), atol=1e-12 if family == "gpt2"
+                               else 1e-6 * float(gn_pad.abs().max()))

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from influence.mlp.attributor import Attributor
+from influence.mlp.attributor import VectorAttributor
 from influence.store import open_store
 
 
 @pytest.mark.gpu
 def test_cuda_readout_equals_cpu(tiny_store):
     st = open_store(tiny_store)
-    cpu, gpu = Attributor(st, "cpu"), Attributor(st, "cuda")
+    cpu, gpu = VectorAttributor(st, "cpu"), VectorAttributor(st, "cuda")
     assert gpu.examples[0][0][0].device.type == "cuda"
     x, y = st.X[:50], st.y[:50]
     a, b = cpu.score(x, y), gpu.score(x, y)

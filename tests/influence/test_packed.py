@@ -39,7 +39,7 @@ def quantised_text_store(tmp_path_factory):
 def test_a_packed_store_answers_as_the_dequantised_one(quantised_text_store):
     dense = TextAttributor(open_store(quantised_text_store), "cpu")
     packed = TextAttributor(open_store(quantised_text_store, packed=True), "cpu")
-    assert isinstance(packed.basis[0], PackedRows) and torch.is_tensor(dense.basis[0])
+    assert isinstance(packed.rows[0], PackedRows) and torch.is_tensor(dense.rows[0])
     qs = [dense.encode(text="w1 w2 w3 w4 w5"), dense.encode(text="s0x1 s1x2 w3"), dense.encode(text="w7 s2x3")]
     a, b = dense.score(qs, per_token=True), packed.score(qs, per_token=True)
     assert torch.equal(a.logprob, b.logprob) and torch.equal(a.sources, b.sources)  # (per-source rows: dense)
@@ -48,8 +48,8 @@ def test_a_packed_store_answers_as_the_dequantised_one(quantised_text_store):
     assert (a.examples - b.examples).abs().max() <= 1e-5 * scale
     for ta, tb in zip(a.token_examples, b.token_examples, strict=True):
         assert (ta - tb).abs().max() <= 1e-5 * ta.abs().max()
-    resident = sum(r.nbytes for r in packed.basis)
-    assert resident < sum(r.numel() * r.element_size() for r in dense.basis) / 8  # 3-bit codes + scales
+    resident = sum(r.nbytes for r in packed.rows)
+    assert resident < sum(r.numel() * r.element_size() for r in dense.rows) / 8  # 3-bit codes + scales
 
 
 def test_packed_rows_read_exactly_where_the_output_layer_is_frozen(quantised_text_store):
@@ -58,7 +58,7 @@ def test_packed_rows_read_exactly_where_the_output_layer_is_frozen(quantised_tex
     head = att.model.head(att.params[0])[2]
     params = {k: v for k, v in att.params[0].items()}
     layout = att.spec.layout()
-    U = att.basis[0].clone()
+    U = att.rows[0].clone()
     cols = layout.flatten({k: (torch.ones_like(v) if k == head else torch.zeros_like(v))
                            for k, v in layout.unflatten(U[:1]).items()})[0].bool()
     U[:, cols] = 0  # rows that leave the output layer alone

@@ -11,7 +11,7 @@ import httpx
 import torch
 
 from influence.blocks import batch_invariant, readout_rows
-from influence.mlp.attributor import Attributor
+from influence.mlp.attributor import VectorAttributor
 from influence.store import open_store
 
 from .util import query, serve, strip_volatile
@@ -52,7 +52,7 @@ def test_batching_on_equals_off(settings_for, train_x):
 def test_readout_rows_do_not_depend_on_their_batch(built_store, train_x):
     """Bit-identical scores of a row whatever else shares its blocks and
     wherever in a block it sits, for both response sets."""
-    att = Attributor(open_store(built_store), "cpu")
+    att = VectorAttributor(open_store(built_store), "cpu")
     y = torch.randint(-1, att.spec.n_classes, (len(train_x),), generator=torch.Generator().manual_seed(0))
     for block in (4, 8, 16):
         together = readout_rows(att, train_x[:40], y[:40], "margin", True, block)
@@ -63,7 +63,7 @@ def test_readout_rows_do_not_depend_on_their_batch(built_store, train_x):
         assert batch_invariant(att, block)
 
 
-class _PositionDependent(Attributor):
+class _PositionDependent(VectorAttributor):
     """A readout whose rows depend on their position, as a bad BLAS kernel's would."""
 
     def readout(self, x, y=None, kind="margin", examples=True, sources=True):

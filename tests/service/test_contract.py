@@ -8,7 +8,7 @@ import io
 import httpx
 import torch
 
-from influence.mlp.attributor import Attributor
+from influence.mlp.attributor import VectorAttributor
 from influence.store import open_store
 
 from .util import query, ready_probed
@@ -44,7 +44,7 @@ def test_attribution_matches_library_readout(server, built_store, train_x):
     assert out["store_version"] == "v000001" and out["recorded"] is True and len(out["attributions"]) == 3
     assert set(out["timings"]) == {"queue_ms", "readout_ms", "total_ms", "batch_queries"}
     st = open_store(built_store)
-    att = Attributor(st, "cpu")
+    att = VectorAttributor(st, "cpu")
     ref = att.score(x, None, "margin")
     a0 = out["attributions"][0]
     assert a0["client_id"] == "a" and a0["prediction"]["index"] == int(ref.pred[0])

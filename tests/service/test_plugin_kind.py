@@ -122,7 +122,7 @@ qs = [att.encode(text=t) for t in texts]
 s = att.score(qs, examples=True)
 x, mask = pad_right([q.ids for q in qs])
 g = query_grads(att.model, att.params[0], x, mask)
-dot = g @ att.basis[0].T
+dot = g @ att.rows[0].T
 print(json.dumps({"kind": type(att.model).__name__, "registered": sorted(registry.KINDS),
                   "n": att.n_examples, "S": att.n_sources,
                   "max_abs_err": float((s.examples - dot).abs().max()), "scale": float(dot.abs().max())}))

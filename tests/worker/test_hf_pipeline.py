@@ -66,7 +66,7 @@ def test_scores_equal_the_gradient_dot_product(built):
           att.encode(text="w9 s2x1 w3 w3 w4 w10 w11 w12 w13")]
     got = att.score(qs)
     x, mask = att.batch(qs)
-    ref = gradient_scores(att.model, att.params[0], att.basis[0], x, mask)
+    ref = gradient_scores(att.model, att.params[0], att.rows[0], x, mask)
     assert torch.allclose(got.examples, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
     assert torch.allclose(got.sources, ref @ att.membership, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
     assert att.tokenizer.decode(qs[0].ids)[0].startswith(" ")  # readable byte-level pieces

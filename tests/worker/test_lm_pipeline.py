@@ -64,7 +64,7 @@ def test_scores_compressed_equal_exact_and_explicit(stores):
     torch.testing.assert_close(one, a.examples, rtol=1e-4, atol=1e-5 * a.examples.abs().max().item())
     # forward readout == explicit gradient dot product
     x, mask = exact.batch(qs)
-    U = exact.basis[0].double()
+    U = exact.rows[0].double()
     model = GPT(exact.spec, seed=None).double()
     ref = gradient_scores(model, {k: v.double() for k, v in exact.params[0].items()}, U, x, mask)
     torch.testing.assert_close(a.examples.double(), ref, rtol=1e-3, atol=1e-4 * ref.abs().max().item())
@@ -79,7 +79,7 @@ def test_quantized_rows_are_the_exact_rows_rounded(stores):
     _, _, s = stores
     exact, quant = TextAttributor(s["exact"]), TextAttributor(s["quantized"])
     assert s["quantized"].manifest.examples_quant == {"bits": 3, "group": 128}
-    torch.testing.assert_close(quant.basis[0], dequantize(quantize(exact.basis[0], 3, 128)), rtol=0, atol=0)
+    torch.testing.assert_close(quant.rows[0], dequantize(quantize(exact.rows[0], 3, 128)), rtol=0, atol=0)
     held = s["quantized"].manifest.extra["members"][0]["compression"]["heldout"]
     assert 0.5 < held["documents"]["spearman"] <= 1.0 and held["documents"]["rel_error"] < 0.6
 
@@ -92,9 +92,9 @@ def test_source_rows_are_the_exact_sums_and_read_alone(stores):
     of a full read, equal to the documents' sums up to float32 rounding."""
     _, _, s = stores
     exact, quant = TextAttributor(s["exact"]), TextAttributor(s["quantized"])
-    assert s["exact"].manifest.has_sources and exact.source_rows[0].shape == (3, exact.basis[0].shape[1])
-    torch.testing.assert_close(exact.source_rows[0], exact.membership.T @ exact.basis[0], rtol=1e-5,
-                               atol=1e-6 * exact.basis[0].abs().max().item())
+    assert s["exact"].manifest.has_sources and exact.source_rows[0].shape == (3, exact.rows[0].shape[1])
+    torch.testing.assert_close(exact.source_rows[0], exact.membership.T @ exact.rows[0], rtol=1e-5,
+                               atol=1e-6 * exact.rows[0].abs().max().item())
     torch.testing.assert_close(quant.source_rows[0], exact.source_rows[0], rtol=0, atol=0)
     assert (exact.tangents(examples=False), exact.tangents(examples=True)) == (3, 39)
     qs = [exact.encode("w1 w2 s0x3 w5 w7 s0x1"), exact.encode(prompt="w3 w4", completion="s1x2 s1x4 w9")]

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import torch
 
+from influence.attributor import top_k
 from influence.datasets.vectors import load_digits_test
-from influence.mlp.attributor import Attributor, top_k
+from influence.mlp.attributor import VectorAttributor
 from influence.store import list_versions, open_store
 from worker.config import load_config
 from worker.pipeline import build
@@ -32,7 +33,7 @@ def test_store_contents(tiny_store):
 
 
 def test_readout_consistency(tiny_store):
-    att = Attributor(open_store(tiny_store), "cpu")
+    att = VectorAttributor(open_store(tiny_store), "cpu")
     X, y = load_digits_test()
     x, t = torch.from_numpy(X[:17]), torch.from_numpy(y[:17])
     sc = att.score(x, t)
@@ -50,7 +51,7 @@ def test_readout_consistency(tiny_store):
 def test_self_influence_is_positive(tiny_store):
     """A training example supports its own prediction: τ(z_b, b) > 0 mostly."""
     st = open_store(tiny_store)
-    att = Attributor(st, "cpu")
+    att = VectorAttributor(st, "cpu")
     sc = att.score(st.X[:40], st.y[:40], kind="logprob")
     assert (sc.examples.diagonal()[:40] > 0).float().mean() > 0.9
 
