@@ -48,7 +48,7 @@ from influence.store import open_store
 
 def check_resident(att: VectorAttributor, dev: torch.device) -> dict:
     tensors = [v for p in att.params for v in p.values()]
-    for blocks in (att.examples or []) + (att.sources or []):
+    for blocks in (att.rows or []) + (att.source_rows or []):
         for w, c in blocks:
             tensors += [w, c]
     off = sum(1 for t in tensors if t.device.type != dev.type)
@@ -98,7 +98,7 @@ def throughput(att: VectorAttributor, dev: torch.device, batches, mults, log) ->
     spec, params = att.spec, att.params[0]
     p = spec.layout().numel
     rows = []
-    base = att.examples[0]
+    base = att.rows[0]
     for m in mults:
         R = base[0][0].shape[0] * m
         try:
